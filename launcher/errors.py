@@ -1,0 +1,31 @@
+"""The launcher's exception family: caught once at the CLI, printed as one line, mapped to an exit code."""
+
+
+class LauncherError(Exception):
+    """Base of every error the launcher reports to a user as one line."""
+
+    exit_code = 2
+
+
+class ConfigError(LauncherError):
+    """The cluster file is missing, not YAML, or a field is bad (the message names file, field, line)."""
+
+
+class HostUnreachable(LauncherError):
+    """A host cannot be reached, refuses the key, or lacks the interpreter."""
+
+    exit_code = 3
+
+
+class DiscoveryError(LauncherError):
+    """A device's IP could not be found for the rank table."""
+
+
+class JobDirError(LauncherError):
+    """The job folder exists (and resuming was not asked for) or cannot be created."""
+
+
+class RankFailed(LauncherError):
+    """A rank exited non-zero or died by a signal; the job was torn down."""
+
+    exit_code = 1

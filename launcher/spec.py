@@ -1,0 +1,99 @@
+"""Typed objects passed between the launcher's layers: the cluster file, the rank plan, a job.
+
+All frozen dataclasses; mappings are stored as tuples of pairs so that specs stay hashable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class SSHSpec:
+    """How to reach remote hosts (fabric/paramiko settings)."""
+
+    user: Optional[str] = None
+    port: int = 22
+    key_file: Optional[str] = None
+    connect_timeout: float = 10.0
+    strict_host_keys: bool = True
+    known_hosts: Optional[str] = None  # None = ~/.ssh/known_hosts
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One host of the cluster and the devices (NPUs, or CPU worker slots) it runs ranks on."""
+
+    address: str
+    devices: tuple[int, ...]
+    device_ips: tuple[tuple[int, str], ...] = ()  # (device id, NPU ip) given in the cluster file
+
+    @property
+    def is_local(self) -> bool:
+        return self.address in LOCAL_ADDRESSES
+
+    def device_ip(self, device_id: int) -> Optional[str]:
+        return dict(self.device_ips).get(device_id)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A validated cluster file."""
+
+    name: str
+    backend: str  # "cpu" (MindSpore dynamic cluster) or "ascend" (rank table + HCCL)
+    hosts: tuple[HostSpec, ...]
+    workdir: str = "runs"
+    python: Optional[str] = None
+    ssh: SSHSpec = field(default_factory=SSHSpec)
+    restarts: int = 0
+    bind_cores: bool = True
+    env: tuple[tuple[str, str], ...] = ()
+    train: tuple[tuple[str, Any], ...] = ()  # the trainer's own keys, validated by trainer.config
+    scheduler_port: Optional[int] = None  # cpu backend; None = a free port at launch
+    source: str = "<cluster file>"  # the path it was read from, for messages
+
+    @property
+    def world_size(self) -> int:
+        return sum(len(h.devices) for h in self.hosts)
+
+    def train_dict(self) -> dict[str, Any]:
+        return dict(self.train)
+
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+
+@dataclass(frozen=True)
+class RankAssignment:
+    """Where one rank runs: global rank, host, device, and its place among the host's ranks."""
+
+    rank: int
+    host: str
+    host_index: int
+    device_id: int
+    local_rank: int
+    local_size: int
+    world_size: int
+
+
+@dataclass(frozen=True)
+class SchedulerAssignment:
+    """The dynamic cluster's scheduler process (cpu backend only)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every rank of a job, in rank order, plus the scheduler on cpu."""
+
+    cluster: ClusterSpec
+    ranks: tuple[RankAssignment, ...]
+    scheduler: Optional[SchedulerAssignment] = None
+
+    def ranks_on(self, host: str) -> tuple[RankAssignment, ...]:
+        return tuple(r for r in self.ranks if r.host == host)

@@ -1,0 +1,201 @@
+"""Training settings: one frozen dataclass with the tutorial's defaults, loaded from YAML and ``--set``.
+
+Imports no MindSpore: the launcher validates a cluster file's ``train:`` section with it before
+anything starts. Every error names the key (and the file, where there is one).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from trainer.errors import ConfigError
+from trainer.overrides import OverrideError, merge, parse_pairs
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting, with the tutorial's defaults (ResNet-50, CIFAR-10, Momentum 0.01/0.9)."""
+
+    # data
+    data_dir: str = "data/cifar-10-batches-bin"  # folder of the .bin files, or its parent
+    image_size: int = 224  # pixels per side after Resize (the tutorial: 224; 32 allowed)
+    num_classes: int = 10
+    num_parallel_workers: int = 1  # dataset map workers per rank
+    # network
+    arch: str = "resnet50"
+    width: int = 64  # channels of the first stage (64 = the standard ResNet)
+    stem: str = "imagenet"  # imagenet: 7x7/2 conv + max-pool; cifar: 3x3/1 conv, no pool
+    # optimisation
+    epochs: int = 1
+    batch_size: int = 32  # images per device per step
+    steps_per_epoch: Optional[int] = None  # cap for short runs; None = the whole shard
+    lr: float = 0.01  # peak learning rate (per step, not scaled by world size)
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    loss_scale: float = 1.0  # static loss scale (Ascend mixed precision); 1 = none
+    amp_level: str = "O0"
+    seed: int = 1  # the same on every rank: weights are not broadcast, shards need one shuffle order
+    mode: str = "graph"
+    # output
+    output_dir: str = "output"  # checkpoints/, logs and tensorboard/ go under it
+    save_every_epochs: int = 1
+    save_every_steps: int = 0  # 0 = only at epoch ends
+    keep_max: int = 5
+    eval_every_epochs: int = 1  # 0 = never evaluate during training
+    log_every_steps: int = 10
+    tensorboard: bool = True
+    resume: str = "none"  # none | auto | <path of a checkpoint>
+    # test-only fault injection: exit with debug_fail_exit_code on this rank at this global step
+    debug_fail_rank: Optional[int] = None
+    debug_fail_step: Optional[int] = None
+    debug_fail_exit_code: int = 3
+    debug_pause_in_save: float = 0.0  # seconds to sleep half-way through writing a checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def global_batch_size(self, world_size: int) -> int:
+        return self.batch_size * world_size
+
+    def fingerprint(self, world_size: int) -> dict[str, Any]:
+        """The settings a checkpoint must agree on to be resumed (model shape and data order)."""
+        return {
+            "arch": self.arch,
+            "width": self.width,
+            "stem": self.stem,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "global_batch_size": self.global_batch_size(world_size),
+            "world_size": world_size,
+            "seed": self.seed,
+        }
+
+    @staticmethod
+    def fingerprint_hash(fingerprint: Mapping[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(dict(fingerprint), sort_keys=True).encode()).hexdigest()[:16]
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "arch": ARCHS,
+    "stem": ("imagenet", "cifar"),
+    "lr_schedule": ("constant", "warmup_poly", "cosine"),
+    "mode": ("graph", "pynative"),
+    "amp_level": ("O0", "O1", "O2", "O3"),
+}
+POSITIVE = {"image_size", "num_classes", "num_parallel_workers", "width", "epochs", "batch_size",
+            "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale"}
+NON_NEGATIVE = {"warmup_epochs", "momentum", "weight_decay", "seed", "save_every_epochs",
+                "save_every_steps", "eval_every_epochs", "debug_fail_rank", "debug_fail_step",
+                "debug_pause_in_save"}
+
+
+def _check_type(name: str, hint: Any, value: Any) -> Any:
+    """Return ``value`` converted to ``hint``'s type, or raise ConfigError naming ``name``."""
+    optional = get_origin(hint) is Union and type(None) in get_args(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: must not be null")
+    base = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
+    raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+
+
+def from_dict(values: Mapping[str, Any], source: str = "settings") -> TrainConfig:
+    """Build a validated TrainConfig from a mapping of trainer keys.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or a value out of range; the message names
+            ``source`` and the key.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of training settings, got {type(values).__name__}")
+    hints = get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown training setting(s) {', '.join(map(str, unknown))}")
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        try:
+            value = _check_type(key, hints[key], value)
+            if value is not None:
+                if key in CHOICES and value not in CHOICES[key]:
+                    raise ConfigError(f"{key}: expected one of {', '.join(CHOICES[key])}, got {value!r}")
+                if key in POSITIVE and value <= 0:
+                    raise ConfigError(f"{key}: must be > 0, got {value!r}")
+                if key in NON_NEGATIVE and value < 0:
+                    raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+                if key == "momentum" and value >= 1:
+                    raise ConfigError(f"momentum: must be < 1, got {value!r}")
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        checked[key] = value
+    config = TrainConfig(**checked)
+    if config.stem == "cifar" and config.image_size > 64:
+        pass  # allowed, merely slow
+    return config
+
+
+def load(path: Optional[str] = None, set_pairs: tuple[str, ...] | list[str] = ()) -> TrainConfig:
+    """Load settings from an optional YAML file, then apply ``--set`` pairs.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a setting is bad.
+    """
+    values: dict[str, Any] = {}
+    source = "--set"
+    if path is not None:
+        source = path
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: no such file")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                loaded = yaml.safe_load(handle)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_where(exc)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of training settings")
+        if isinstance(loaded.get("train"), dict) and "hosts" in loaded:
+            loaded = loaded["train"]  # a cluster file: take its train: section
+        values = loaded
+    try:
+        overrides = parse_pairs(set_pairs)
+    except OverrideError as exc:
+        raise ConfigError(str(exc)) from None
+    nested = [k for k, v in overrides.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(f"--set: unknown training setting(s) {', '.join(nested)} (trainer keys have no dots)")
+    if overrides and path is not None:
+        source = f"{path} with --set"
+    return from_dict(merge(values, overrides), source)
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "parse error"
+    return f"line {mark.line + 1}: {problem}" if mark is not None else str(problem)
