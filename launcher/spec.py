@@ -84,7 +84,7 @@ class SchedulerAssignment:
     """The dynamic cluster's scheduler process (cpu backend only)."""
 
     host: str
-    port: int
+    port: Optional[int]  # None until the launcher picks a free port (launcher.plan.with_scheduler_port)
 
 
 @dataclass(frozen=True)

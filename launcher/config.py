@@ -1,0 +1,472 @@
+"""Cluster file (YAML) -> a validated ``ClusterSpec``; and back, for the job folder.
+
+Every error is a ``ConfigError`` of one line naming the file, the field path and the line, e.g.
+``cluster.yaml:7: hosts[1].devices[2]: duplicate device id 1``; a field set on the command line
+says ``(from --set)`` instead of a line. The file is composed with ``yaml.compose`` so that each
+node keeps its line; ``--set`` pairs (``train.epochs=3``) are merged in before validation.
+
+The format (see cluster_configs/ for commented examples)::
+
+    name: resnet50-cifar10
+    backend: cpu              # cpu | ascend
+    workdir: runs
+    python: null
+    ssh: {user: null, port: 22, key_file: null, connect_timeout: 10, strict_host_keys: true, known_hosts: null}
+    hosts:
+      - {address: localhost, devices: 2}
+      - {address: 10.0.0.2, devices: [0, 1, 2, 3], device_ips: {0: 192.98.92.100}}
+    scheduler_port: null
+    restarts: 0
+    bind_cores: true
+    env: {GLOG_v: "2"}
+    train: {epochs: 1, image_size: 32}
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import fields
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import yaml
+
+from launcher.errors import ConfigError
+from launcher.plan import is_reserved_env
+from launcher.spec import ClusterSpec, HostSpec, SSHSpec
+from trainer import config as train_config
+from trainer.errors import ConfigError as TrainConfigError
+from trainer.overrides import OverrideError, merge, parse_pairs
+
+BACKENDS = ("cpu", "ascend")
+ASCEND_MAX_DEVICES = 8  # NPUs per Ascend server; device ids 0..7
+TOP_KEYS = ("name", "backend", "workdir", "python", "ssh", "hosts", "scheduler_port", "restarts",
+            "bind_cores", "env", "train")
+SSH_KEYS = tuple(f.name for f in fields(SSHSpec))
+HOST_KEYS = ("address", "devices", "device_ips")
+TRAIN_KEYS = tuple(f.name for f in fields(train_config.TrainConfig))
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names job folders on every host
+_ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:%-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Path = tuple  # field path: str keys and int list indices, e.g. ("hosts", 1, "devices", 2)
+
+
+def format_path(path: Path) -> str:
+    """``("hosts", 1, "devices", 2)`` -> ``hosts[1].devices[2]``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+class _Where:
+    """Where each field came from: a line of the file, or ``--set``; builds the one-line errors."""
+
+    def __init__(self, source: str, lines: dict[Path, int], set_paths: set[Path]):
+        self.source = source
+        self.lines = lines
+        self.set_paths = set_paths
+
+    def error(self, path: Path, message: str) -> ConfigError:
+        field = format_path(path)
+        if any(path[:n] in self.set_paths for n in range(1, len(path) + 1)):
+            return ConfigError(f"{self.source}: {field} (from --set): {message}")
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.lines:
+                return ConfigError(f"{self.source}:{self.lines[path[:n]]}: {field}: {message}")
+        return ConfigError(f"{self.source}: {field}: {message}" if field else f"{self.source}: {message}")
+
+
+# ---------------------------------------------------------------- reading
+
+def load_cluster(path: str, set_pairs: Sequence[str] = ()) -> ClusterSpec:
+    """Read and validate the cluster file at ``path``, with ``--set`` pairs applied.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, not YAML, or a field is bad.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such cluster file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a cluster file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the cluster file ({exc})") from None
+    return parse_cluster(text, path, set_pairs)
+
+
+def parse_cluster(text: str, source: str, set_pairs: Sequence[str] = ()) -> ClusterSpec:
+    """Validate a cluster file's text; ``source`` names it in messages.
+
+    Raises:
+        ConfigError: not YAML, a bad ``--set`` pair, or a bad field (one line: file, field, line).
+    """
+    data, lines = _compose(text, source)
+    try:
+        overrides = parse_pairs(set_pairs)
+    except OverrideError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: expected a mapping of cluster settings (name, hosts, ...), "
+                          f"got {_describe(data)}")
+    where = _Where(source, lines, set(_leaf_paths(overrides)))
+    return _validate(merge(data, overrides), where)
+
+
+def _compose(text: str, source: str) -> tuple[Any, dict[Path, int]]:
+    """Parse YAML, keeping the line of every mapping key and list item."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[Path, int] = {}
+        if node is not None:
+            _record_lines(node, (), lines, source, set())
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        line = f"{mark.line + 1}:" if mark is not None else ""
+        raise ConfigError(f"{source}:{line} not valid YAML: {problem}") from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _record_lines(node: yaml.Node, path: Path, lines: dict[Path, int], source: str,
+                  active: set[int]) -> None:
+    if id(node) in active:  # a recursive alias; the constructor reports it
+        return
+    active = active | {id(node)}
+    if isinstance(node, yaml.MappingNode):
+        first_seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: merged keys keep their parent's line
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "<complex key>"
+            line = key_node.start_mark.line + 1
+            if key in first_seen:
+                raise ConfigError(f"{source}:{line}: {format_path(path + (key,))}: duplicate key "
+                                  f"(first at line {first_seen[key]})")
+            first_seen[key] = line
+            lines[path + (key,)] = line
+            _record_lines(value_node, path + (key,), lines, source, active)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[path + (index,)] = item.start_mark.line + 1
+            _record_lines(item, path + (index,), lines, source, active)
+
+
+def _leaf_paths(tree: Mapping[str, Any], prefix: Path = ()) -> Iterable[Path]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaf_paths(value, prefix + (key,))
+        else:
+            yield prefix + (key,)
+
+
+# ---------------------------------------------------------------- validation
+
+def _validate(data: dict, where: _Where) -> ClusterSpec:
+    _check_keys(data, TOP_KEYS, (), where)
+    for required in ("name", "hosts"):
+        if required not in data:
+            raise where.error((required,), "missing (required)")
+    name = _string(data["name"], ("name",), where)
+    if not _NAME.match(name):
+        raise where.error(("name",), f"use letters, digits, '.', '_' or '-' (it names job folders), got {name!r}")
+    backend = _string(data.get("backend", "cpu"), ("backend",), where)
+    if backend not in BACKENDS:
+        raise where.error(("backend",), f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    hosts = _hosts(data["hosts"], backend, where)
+    scheduler_port = _port(data.get("scheduler_port"), ("scheduler_port",), where, optional=True)
+    if scheduler_port is not None and backend != "cpu":
+        raise where.error(("scheduler_port",), "only used by the cpu backend (ascend uses the rank table)")
+    restarts = _integer(data.get("restarts", 0), ("restarts",), where)
+    if restarts < 0:
+        raise where.error(("restarts",), f"must be >= 0, got {restarts}")
+    python = data.get("python")
+    if python is not None:
+        python = _string(python, ("python",), where)
+    return ClusterSpec(
+        name=name,
+        backend=backend,
+        hosts=hosts,
+        workdir=_string(data.get("workdir", "runs"), ("workdir",), where),
+        python=python,
+        ssh=_ssh(data.get("ssh"), where),
+        restarts=restarts,
+        bind_cores=_boolean(data.get("bind_cores", True), ("bind_cores",), where),
+        env=_env(data.get("env"), where),
+        train=_train(data.get("train"), where),
+        scheduler_port=scheduler_port,
+        source=where.source,
+    )
+
+
+def _hosts(raw: Any, backend: str, where: _Where) -> tuple[HostSpec, ...]:
+    if not isinstance(raw, list):
+        raise where.error(("hosts",), f"expected a list of hosts, got {_describe(raw)}")
+    if not raw:
+        raise where.error(("hosts",), "must list at least one host")
+    hosts = tuple(_host(item, ("hosts", index), backend, where) for index, item in enumerate(raw))
+
+    seen: dict[str, int] = {}
+    for index, host in enumerate(hosts):
+        key = "<loopback>" if host.is_local else host.address.lower()
+        if key in seen:
+            other = hosts[seen[key]].address
+            raise where.error(("hosts", index, "address"), f"duplicate host: {host.address!r} is the same "
+                              f"machine as hosts[{seen[key]}] ({other!r}); list its devices once")
+        seen[key] = index
+    if len(hosts) > 1:
+        for index, host in enumerate(hosts):
+            if host.is_local:
+                who = "the scheduler" if backend == "cpu" else "HCCL (the rank table's server_id)"
+                raise where.error(("hosts", index, "address"), f"{host.address!r} is a loopback name, but the "
+                                  f"cluster has several hosts and {who} must be reachable from the others: "
+                                  "write this host's network address")
+        if backend == "cpu" and not _is_ipv4(hosts[0].address):
+            raise where.error(("hosts", 0, "address"), "the scheduler runs on the first host and MindSpore "
+                              "reads its address (MS_SCHED_HOST) as an IPv4 address: write the first "
+                              f"host's IP, not {hosts[0].address!r}")
+    if backend == "ascend":
+        for index, host in enumerate(hosts):
+            if not (host.is_local or _is_ipv4(host.address)):
+                raise where.error(("hosts", index, "address"), "on ascend the address is the rank table's "
+                                  f"server_id, the server's IPv4 address; got {host.address!r}")
+            if len(host.devices) != len(hosts[0].devices):
+                raise where.error(("hosts", index, "devices"), f"{len(host.devices)} devices, but hosts[0] has "
+                                  f"{len(hosts[0].devices)}: HCCL needs the same number on every server")
+    return hosts
+
+
+def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
+    if not isinstance(raw, dict):
+        raise where.error(path, f"expected a mapping with address and devices, got {_describe(raw)}")
+    _check_keys(raw, HOST_KEYS, path, where)
+    for required in ("address", "devices"):
+        if required not in raw:
+            raise where.error(path + (required,), "missing (required)")
+    address = _string(raw["address"], path + ("address",), where)
+    if "@" in address:
+        raise where.error(path + ("address",), f"{address!r}: write the user under ssh.user, not in the address")
+    if not _ADDRESS.match(address):
+        raise where.error(path + ("address",), f"not a host name or IP address: {address!r}")
+
+    devices_path = path + ("devices",)
+    raw_devices = raw["devices"]
+    if isinstance(raw_devices, int) and not isinstance(raw_devices, bool):
+        if raw_devices <= 0:
+            raise where.error(devices_path, f"must be > 0 (a count) or a list of device ids, got {raw_devices}")
+        devices = tuple(range(raw_devices))
+    elif isinstance(raw_devices, list):
+        if not raw_devices:
+            raise where.error(devices_path, "must list at least one device id")
+        ids: list[int] = []
+        for index, item in enumerate(raw_devices):
+            item_path = devices_path + (index,)
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise where.error(item_path, f"expected a device id (an integer), got {_describe(item)}")
+            if item < 0:
+                raise where.error(item_path, f"device ids are >= 0, got {item}")
+            if item in ids:
+                raise where.error(item_path, f"duplicate device id {item}")
+            ids.append(item)
+        devices = tuple(sorted(ids))
+    else:
+        raise where.error(devices_path, f"expected a count or a list of device ids, got {_describe(raw_devices)}")
+    if backend == "ascend":
+        if len(devices) > ASCEND_MAX_DEVICES:
+            raise where.error(devices_path, f"an Ascend server has at most {ASCEND_MAX_DEVICES} NPUs, got {len(devices)}")
+        too_big = [d for d in devices if d >= ASCEND_MAX_DEVICES]
+        if too_big:
+            item_path = devices_path + (raw_devices.index(too_big[0]),) if isinstance(raw_devices, list) else devices_path
+            raise where.error(item_path, f"Ascend device ids are 0..{ASCEND_MAX_DEVICES - 1}, got {too_big[0]}")
+
+    device_ips: tuple[tuple[int, str], ...] = ()
+    raw_ips = raw.get("device_ips")
+    if raw_ips is not None:
+        ips_path = path + ("device_ips",)
+        if backend != "ascend":
+            raise where.error(ips_path, "only used by the ascend backend (the rank table's device_ip)")
+        if not isinstance(raw_ips, dict):
+            raise where.error(ips_path, f"expected a mapping of device id to IP, got {_describe(raw_ips)}")
+        pairs = []
+        for key, value in raw_ips.items():
+            key_path = ips_path + (str(key),)
+            device = key if isinstance(key, int) and not isinstance(key, bool) else None
+            if isinstance(key, str) and key.isdigit():
+                device = int(key)
+            if device is None:
+                raise where.error(key_path, f"expected a device id (an integer), got {key!r}")
+            if device not in devices:
+                raise where.error(key_path, f"device {device} is not among this host's devices "
+                                  f"({', '.join(map(str, devices))})")
+            if not isinstance(value, str) or not _is_ipv4(value):
+                raise where.error(key_path, f"expected an IPv4 address, got {value!r}")
+            pairs.append((device, value))
+        device_ips = tuple(sorted(pairs))
+    return HostSpec(address=address, devices=devices, device_ips=device_ips)
+
+
+def _ssh(raw: Any, where: _Where) -> SSHSpec:
+    if raw is None:
+        return SSHSpec()
+    if not isinstance(raw, dict):
+        raise where.error(("ssh",), f"expected a mapping of ssh settings, got {_describe(raw)}")
+    _check_keys(raw, SSH_KEYS, ("ssh",), where)
+    defaults = SSHSpec()
+    values: dict[str, Any] = {}
+    for key in ("user", "key_file", "known_hosts"):
+        value = raw.get(key)
+        values[key] = None if value is None else _string(value, ("ssh", key), where)
+    values["port"] = _port(raw.get("port", defaults.port), ("ssh", "port"), where, optional=False)
+    timeout = raw.get("connect_timeout", defaults.connect_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise where.error(("ssh", "connect_timeout"), f"expected a number of seconds, got {_describe(timeout)}")
+    if timeout <= 0:
+        raise where.error(("ssh", "connect_timeout"), f"must be > 0, got {timeout}")
+    values["connect_timeout"] = float(timeout)
+    values["strict_host_keys"] = _boolean(raw.get("strict_host_keys", defaults.strict_host_keys),
+                                          ("ssh", "strict_host_keys"), where)
+    return SSHSpec(**values)
+
+
+def _env(raw: Any, where: _Where) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise where.error(("env",), f"expected a mapping of variable names to values, got {_describe(raw)}")
+    pairs = []
+    for name, value in raw.items():
+        path = ("env", str(name))
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise where.error(path, f"not a valid environment variable name: {name!r}")
+        if is_reserved_env(name):
+            raise where.error(path, "set by the launcher for each process; it cannot be overridden")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise where.error(path, f"expected a string or a number, got {_describe(value)} "
+                              "(quote true/false/null to pass them as text)")
+        pairs.append((name, str(value)))
+    return tuple(pairs)
+
+
+def _train(raw: Any, where: _Where) -> tuple[tuple[str, Any], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise where.error(("train",), f"expected a mapping of training settings, got {_describe(raw)}")
+    _check_keys(raw, TRAIN_KEYS, ("train",), where, what="training setting")
+    for key, value in raw.items():  # one key at a time, so the message points at its line
+        try:
+            train_config.from_dict({key: value}, source="train")
+        except TrainConfigError as exc:
+            message = str(exc).removeprefix("train: ").removeprefix(f"{key}: ")
+            raise where.error(("train", key), message) from None
+    try:
+        config = train_config.from_dict(raw, source="train")
+    except TrainConfigError as exc:
+        raise where.error(("train",), str(exc).removeprefix("train: ")) from None
+    return tuple((key, getattr(config, key)) for key in raw)
+
+
+# ---------------------------------------------------------------- small checks
+
+def _check_keys(mapping: Mapping, known: Sequence[str], path: Path, where: _Where, what: str = "key") -> None:
+    for key in mapping:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(known)}"
+            raise where.error(path + (str(key),), f"unknown {what} {key!r}; {hint}")
+
+
+def _string(value: Any, path: Path, where: _Where) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise where.error(path, f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _integer(value: Any, path: Path, where: _Where) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise where.error(path, f"expected an integer, got {_describe(value)}")
+    return value
+
+
+def _boolean(value: Any, path: Path, where: _Where) -> bool:
+    if not isinstance(value, bool):
+        raise where.error(path, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _port(value: Any, path: Path, where: _Where, optional: bool) -> Optional[int]:
+    if value is None and optional:
+        return None
+    port = _integer(value, path, where)
+    if not 1 <= port <= 65535:
+        raise where.error(path, f"a port is 1..65535, got {port}")
+    return port
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+# ---------------------------------------------------------------- writing
+
+def resolved_yaml(spec: ClusterSpec) -> str:
+    """The cluster file as validated, every default written out (saved in the job folder).
+
+    ``parse_cluster(resolved_yaml(spec), spec.source) == spec``.
+    """
+    hosts = []
+    for host in spec.hosts:
+        entry: dict[str, Any] = {"address": host.address, "devices": list(host.devices)}
+        if host.device_ips:
+            entry["device_ips"] = dict(host.device_ips)
+        hosts.append(entry)
+    data = {
+        "name": spec.name,
+        "backend": spec.backend,
+        "workdir": spec.workdir,
+        "python": spec.python,
+        "ssh": {f.name: getattr(spec.ssh, f.name) for f in fields(SSHSpec)},
+        "hosts": hosts,
+        "scheduler_port": spec.scheduler_port,
+        "restarts": spec.restarts,
+        "bind_cores": spec.bind_cores,
+        "env": spec.env_dict(),
+        "train": spec.train_dict(),
+    }
+    header = f"# {spec.name}: resolved from {spec.source} (defaults and --set applied)\n"
+    return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                              allow_unicode=True)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, except lists of scalars (``devices: [0, 1]``) on one line."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flat = all(not isinstance(item, (list, dict)) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)

@@ -1,0 +1,206 @@
+"""The rank plan: which rank runs on which host and device, and the environment each process gets.
+
+Pure functions, no I/O (Horovod's ``get_host_assignments`` is the model). Ranks are numbered in
+the order hosts appear in the cluster file, and by device id within a host. On Ascend the rank
+table follows the same order (see ``launcher.ranktable``): the file order is what the user sees
+and edits, so it is the one source of truth. MindSpore's docs ask that servers follow the
+dictionary order of ``server_id``; ``plan_ranks`` logs a warning when they do not, so a user who
+hits that HCCL rule knows to reorder the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shlex
+from typing import Mapping, Optional
+
+from launcher.spec import LOCAL_ADDRESSES, ClusterSpec, Plan, RankAssignment, SchedulerAssignment
+
+logger = logging.getLogger(__name__)
+
+# What a loopback host is called in addresses other processes connect to (MS_SCHED_HOST, the
+# rank table's server_id): "localhost" may resolve to ::1, which MindSpore does not listen on.
+LOOPBACK_IP = "127.0.0.1"
+# Shown instead of the scheduler port by ``mscluster plan``, before the launcher picks a free one.
+PORT_AT_LAUNCH = "<free port at launch>"
+
+# Variables the launcher sets for every process; a cluster file's env: may not set them, nor
+# any name in the launcher's own MSCLUSTER_ namespace (job dir, error file, restart count).
+RESERVED_ENV = frozenset({
+    "RANK_TABLE_FILE", "RANK_SIZE", "RANK_ID", "DEVICE_ID", "DEVICE_NUM", "SERVER_ID",
+    "MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
+    "LOCAL_RANK", "LOCAL_SIZE", "MSCLUSTER_JOB_DIR",
+})
+RESERVED_ENV_PREFIX = "MSCLUSTER_"
+
+
+def is_reserved_env(name: str) -> bool:
+    """Whether the launcher owns the variable ``name`` (a cluster file may not set it)."""
+    return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIX)
+
+
+def connect_address(address: str) -> str:
+    """The address other processes use to reach ``address``: a loopback name becomes 127.0.0.1."""
+    return LOOPBACK_IP if address in LOCAL_ADDRESSES else address
+
+
+def plan_ranks(cluster: ClusterSpec, scheduler_port: Optional[int] = None) -> Plan:
+    """Number every rank of ``cluster``: hosts in file order, devices in id order within a host.
+
+    Args:
+        cluster: a validated cluster file.
+        scheduler_port: cpu backend: the scheduler's port; None = ``cluster.scheduler_port``,
+            and when that is None too the port stays None for the launcher to fill with a free
+            port (``with_scheduler_port``).
+
+    Returns:
+        The plan; ``plan.scheduler`` is on the first host for cpu, None for ascend.
+    """
+    world_size = cluster.world_size
+    ranks: list[RankAssignment] = []
+    for host_index, host in enumerate(cluster.hosts):
+        devices = sorted(host.devices)
+        for local_rank, device_id in enumerate(devices):
+            ranks.append(RankAssignment(
+                rank=len(ranks), host=host.address, host_index=host_index, device_id=device_id,
+                local_rank=local_rank, local_size=len(devices), world_size=world_size))
+    scheduler = None
+    if cluster.backend == "cpu":
+        port = scheduler_port if scheduler_port is not None else cluster.scheduler_port
+        scheduler = SchedulerAssignment(host=cluster.hosts[0].address, port=port)
+    elif len(cluster.hosts) > 1:
+        server_ids = [connect_address(h.address) for h in cluster.hosts]
+        if server_ids != sorted(server_ids):
+            logger.warning(
+                "%s: servers are not in dictionary order of server_id (%s); ranks and the rank "
+                "table follow the file's order, but MindSpore's docs ask for sorted server ids: "
+                "reorder hosts if HCCL fails to initialise", cluster.source, ", ".join(server_ids))
+    return Plan(cluster=cluster, ranks=tuple(ranks), scheduler=scheduler)
+
+
+def with_scheduler_port(plan: Plan, port: int) -> Plan:
+    """Return ``plan`` with the scheduler's port set (the launcher calls it after picking a free port)."""
+    if plan.scheduler is None:
+        raise ValueError("this plan has no scheduler (ascend backend)")
+    return dataclasses.replace(plan, scheduler=dataclasses.replace(plan.scheduler, port=port))
+
+
+def _scheduler_port_text(plan: Plan, preview: bool) -> str:
+    port = plan.scheduler.port if plan.scheduler is not None else None
+    if port is not None:
+        return str(port)
+    if preview:
+        return PORT_AT_LAUNCH
+    raise ValueError("the scheduler port is not chosen yet: call with_scheduler_port first")
+
+
+def rank_env(plan: Plan, rank: RankAssignment, *, job_dir: str, rank_table_path: Optional[str],
+             preview: bool = False) -> dict[str, str]:
+    """The variables one rank's process gets (on top of the host's own environment).
+
+    ascend: ``RANK_TABLE_FILE``, ``RANK_SIZE``, ``RANK_ID``, ``DEVICE_ID`` (plus ``DEVICE_NUM``
+    and ``SERVER_ID``), as the model zoo's ``run_distribute_train.sh`` sets them. cpu: the
+    dynamic cluster's ``MS_ROLE=MS_WORKER``, ``MS_SCHED_HOST``, ``MS_SCHED_PORT``,
+    ``MS_WORKER_NUM``, ``MS_NODE_ID`` (= the rank), plus ``RANK_ID``/``RANK_SIZE`` as msrun
+    sets them. Both: ``LOCAL_RANK``, ``LOCAL_SIZE``, ``MSCLUSTER_JOB_DIR`` and the cluster
+    file's ``env:``.
+
+    Args:
+        preview: show a placeholder for values chosen at launch (the scheduler port) instead
+            of raising; for ``mscluster plan`` only.
+
+    Raises:
+        ValueError: ascend without ``rank_table_path``, or cpu before the port is chosen.
+    """
+    cluster = plan.cluster
+    env = cluster.env_dict()
+    env.update({
+        "RANK_SIZE": str(rank.world_size),
+        "RANK_ID": str(rank.rank),
+        "LOCAL_RANK": str(rank.local_rank),
+        "LOCAL_SIZE": str(rank.local_size),
+        "MSCLUSTER_JOB_DIR": job_dir,
+    })
+    if cluster.backend == "ascend":
+        if rank_table_path is None:
+            raise ValueError("the ascend backend needs the rank table's path")
+        env.update({
+            "RANK_TABLE_FILE": rank_table_path,
+            "DEVICE_ID": str(rank.device_id),
+            "DEVICE_NUM": str(rank.local_size),
+            "SERVER_ID": str(rank.host_index),
+        })
+    else:
+        env.update(_dynamic_cluster_env(plan, preview))
+        env.update({"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(rank.rank)})
+    return env
+
+
+def scheduler_env(plan: Plan, *, job_dir: Optional[str] = None, preview: bool = False) -> dict[str, str]:
+    """The variables of the dynamic cluster's scheduler process (cpu backend).
+
+    Raises:
+        ValueError: the plan has no scheduler, or its port is not chosen yet (unless ``preview``).
+    """
+    if plan.scheduler is None:
+        raise ValueError("this plan has no scheduler (ascend backend)")
+    env = plan.cluster.env_dict()
+    env.update(_dynamic_cluster_env(plan, preview))
+    env["MS_ROLE"] = "MS_SCHED"
+    if job_dir is not None:
+        env["MSCLUSTER_JOB_DIR"] = job_dir
+    return env
+
+
+def _dynamic_cluster_env(plan: Plan, preview: bool) -> dict[str, str]:
+    """What the scheduler and every worker of a dynamic cluster share."""
+    if plan.scheduler is None:
+        raise ValueError("a cpu plan needs its scheduler (use plan_ranks)")
+    return {
+        "MS_SCHED_HOST": connect_address(plan.scheduler.host),
+        "MS_SCHED_PORT": _scheduler_port_text(plan, preview),
+        "MS_WORKER_NUM": str(len(plan.ranks)),
+    }
+
+
+def format_plan(plan: Plan, rank_envs: Mapping[int, Mapping[str, str]],
+                scheduler_env: Optional[Mapping[str, str]] = None) -> str:
+    """A readable table of the plan and the environment of each process (``mscluster plan``).
+
+    Args:
+        rank_envs: rank -> its variables (from ``rank_env``); ranks missing here show no env.
+        scheduler_env: the scheduler's variables, if there is one and they should be shown.
+    """
+    cluster = plan.cluster
+    hosts = len(cluster.hosts)
+    lines = [f"{cluster.name}: backend {cluster.backend}, {len(plan.ranks)} rank(s) on "
+             f"{hosts} host{'s' if hosts != 1 else ''} ({cluster.source})"]
+    unit = "npu" if cluster.backend == "ascend" else "slot"
+    rows = [("rank", "host", unit, "local rank")]
+    if plan.scheduler is not None:
+        port = plan.scheduler.port if plan.scheduler.port is not None else PORT_AT_LAUNCH
+        rows.append(("sched", plan.scheduler.host, "-", f"port {port}"))
+    for r in plan.ranks:
+        rows.append((str(r.rank), r.host, str(r.device_id), f"{r.local_rank}/{r.local_size}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+    envs: list[tuple[str, Mapping[str, str]]] = []
+    if scheduler_env is not None:
+        envs.append(("sched", scheduler_env))
+    envs.extend((f"rank {r.rank}", rank_envs[r.rank]) for r in plan.ranks if r.rank in rank_envs)
+    if envs:
+        common = dict(envs[0][1])
+        for _, env in envs[1:]:
+            common = {k: v for k, v in common.items() if env.get(k) == v}
+        lines.append("")
+        lines.append("environment of every process:")
+        lines.extend(f"  {k}={shlex.quote(v)}" for k, v in sorted(common.items()))
+        if len(envs) > 1:
+            lines.append("environment per process:")
+            label_width = max(len(label) for label, _ in envs)
+            for label, env in envs:
+                own = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()) if k not in common)
+                lines.append(f"  {label.ljust(label_width)}  {own}".rstrip())
+    return "\n".join(lines)

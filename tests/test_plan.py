@@ -1,0 +1,169 @@
+"""The rank plan and each process's environment, for the shipped 1x2 cpu, 1x8 and 2x8 ascend files."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from launcher.config import load_cluster, parse_cluster
+from launcher.plan import (PORT_AT_LAUNCH, format_plan, plan_ranks, rank_env, scheduler_env,
+                           with_scheduler_port)
+from launcher.spec import RankAssignment, SchedulerAssignment
+
+CONFIGS = Path(__file__).resolve().parent.parent / "cluster_configs"
+
+
+def shipped(name: str):
+    return load_cluster(str(CONFIGS / name))
+
+
+def test_local_cpu_plan_two_workers_and_a_scheduler():
+    plan = plan_ranks(shipped("local_cpu.yaml"))
+    assert plan.ranks == (
+        RankAssignment(rank=0, host="localhost", host_index=0, device_id=0, local_rank=0, local_size=2, world_size=2),
+        RankAssignment(rank=1, host="localhost", host_index=0, device_id=1, local_rank=1, local_size=2, world_size=2),
+    )
+    assert plan.scheduler == SchedulerAssignment(host="localhost", port=None)  # chosen at launch
+    assert with_scheduler_port(plan, 40123).scheduler.port == 40123
+
+
+def test_scheduler_port_from_argument_over_file():
+    spec = shipped("cpu_2hosts.yaml")
+    assert plan_ranks(spec).scheduler == SchedulerAssignment(host="192.168.1.10", port=29500)
+    assert plan_ranks(spec, scheduler_port=31000).scheduler.port == 31000
+
+
+def test_ascend_1x8_plan():
+    plan = plan_ranks(shipped("ascend_1x8.yaml"))
+    assert plan.scheduler is None
+    assert [(r.rank, r.device_id, r.local_rank) for r in plan.ranks] == [(i, i, i) for i in range(8)]
+    assert {(r.host, r.local_size, r.world_size) for r in plan.ranks} == {("localhost", 8, 8)}
+
+
+def test_ascend_2x8_plan_numbers_servers_in_file_order():
+    plan = plan_ranks(shipped("ascend_2x8.yaml"))
+    assert len(plan.ranks) == 16
+    assert [r.host for r in plan.ranks] == ["10.0.0.1"] * 8 + ["10.0.0.2"] * 8
+    rank9 = plan.ranks[9]
+    assert (rank9.host_index, rank9.device_id, rank9.local_rank, rank9.local_size, rank9.world_size) == (1, 1, 1, 8, 16)
+    assert [r.rank for r in plan.ranks_on("10.0.0.2")] == list(range(8, 16))
+
+
+def test_devices_in_id_order_and_hosts_in_file_order():
+    spec = parse_cluster("""
+name: order
+hosts:
+  - {address: 10.0.0.9, devices: [5, 2]}
+  - {address: 10.0.0.1, devices: [1, 0, 3]}
+""", "order.yaml")
+    plan = plan_ranks(spec)
+    assert [(r.host, r.device_id, r.local_rank, r.local_size) for r in plan.ranks] == [
+        ("10.0.0.9", 2, 0, 2), ("10.0.0.9", 5, 1, 2),
+        ("10.0.0.1", 0, 0, 3), ("10.0.0.1", 1, 1, 3), ("10.0.0.1", 3, 2, 3)]
+    assert plan.scheduler.host == "10.0.0.9"
+
+
+def test_cpu_rank_env_is_the_dynamic_cluster():
+    plan = with_scheduler_port(plan_ranks(shipped("local_cpu.yaml")), 40123)
+    env = rank_env(plan, plan.ranks[1], job_dir="/runs/job1", rank_table_path=None)
+    assert env == {
+        "GLOG_v": "3", "MS_TOPO_TIMEOUT": "120",  # the file's env:
+        "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "40123",
+        "MS_WORKER_NUM": "2", "MS_NODE_ID": "1", "RANK_ID": "1", "RANK_SIZE": "2",
+        "LOCAL_RANK": "1", "LOCAL_SIZE": "2", "MSCLUSTER_JOB_DIR": "/runs/job1",
+    }
+    sched = scheduler_env(plan, job_dir="/runs/job1")
+    assert sched["MS_ROLE"] == "MS_SCHED"
+    assert {k: sched[k] for k in ("MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM")} == {
+        "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "40123", "MS_WORKER_NUM": "2"}
+    assert "MS_NODE_ID" not in sched and "RANK_ID" not in sched
+
+
+def test_cpu_two_hosts_point_every_worker_at_the_first_host():
+    plan = plan_ranks(shipped("cpu_2hosts.yaml"))
+    envs = [rank_env(plan, r, job_dir="runs/j", rank_table_path=None) for r in plan.ranks]
+    assert {e["MS_SCHED_HOST"] for e in envs} == {"192.168.1.10"}
+    assert {e["MS_SCHED_PORT"] for e in envs} == {"29500"}
+    assert [e["MS_NODE_ID"] for e in envs] == ["0", "1", "2", "3"]
+    assert [e["LOCAL_RANK"] for e in envs] == ["0", "1", "0", "1"]
+
+
+def test_cpu_env_needs_the_port_unless_previewing():
+    plan = plan_ranks(shipped("local_cpu.yaml"))
+    with pytest.raises(ValueError, match="with_scheduler_port"):
+        rank_env(plan, plan.ranks[0], job_dir="j", rank_table_path=None)
+    with pytest.raises(ValueError, match="with_scheduler_port"):
+        scheduler_env(plan)
+    preview = rank_env(plan, plan.ranks[0], job_dir="j", rank_table_path=None, preview=True)
+    assert preview["MS_SCHED_PORT"] == PORT_AT_LAUNCH
+
+
+def test_ascend_rank_env_is_the_zoo_scripts():
+    plan = plan_ranks(shipped("ascend_2x8.yaml"))
+    env = rank_env(plan, plan.ranks[9], job_dir="/runs/j", rank_table_path="/runs/j/rank_table.json")
+    assert env == {
+        "GLOG_v": "2", "HCCL_CONNECT_TIMEOUT": "600",
+        "RANK_TABLE_FILE": "/runs/j/rank_table.json", "RANK_SIZE": "16", "RANK_ID": "9",
+        "DEVICE_ID": "1", "DEVICE_NUM": "8", "SERVER_ID": "1",
+        "LOCAL_RANK": "1", "LOCAL_SIZE": "8", "MSCLUSTER_JOB_DIR": "/runs/j",
+    }
+    with pytest.raises(ValueError, match="rank table"):
+        rank_env(plan, plan.ranks[0], job_dir="/runs/j", rank_table_path=None)
+    with pytest.raises(ValueError, match="no scheduler"):
+        scheduler_env(plan)
+
+
+def test_every_rank_gets_a_distinct_rank_id():
+    for name in ("local_cpu.yaml", "ascend_1x8.yaml", "ascend_2x8.yaml", "cpu_2hosts.yaml"):
+        plan = plan_ranks(shipped(name), scheduler_port=1234)
+        envs = [rank_env(plan, r, job_dir="j", rank_table_path="t.json") for r in plan.ranks]
+        assert sorted(int(e["RANK_ID"]) for e in envs) == list(range(len(plan.ranks))), name
+        assert all(isinstance(v, str) for e in envs for v in e.values())
+
+
+def test_format_plan_shows_ranks_scheduler_and_env():
+    plan = plan_ranks(shipped("local_cpu.yaml"))
+    envs = {r.rank: rank_env(plan, r, job_dir="runs/j", rank_table_path=None, preview=True) for r in plan.ranks}
+    text = format_plan(plan, envs, scheduler_env(plan, job_dir="runs/j", preview=True))
+    lines = text.splitlines()
+    assert lines[0].startswith("local-cpu: backend cpu, 2 rank(s) on 1 host")
+    assert lines[1].split() == ["rank", "host", "slot", "local", "rank"]
+    assert lines[2].split()[:3] == ["sched", "localhost", "-"]
+    assert lines[2].endswith(f"port {PORT_AT_LAUNCH}")
+    assert lines[3].split() == ["0", "localhost", "0", "0/2"]
+    assert lines[4].split() == ["1", "localhost", "1", "1/2"]
+    common = lines[lines.index("environment of every process:") + 1:lines.index("environment per process:")]
+    assert "  MS_WORKER_NUM=2" in common and "  MS_TOPO_TIMEOUT=120" in common
+    per_process = lines[lines.index("environment per process:") + 1:]
+    assert per_process[0].split() == ["sched", "MS_ROLE=MS_SCHED"]
+    assert per_process[2].split()[:2] == ["rank", "1"]
+    assert "MS_NODE_ID=1" in per_process[2] and "RANK_ID=1" in per_process[2]
+
+
+def test_format_plan_ascend_has_no_scheduler_row():
+    plan = plan_ranks(shipped("ascend_2x8.yaml"))
+    envs = {r.rank: rank_env(plan, r, job_dir="j", rank_table_path="j/rank_table.json") for r in plan.ranks}
+    text = format_plan(plan, envs)
+    assert "sched" not in text
+    assert text.splitlines()[1].split()[:3] == ["rank", "host", "npu"]
+    assert text.splitlines()[-1].split()[:2] == ["rank", "15"]
+    assert "DEVICE_ID=7" in text.splitlines()[-1]
+
+
+def test_unsorted_server_ids_are_warned_about(caplog):
+    spec = parse_cluster("""
+name: order
+backend: ascend
+hosts:
+  - {address: 10.0.0.9, devices: 8}
+  - {address: 10.0.0.10, devices: 8}
+""", "order.yaml")
+    with caplog.at_level(logging.WARNING, logger="launcher.plan"):
+        plan = plan_ranks(spec)
+    assert plan.ranks[8].host == "10.0.0.10"  # the file's order is kept
+    assert "dictionary order" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="launcher.plan"):
+        plan_ranks(shipped("ascend_2x8.yaml"))
+    assert caplog.text == ""
