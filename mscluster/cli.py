@@ -1,0 +1,136 @@
+"""The ``mscluster`` command: parsing, printing and exit codes only; the work is in trainer/ and launcher/.
+
+Exit codes: 0 success; 1 the job (or a rank) failed; 2 bad input (settings, cluster file, data,
+checkpoint); 3 a host could not be reached; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+
+def _flatten(groups: Optional[list[list[str]]]) -> list[str]:
+    return [pair for group in groups or [] for pair in group]
+
+
+def _add_set(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--set", dest="set", nargs="+", action="append", metavar="KEY=VALUE",
+                        help=f"override {what} (values read as YAML scalars); repeatable")
+
+
+# -- trainer commands ------------------------------------------------------------------------------
+
+def _prepare_mindspore_process() -> None:
+    """Process-wide settings that must precede ``import mindspore`` (this process's own env)."""
+    from trainer.cpu import configure_cpu_backend
+
+    configure_cpu_backend()
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only unless the user asks
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer import config
+    from trainer.errorfile import write_error_file
+    from trainer.errors import TrainerError
+
+    cfg = config.load(args.config, _flatten(args.set))
+    _prepare_mindspore_process()
+    from trainer.train import InjectedFault, train
+
+    try:
+        train(cfg, os.environ)
+    except InjectedFault as exc:
+        write_error_file(exc, os.environ, exc.exit_code)
+        print(f"mscluster train: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrainerError as exc:
+        write_error_file(exc, os.environ, exc.exit_code)
+        raise
+    except BaseException as exc:
+        write_error_file(exc, os.environ, 1)
+        raise
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _prepare_mindspore_process()
+    from trainer.evaluate import evaluate
+
+    scores = evaluate(args.checkpoint, args.data_dir, args.batch_size)
+    print(f"top1={scores['top1']:.4f} loss={scores['loss']:.4f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _prepare_mindspore_process()
+    from trainer.evaluate import predict
+
+    for p in predict(args.checkpoint, args.images):
+        print(f"{p.image}: {p.class_name} {p.probability:.4f}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mscluster", description="Train image classifiers with MindSpore across a cluster.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="run one training process (its rank comes from the environment)")
+    p.add_argument("--config", help="YAML file of training settings (or a cluster file: its train: section)")
+    _add_set(p, "training settings, e.g. --set epochs=3 lr=0.1")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the test split; prints top1=<acc>")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data-dir", required=True, help="CIFAR-10 binary folder (or its parent)")
+    p.add_argument("--batch-size", type=int, default=0, help="default: the checkpoint's")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="print the most likely class of each image")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files of any size")
+    p.set_defaults(func=cmd_predict)
+
+    _add_launcher_commands(sub)
+    return parser
+
+
+def _add_launcher_commands(sub) -> None:
+    try:
+        from mscluster import launch_cli
+    except ImportError:  # the launcher commands land with the launcher
+        return
+    launch_cli.add_commands(sub, _add_set)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if verbose else logging.INFO
+    for name in ("trainer", "launcher", "mscluster"):
+        logging.getLogger(name).setLevel(level)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from launcher.errors import LauncherError
+    from trainer.errors import TrainerError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (TrainerError, LauncherError) as exc:
+        print(f"mscluster {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"mscluster {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install the system packages the ssh/netns tests need: openssh-server (sshd, ssh-keygen) and
+# iproute2 (ip netns). Idempotent: installs only what is missing, runs `apt-get update` only when
+# an install is needed. As non-root it prints what is missing and exits 0 (the tests then skip,
+# or fail when CI is set).
+set -euo pipefail
+
+declare -A wanted=(
+    [/usr/sbin/sshd]=openssh-server
+    [/usr/bin/ssh-keygen]=openssh-client
+    [/usr/sbin/ip]=iproute2
+)
+
+missing=()
+for path in "${!wanted[@]}"; do
+    pkg="${wanted[$path]}"
+    if [[ ! -x "$path" ]] && ! command -v "$(basename "$path")" >/dev/null 2>&1; then
+        [[ " ${missing[*]-} " == *" $pkg "* ]] || missing+=("$pkg")
+    fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "ci_system_deps: nothing to do (sshd, ssh-keygen, ip present)"
+    exit 0
+fi
+
+if [[ "$(id -u)" -ne 0 ]]; then
+    echo "ci_system_deps: not root; missing packages: ${missing[*]}"
+    echo "ci_system_deps: as root run: apt-get install -y ${missing[*]}"
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "ci_system_deps: no apt-get; install these by hand: ${missing[*]}" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# Update the package lists only when the candidate is unknown (fresh container with empty lists).
+for pkg in "${missing[@]}"; do
+    if ! apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]'; then
+        echo "ci_system_deps: apt-get update"
+        apt-get update -qq >/dev/null
+        break
+    fi
+done
+echo "ci_system_deps: installing ${missing[*]}"
+log="$(mktemp)"
+if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    exit 1
+fi
+rm -f "$log"
+# Debian's postinst may start the system sshd on port 22 where an init system runs; the tests
+# start private servers and need none. Only report it.
+echo "ci_system_deps: installed ${missing[*]}"
