@@ -62,14 +62,24 @@ class LogSink:
     def path(self, name: str) -> str:
         return os.path.join(self.logs_dir, self.file_name(name))
 
+    def _handle(self, name: str) -> TextIO:
+        handle = self._files.get(name)
+        if handle is None:
+            handle = self._files[name] = open(self.path(name), "a", encoding="utf-8")
+            if self.attempt:
+                handle.write(f"===== mscluster: attempt {self.attempt} (restart {self.attempt}) =====\n")
+                handle.flush()
+        return handle
+
+    def open(self, name: str) -> None:
+        """Create the log of a process that just started (even one that never prints)."""
+        with self._lock:
+            self._handle(name)
+
     def write(self, host: str, name: str, line: str) -> None:
         label = name[4:] if name.startswith("rank") else ("sched" if name == "scheduler" else name)
         with self._lock:
-            handle = self._files.get(name)
-            if handle is None:
-                handle = self._files[name] = open(self.path(name), "a", encoding="utf-8")
-                if self.attempt:
-                    handle.write(f"===== mscluster: attempt {self.attempt} (restart {self.attempt}) =====\n")
+            handle = self._handle(name)
             handle.write(line + "\n")
             handle.flush()
             if self.console is not None:
@@ -109,7 +119,9 @@ class Supervisor:
     # -- starting ----------------------------------------------------------------------------------
     def _start(self, name: str, host: _Host) -> None:
         try:
-            session = host.executor.start(self.agent_argv(name), env={}, cwd=self.agent_cwd(name),
+            # the job dir in the agent's environment lets anyone find every process of a job
+            session = host.executor.start(self.agent_argv(name), env={"MSCLUSTER_JOB_DIR": host.spec.job_dir},
+                                          cwd=self.agent_cwd(name),
                                           on_stderr=lambda line, n=name: self.events.put((n, {"ev": "stderr", "line": line})))
             host.session = session
             session.write(host.spec.to_json() + "\n")
@@ -179,6 +191,8 @@ class Supervisor:
                 if match:
                     self.result.eval = {"epoch": int(match.group(1)), "top1": float(match.group(2)),
                                         "loss": float(match.group(3))}
+        elif kind == "started":
+            self.sink.open(ev["name"])
         elif kind == "exit":
             self._on_exit(host, ev)
         elif kind == "done":

@@ -113,6 +113,8 @@ def _setup_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     for name in ("trainer", "launcher", "mscluster"):
         logging.getLogger(name).setLevel(level)
+    # paramiko logs its own tracebacks for failures we already report as one line
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -42,3 +42,8 @@ def standin_info(tmp_path_factory):
 def cifar_dir(standin_info) -> str:
     """The folder of the stand-in's .bin files (a valid ``data_dir`` for the trainer); read-only."""
     return standin_info.dir
+
+
+# Real-sshd and network-namespace fixtures (skip on a user's machine without them; fail in CI).
+from sshd_util import sshd  # noqa: F401,E402
+from netns_util import netns_hosts  # noqa: F401,E402

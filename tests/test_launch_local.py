@@ -1,0 +1,133 @@
+"""Feature: ``mscluster launch`` on this machine (local hosts run without SSH, through the same agent).
+
+Description: real launches of a 2-rank CPU job: one that succeeds, one whose rank fails mid-run,
+one whose rank is SIGKILLed, one whose launcher gets Ctrl-C.
+Expectation: success writes result.json with a top1 and per-rank logs; every failure ends the
+launcher non-zero within seconds, names the rank and host in the table, and leaves no process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from launch_helper import (job_processes, kill_group, launch_argv, only_job_dir, run_launch, wait_for,
+                           write_cluster)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def succeeded(tmp_path_factory, cifar_dir):
+    work = tmp_path_factory.mktemp("ok")
+    cluster = write_cluster(str(work / "c.yaml"), cifar_dir, train={"epochs": 1, "eval_every_epochs": 1})
+    proc = run_launch(cluster, cwd=str(work))
+    return proc, only_job_dir(str(work / "runs"))
+
+
+def test_two_rank_job_succeeds_with_result_and_logs(succeeded):
+    proc, job = succeeded
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.load(open(os.path.join(job, "result.json")))
+    assert result["status"] == "succeeded" and result["exit_code"] == 0 and result["failures"] == []
+    assert 0.0 <= result["eval"]["top1"] <= 1.0
+    # every line streamed with its [host:rank] prefix, and kept per rank
+    assert re.search(r"^\[localhost:0\] epoch=1/1 step=4/4 ", proc.stdout, re.M)
+    assert re.search(r"^\[localhost:1\] epoch=1/1 step=4/4 ", proc.stdout, re.M)
+    logs = os.path.join(job, "logs")
+    assert sorted(os.listdir(logs)) == ["rank_0.log", "rank_1.log", "scheduler.log"]
+    rank1 = open(os.path.join(logs, "rank_1.log")).read()
+    assert "global_step=4" in rank1 and "eval epoch" not in rank1
+    digests = re.findall(r"^\[localhost:\d\] final rank=\d .*weights_sha256=(\w+)$", proc.stdout, re.M)
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert os.path.isfile(os.path.join(job, "cluster.yaml"))
+    assert any(n.endswith(".ckpt") for n in os.listdir(os.path.join(job, "checkpoints")))
+    assert job_processes(job) == []
+
+
+def test_existing_job_dir_is_refused_untouched(succeeded, tmp_path):
+    _, job = succeeded
+    before = {n: os.path.getmtime(os.path.join(job, n)) for n in os.listdir(job)}
+    cluster = os.path.join(job, "cluster.yaml")
+    proc = run_launch(cluster, "--job-dir", job, cwd=str(tmp_path), timeout=60)
+    assert proc.returncode == 2
+    assert "job folder exists" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert {n: os.path.getmtime(os.path.join(job, n)) for n in os.listdir(job)} == before
+
+
+def test_failing_rank_stops_the_job_and_is_the_root_cause(tmp_path, cifar_dir):
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir,
+                            train={"steps_per_epoch": 40, "debug_fail_rank": 1, "debug_fail_step": 3})
+    started = time.monotonic()
+    proc = run_launch(cluster, cwd=str(tmp_path))
+    elapsed = time.monotonic() - started
+    job = only_job_dir(str(tmp_path / "runs"))
+    assert proc.returncode == 1, proc.stderr
+    # the table: root cause first, naming host, rank and exit code, with the rank's exception
+    table = proc.stderr
+    root = re.search(r"^\s+root cause\s+\S+\s+(\S+)\s+(\S+)\s+(\S+)\s+(exit \d+|SIG\w+)", table, re.M)
+    assert root, table
+    assert root.groups() == ("localhost", "1", "1", "exit 3"), table
+    assert "InjectedFault: debug_fail_step: rank 1 fails at step 3" in table
+    result = json.load(open(os.path.join(job, "result.json")))
+    assert result["status"] == "failed" and result["failures"][0]["rank"] == 1
+    assert result["failures"][0]["exit_code"] == 3
+    # rank 0 would have run 40 steps; it was stopped instead
+    assert "global_step=40" not in open(os.path.join(job, "logs", "rank_0.log")).read()
+    assert elapsed < 120
+    assert job_processes(job) == []
+
+
+def _start_launch(tmp_path, cifar_dir):
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, train={"steps_per_epoch": 400})
+    proc = subprocess.Popen(launch_argv(cluster), cwd=str(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    runs = str(tmp_path / "runs")
+    job = wait_for(lambda: os.path.isdir(runs) and os.listdir(runs) and only_job_dir(runs), 60, what="job dir")
+    log = os.path.join(job, "logs", "rank_1.log")
+    wait_for(lambda: os.path.exists(log) and "global_step=2 " in open(log).read(), 180, what="rank 1 training")
+    return proc, job
+
+
+def _rank_process(job: str, rank: int):
+    for p in job_processes(job):
+        env = p.environ()
+        if env.get("MS_ROLE") == "MS_WORKER" and env.get("RANK_ID") == str(rank):
+            return p
+    return None
+
+
+def test_sigkilled_rank_stops_the_job(tmp_path, cifar_dir):
+    proc, job = _start_launch(tmp_path, cifar_dir)
+    try:
+        victim = _rank_process(job, 1)
+        assert victim is not None
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        assert time.monotonic() - killed_at < 60
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 1
+    assert re.search(r"^\s+root cause\s+\S+\s+localhost\s+1\s+1\s+SIGKILL", err, re.M), err
+    assert job_processes(job) == []
+
+
+def test_ctrl_c_stops_every_rank(tmp_path, cifar_dir):
+    proc, job = _start_launch(tmp_path, cifar_dir)
+    try:
+        assert len(job_processes(job)) >= 3  # agent, scheduler, two ranks
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 130, err
+    assert json.load(open(os.path.join(job, "result.json")))["status"] == "interrupted"
+    assert job_processes(job) == []

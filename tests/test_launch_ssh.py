@@ -1,0 +1,124 @@
+"""Feature: ``mscluster launch`` and ``ranktable`` over real SSH (private sshd servers, fabric).
+
+Description: a private sshd on 127.0.0.2 (any address but localhost/127.0.0.1 goes over SSH) runs
+the same 2-rank job as the local test; a host with nothing listening and a refused key fail the
+pre-flight; a fake ``hccn_tool`` on the remote PATH feeds the rank table; two network namespaces
+with their own addresses and sshd run a job whose allreduce crosses between them.
+Expectation: the SSH job succeeds with identical weights on both ranks; pre-flight failures are
+one line naming the host, exit 3, and nothing starts on the good host; the rank table holds the
+IPs the tool printed; the 2-host job's ranks end with identical weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from launch_helper import job_processes, only_job_dir, run_launch, write_cluster
+from sshd_util import keygen, running_sshd
+
+pytestmark = [pytest.mark.integration, pytest.mark.ssh]
+
+
+def _ssh_fields(server, **changes):
+    spec = server.ssh_spec(**changes)
+    return {"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": spec.connect_timeout,
+            "strict_host_keys": spec.strict_host_keys, "known_hosts": spec.known_hosts}
+
+
+@pytest.fixture(scope="module")
+def sshd_127_0_0_2(tmp_path_factory):
+    with running_sshd(tmp_path_factory.mktemp("sshd2"), address="127.0.0.2") as server:
+        yield server
+
+
+def test_job_runs_through_sshd(sshd_127_0_0_2, tmp_path, cifar_dir):
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=[{"address": "127.0.0.2", "devices": 2}],
+                            ssh=_ssh_fields(sshd_127_0_0_2), python=sys.executable)
+    proc = run_launch(cluster, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job = only_job_dir(str(tmp_path / "runs"))
+    assert json.load(open(os.path.join(job, "result.json")))["status"] == "succeeded"
+    digests = re.findall(r"^\[127\.0\.0\.2:\d\] final rank=\d .*weights_sha256=(\w+)$", proc.stdout, re.M)
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert "Accepted publickey" in sshd_127_0_0_2.log_text()
+    assert job_processes(job) == []
+
+
+def test_unreachable_host_fails_preflight_and_starts_nothing(sshd_127_0_0_2, tmp_path, cifar_dir):
+    hosts = [{"address": "127.0.0.2", "devices": 1}, {"address": "127.0.0.3", "devices": 1}]  # .3: no sshd
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=hosts,
+                            ssh=_ssh_fields(sshd_127_0_0_2), python=sys.executable)
+    proc = run_launch(cluster, cwd=str(tmp_path), timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "127.0.0.3" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not os.path.exists(tmp_path / "runs")  # no job folder: nothing started anywhere
+
+
+def test_refused_key_is_one_line_naming_the_host(sshd_127_0_0_2, tmp_path, cifar_dir):
+    stranger = keygen(tmp_path / "stranger", "not-authorized")
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=[{"address": "127.0.0.2", "devices": 2}],
+                            ssh=_ssh_fields(sshd_127_0_0_2, key_file=str(stranger)), python=sys.executable)
+    proc = run_launch(cluster, cwd=str(tmp_path), timeout=60)
+    assert proc.returncode == 3
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "127.0.0.2" in lines[0] and "refused key" in lines[0], proc.stderr
+
+
+FAKE_HCCN_TOOL = """#!/bin/sh
+# Stand-in for Ascend's hccn_tool: prints exactly what `hccn_tool -i <id> -ip -g` prints.
+if [ "$1" = "-i" ] && [ "$3" = "-ip" ] && [ "$4" = "-g" ]; then
+    printf 'ipaddr:192.98.92.%d\\nnetmask:255.255.255.0\\n' $((100 + $2))
+    exit 0
+fi
+echo "usage: hccn_tool -i <id> -ip -g" >&2
+exit 1
+"""
+
+
+def test_ranktable_discovers_device_ips_over_ssh(tmp_path):
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir()
+    tool = fakebin / "hccn_tool"
+    tool.write_text(FAKE_HCCN_TOOL)
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    # the remote login's PATH holds the fake tool, as an Ascend server's holds the real one
+    with running_sshd(tmp_path / "sshd", address="127.0.0.2",
+                      extra_config=[f"SetEnv PATH={fakebin}:/usr/local/bin:/usr/bin:/bin"]) as server:
+        cluster = tmp_path / "ascend.yaml"
+        import yaml
+        yaml.safe_dump({"name": "npu", "backend": "ascend", "python": sys.executable,
+                        "hosts": [{"address": "127.0.0.2", "devices": [0, 1, 2, 3]}],
+                        "ssh": _ssh_fields(server)}, open(cluster, "w"))
+        out = tmp_path / "rank_table.json"
+        proc = subprocess.run([sys.executable, "-m", "mscluster.cli", "ranktable", str(cluster), "-o", str(out)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    table = json.load(open(out))
+    assert table == {"version": "1.0", "server_count": "1", "status": "completed", "server_list": [
+        {"server_id": "127.0.0.2", "host_nic_ip": "reserve", "device": [
+            {"device_id": str(d), "device_ip": f"192.98.92.{100 + d}", "rank_id": str(d)} for d in range(4)]}]}
+
+
+@pytest.mark.netns
+def test_two_hosts_in_network_namespaces_train_one_model(netns_hosts, tmp_path, cifar_dir):
+    lab = netns_hosts
+    spec = lab.ssh_spec()
+    hosts = [{"address": h.address, "devices": 1} for h in lab.hosts[:2]]
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=hosts, python=sys.executable,
+                            ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file,
+                                 "connect_timeout": 5, "known_hosts": spec.known_hosts})
+    proc = run_launch(cluster, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    a, b = lab.hosts[0].address, lab.hosts[1].address
+    d0 = re.search(rf"^\[{re.escape(a)}:0\] final rank=0 .*weights_sha256=(\w+)$", proc.stdout, re.M)
+    d1 = re.search(rf"^\[{re.escape(b)}:1\] final rank=1 .*weights_sha256=(\w+)$", proc.stdout, re.M)
+    assert d0 and d1 and d0.group(1) == d1.group(1), proc.stdout[-3000:]
+    job = only_job_dir(str(tmp_path / "runs"))
+    assert job_processes(job) == []
