@@ -532,7 +532,8 @@ class SSHExecutor:
             "channel_timeout": ssh.connect_timeout,
         }
         if ssh.key_file:
-            connect_kwargs.update(key_filename=[ssh.key_file], look_for_keys=False, allow_agent=False)
+            key = os.path.expanduser(ssh.key_file)
+            connect_kwargs.update(key_filename=[key], look_for_keys=False, allow_agent=False)
         else:
             connect_kwargs.update(look_for_keys=True, allow_agent=True)
         conn = fabric.Connection(
