@@ -131,3 +131,17 @@ def test_ctrl_c_stops_every_rank(tmp_path, cifar_dir):
     assert proc.returncode == 130, err
     assert json.load(open(os.path.join(job, "result.json")))["status"] == "interrupted"
     assert job_processes(job) == []
+
+
+def test_sigkilled_launcher_leaves_no_rank(tmp_path, cifar_dir):
+    """kill -9 of the launcher: each agent sees EOF on its stdin and stops its ranks."""
+    proc, job = _start_launch(tmp_path, cifar_dir)
+    try:
+        assert len(job_processes(job)) >= 3
+        proc.send_signal(signal.SIGKILL)  # the launcher alone: no finally, no teardown of its own
+        proc.wait(timeout=10)
+        wait_for(lambda: job_processes(job) == [], 30, what="every process of the job to end")
+    finally:
+        kill_group(proc)
+        for p in job_processes(job):
+            p.kill()

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
 
 import pytest
 
-from launch_helper import job_processes, only_job_dir, run_launch, write_cluster
+from launch_helper import job_processes, kill_group, launch_argv, only_job_dir, run_launch, wait_for, write_cluster
 from sshd_util import keygen, running_sshd
 
 pytestmark = [pytest.mark.integration, pytest.mark.ssh]
@@ -48,6 +49,27 @@ def test_job_runs_through_sshd(sshd_127_0_0_2, tmp_path, cifar_dir):
     assert len(digests) == 2 and digests[0] == digests[1]
     assert "Accepted publickey" in sshd_127_0_0_2.log_text()
     assert job_processes(job) == []
+
+
+def test_dropped_ssh_connection_takes_the_remote_ranks_down(sshd_127_0_0_2, tmp_path, cifar_dir):
+    """kill -9 of the launcher drops its SSH connection: the remote agent must stop its ranks."""
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=[{"address": "127.0.0.2", "devices": 2}],
+                            ssh=_ssh_fields(sshd_127_0_0_2), python=sys.executable,
+                            train={"steps_per_epoch": 400})
+    proc = subprocess.Popen(launch_argv(cluster), cwd=str(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = str(tmp_path / "runs")
+    try:
+        job = wait_for(lambda: os.path.isdir(runs) and os.listdir(runs) and only_job_dir(runs), 60, what="job dir")
+        log = os.path.join(job, "logs", "rank_1.log")
+        wait_for(lambda: os.path.exists(log) and "global_step=2 " in open(log).read(), 180, what="training")
+        remote = job_processes(job)
+        assert len(remote) >= 3 and all(p.ppid() != proc.pid for p in remote)  # they hang off sshd
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        wait_for(lambda: job_processes(job) == [], 30, what="the remote ranks to stop")
+    finally:
+        kill_group(proc)
 
 
 def test_unreachable_host_fails_preflight_and_starts_nothing(sshd_127_0_0_2, tmp_path, cifar_dir):
