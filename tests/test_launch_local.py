@@ -109,6 +109,10 @@ def test_sigkilled_rank_stops_the_job(tmp_path, cifar_dir):
     try:
         victim = _rank_process(job, 1)
         assert victim is not None
+        # bind_cores (the default): each rank pinned to its own share of this host's cores
+        pinned = [set(_rank_process(job, r).cpu_affinity()) for r in (0, 1)]
+        if len(os.sched_getaffinity(0)) >= 2:
+            assert pinned[0] and pinned[1] and not pinned[0] & pinned[1], pinned
         victim.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         out, err = proc.communicate(timeout=120)
