@@ -60,7 +60,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.evaluate import evaluate
 
     scores = evaluate(args.checkpoint, args.data_dir, args.batch_size)
-    print(f"top1={scores['top1']:.4f} loss={scores['loss']:.4f}")
+    print(f"top1={scores.top1:.4f} loss={scores.loss:.4f} images={scores.count}")
     return 0
 
 
