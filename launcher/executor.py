@@ -48,7 +48,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Callable, Deque, Iterator, List, Mapping, Optional, Protocol, Sequence
+from typing import IO, Callable, Deque, Iterator, List, Mapping, Optional, Protocol, Sequence, cast
 
 from launcher.errors import HostUnreachable
 from launcher.spec import HostSpec, SSHSpec
@@ -303,21 +303,21 @@ class _LocalSession(Session):
     def __init__(self, host: str, proc: subprocess.Popen, on_stderr: Optional[LineCallback]) -> None:
         super().__init__(host, on_stderr)
         self._proc = proc
-        assert proc.stdout is not None and proc.stderr is not None  # we passed PIPE
-        self._start_pumps(_closing_reader(proc.stdout), _closing_reader(proc.stderr))
+        # stdin, stdout and stderr are all pipes: _popen passes PIPE for each
+        self._stdin = cast(IO[bytes], proc.stdin)
+        self._start_pumps(_closing_reader(cast(IO[bytes], proc.stdout)),
+                          _closing_reader(cast(IO[bytes], proc.stderr)))
 
     @property
     def pid(self) -> int:
         return self._proc.pid
 
     def _write(self, data: bytes) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(data)
-        self._proc.stdin.flush()
+        self._stdin.write(data)
+        self._stdin.flush()
 
     def _close_stdin(self) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.close()
+        self._stdin.close()
 
     def _wait(self, timeout: Optional[float]) -> Optional[int]:
         try:
