@@ -6,6 +6,10 @@ statistics, optimizer moments, learning rate, global step, plus our ``append_dic
 fingerprint of the settings a resume must agree on. The ``.ckpt`` is written to a temporary name in
 the same folder, fsynced and renamed; the sidecar is written (the same way) only after that. A
 checkpoint whose sidecar is missing or disagrees with the file is never loaded.
+
+``CheckpointWriter`` runs that sequence in a background thread on a snapshot of the parameters
+(the training step waits only for the copy), one checkpoint at a time; the guarantees are the
+same, because a checkpoint counts only once its sidecar exists and matches.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
@@ -61,12 +66,34 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: str) -> None:
+def _fsync(path: str) -> None:
+    """fsync a file or a folder (read-only descriptor: MindSpore leaves the files it writes mode 0400)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _pause_torn(tmp: str, seconds: float) -> None:
+    """Test hook: leave ``tmp`` half-written on disk for ``seconds``, then write it whole again.
+
+    A process killed during the pause leaves exactly what a kill in the middle of a write leaves:
+    a torn temporary file and no new checkpoint.
+    """
+    with open(tmp, "rb") as handle:
+        data = handle.read()
+    os.chmod(tmp, 0o600)
+    with open(tmp, "r+b") as handle:
+        handle.truncate(len(data) // 2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    logger.warning("debug_pause_in_save: pausing %.1f s with %s half-written", seconds, tmp)
+    time.sleep(seconds)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
@@ -86,25 +113,26 @@ def save(write: Callable[[str], None], directory: str, meta_fields: dict[str, An
         write: writes the checkpoint to the path it is given (``ms.save_checkpoint`` bound to the net).
         directory: the checkpoints folder (created if missing).
         meta_fields: CheckpointMeta fields other than file, size, sha256 and saved_at.
-        pause_mid_write: test hook: sleep this long after the data is written, before the rename.
+        pause_mid_write: test hook: keep the temporary file half-written this long before the rename.
+
+    Returns:
+        The checkpoint's path and its sidecar's content.
     """
     os.makedirs(directory, exist_ok=True)
     name = checkpoint_name(meta_fields["epoch"], meta_fields["step_in_epoch"], meta_fields["global_step"])
     final = os.path.join(directory, name)
     tmp = os.path.join(directory, TMP_PREFIX + name)
     write(tmp)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
+    _fsync(tmp)
     if pause_mid_write:
-        logger.warning("debug_pause_in_save: pausing %.1f s before renaming %s", pause_mid_write, tmp)
-        time.sleep(pause_mid_write)
+        _pause_torn(tmp, pause_mid_write)
     size = os.path.getsize(tmp)
     digest = _sha256(tmp)
     os.replace(tmp, final)
-    _fsync_dir(directory)
+    _fsync(directory)
     meta = CheckpointMeta(file=name, size=size, sha256=digest, saved_at=time.time(), **meta_fields)
     _write_json_atomic(sidecar_path(final), asdict(meta))
-    _fsync_dir(directory)
+    _fsync(directory)
     return final, meta
 
 
@@ -153,13 +181,43 @@ def latest_good(directory: str) -> tuple[Optional[str], Optional[CheckpointMeta]
     return None, None, skipped
 
 
-def prune(directory: str, keep_max: int) -> list[str]:
-    """Remove all but the ``keep_max`` newest good checkpoints; called only after a save completed.
+def _position(path: str) -> tuple[int, int]:
+    match = NAME_RE.match(os.path.basename(path))
+    return (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
 
-    Bad (unverified) files are left for a person to look at, except stale temporaries.
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Remove the temporary files of writes that never finished (a process killed mid-save).
+
+    Call it only while no save is in flight in this folder (one writer, between saves).
     """
     removed = []
-    good = [p for p in list_checkpoints(directory) if os.path.isfile(sidecar_path(p))]
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        if name.startswith(TMP_PREFIX):
+            path = os.path.join(directory, name)
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def prune(directory: str, keep_max: int, newest: Optional[str] = None) -> list[str]:
+    """Keep the ``keep_max`` newest complete checkpoints up to ``newest``; remove older ones.
+
+    Called only after a save completed (``newest`` is the one just written). Checkpoints at later
+    positions than ``newest`` belong to an abandoned attempt (the run resumed from an earlier
+    one): they neither count nor get removed, so a bad file there can never push out the
+    checkpoint just written. Files without a sidecar are left for a person to look at; stale
+    temporaries of writes that never finished are removed.
+    """
+    removed = remove_stale_temporaries(directory)
+    limit = _position(newest) if newest else None
+    good = [p for p in list_checkpoints(directory) if os.path.isfile(sidecar_path(p))
+            and (limit is None or _position(p) <= limit)]
     for path in good[:-keep_max] if keep_max > 0 else []:
         for victim in (sidecar_path(path), path):
             try:
@@ -168,6 +226,66 @@ def prune(directory: str, keep_max: int) -> list[str]:
             except FileNotFoundError:
                 pass
     return removed
+
+
+class CheckpointWriter:
+    """Writes checkpoints one at a time, inline or in a background thread, then prunes.
+
+    Each write is ``save`` followed by ``prune``: the atomic rename and the sidecar are the same in
+    both modes. In the background, ``submit`` returns once the previous write has finished and the
+    new one has started, so the caller must hand it a ``write`` that reads a snapshot, never live
+    parameters. An error of a background write is raised by the next ``submit`` or by ``wait``.
+    """
+
+    def __init__(self, directory: str, keep_max: int, background: bool = True, pause_mid_write: float = 0.0,
+                 on_saved: Optional[Callable[[str, CheckpointMeta, float], None]] = None):
+        self.directory, self.keep_max, self.background = directory, keep_max, background
+        self.pause_mid_write, self.on_saved = pause_mid_write, on_saved
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+        self.last: Optional[tuple[str, CheckpointMeta]] = None
+
+    def _run(self, write: Callable[[str], None], meta_fields: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            path, meta = save(write, self.directory, meta_fields, self.pause_mid_write)
+            prune(self.directory, self.keep_max, newest=path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+            self._error = exc
+            return
+        self.last = (path, meta)
+        if self.on_saved is not None:
+            self.on_saved(path, meta, time.perf_counter() - t0)
+
+    def submit(self, write: Callable[[str], None], meta_fields: dict[str, Any]) -> str:
+        """Start writing a checkpoint; return the path it will have once complete."""
+        self.wait()
+        name = checkpoint_name(meta_fields["epoch"], meta_fields["step_in_epoch"], meta_fields["global_step"])
+        if self.background:
+            self._thread = threading.Thread(target=self._run, args=(write, meta_fields), daemon=False,
+                                            name="mscluster-checkpoint")
+            self._thread.start()
+        else:
+            self._run(write, meta_fields)
+            self._raise()
+        return os.path.join(self.directory, name)
+
+    def wait(self) -> Optional[tuple[str, CheckpointMeta]]:
+        """Wait for the write in flight; return the last complete checkpoint.
+
+        Raises:
+            CheckpointError or OSError: the last write failed.
+        """
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._raise()
+        return self.last
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -51,6 +51,7 @@ class TrainConfig:
     save_every_epochs: int = 1
     save_every_steps: int = 0  # 0 = only at epoch ends
     keep_max: int = 5
+    async_save: bool = True  # write checkpoints in a background thread from a copy of the parameters
     eval_every_epochs: int = 1  # 0 = never evaluate during training
     log_every_steps: int = 10
     tensorboard: bool = True
@@ -59,7 +60,9 @@ class TrainConfig:
     debug_fail_rank: Optional[int] = None
     debug_fail_step: Optional[int] = None
     debug_fail_exit_code: int = 3
-    debug_pause_in_save: float = 0.0  # seconds to sleep half-way through writing a checkpoint
+    debug_fail_signal: int = 0  # > 0: die by this signal instead (9 = SIGKILL, as the OOM killer does)
+    debug_fail_attempt: Optional[int] = None  # fire the debug_* hooks only on this attempt (MSCLUSTER_RESTART_COUNT)
+    debug_pause_in_save: float = 0.0  # seconds to keep a checkpoint half-written before finishing it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,7 +99,7 @@ POSITIVE = {"image_size", "num_classes", "num_parallel_workers", "width", "epoch
             "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale"}
 NON_NEGATIVE = {"warmup_epochs", "momentum", "weight_decay", "seed", "save_every_epochs",
                 "save_every_steps", "eval_every_epochs", "debug_fail_rank", "debug_fail_step",
-                "debug_pause_in_save"}
+                "debug_fail_signal", "debug_fail_attempt", "debug_pause_in_save"}
 
 
 def _check_type(name: str, hint: Any, value: Any) -> Any:
