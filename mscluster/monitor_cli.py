@@ -1,0 +1,101 @@
+"""The monitoring subcommands: ``status``, ``logs``, ``tensorboard``. Parsing and printing only.
+
+None of them imports MindSpore: they answer in a fraction of a second on a login node.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Callable, Optional
+
+DEFAULT_TB_HOST = "127.0.0.1"
+DEFAULT_TB_PORT = 6006
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from launcher.status import format_status, read_status
+
+    status = read_status(args.job_dir)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=1))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from launcher.errors import JobDirError
+    from launcher.joblogs import follow, log_path, missing_log_message, read_lines
+
+    path = log_path(args.job_dir, args.rank)
+    try:
+        if args.follow:
+            from launcher.status import read_status
+
+            lines = follow(path, done=lambda: read_status(args.job_dir).state != "running")
+        else:
+            if not os.path.isfile(path):
+                raise JobDirError(missing_log_message(args.job_dir, path))
+            lines = read_lines(path)
+        for line in lines:
+            sys.stdout.write(line + "\n")
+            if args.follow:
+                sys.stdout.flush()
+    except BrokenPipeError:  # `mscluster logs JOB | head`: the reader left; so do we, quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
+def tensorboard_argv(python: str, logdir: str, host: str, port: int) -> list[str]:
+    return [python, "-m", "tensorboard.main", "--logdir", logdir, "--host", host, "--port", str(port)]
+
+
+def _tensorboard_installed() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    import shlex
+
+    from launcher.errors import JobDirError
+
+    logdir = os.path.join(os.path.abspath(args.job_dir), "tensorboard")
+    if not os.path.isdir(args.job_dir):
+        raise JobDirError(f"{args.job_dir}: no such job folder")
+    if not os.path.isdir(logdir):
+        raise JobDirError(f"{logdir}: no such folder (the job ran with train.tensorboard=false, or has not started)")
+    if not _tensorboard_installed():
+        command = ["tensorboard", "--logdir", logdir, "--host", args.host, "--port", str(args.port)]
+        print("TensorBoard is not installed here (pip install 'mscluster[tensorboard]' or pip install tensorboard); "
+              "then run:")
+        print("  " + " ".join(shlex.quote(a) for a in command))
+        return 0
+    print(f"TensorBoard for {logdir} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    return subprocess.run(tensorboard_argv(sys.executable, logdir, args.host, args.port)).returncode
+
+
+def add_commands(sub, add_set: Optional[Callable[[argparse.ArgumentParser, str], None]] = None) -> None:
+    p = sub.add_parser("status", help="where a job stands: state, attempt, progress, last eval, each rank")
+    p.add_argument("job_dir", metavar="JOB_DIR")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="a job's log: every process merged by time, or one rank's")
+    p.add_argument("job_dir", metavar="JOB_DIR")
+    p.add_argument("--rank", type=int, help="only this rank's lines")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the job ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("tensorboard", help="start TensorBoard on a job's tensorboard/ folder")
+    p.add_argument("job_dir", metavar="JOB_DIR")
+    p.add_argument("--host", default=DEFAULT_TB_HOST, help=f"address to bind (default {DEFAULT_TB_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_TB_PORT, help=f"port (default {DEFAULT_TB_PORT})")
+    p.set_defaults(func=cmd_tensorboard)

@@ -1,0 +1,179 @@
+"""Feature: ``mscluster status`` and ``mscluster logs`` read a job's state and logs from its folder.
+
+Description: the launcher's StatusWriter is fed the agent events of a job (the protocol's own
+dicts) and writes a real status.json; read_status answers from that file, result.json and
+whether the launcher process lives; the logs reader follows a file another thread writes.
+(The same commands against real launched jobs are in test_monitoring.py.)
+Expectation: the right state at every stage (running, restarting, succeeded, failed, launcher
+gone), the progress and eval the ranks printed, one clear line for a folder that is not a job.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from launcher.errors import JobDirError
+from launcher.joblogs import follow, log_path
+from launcher.protocol import AgentSpec, ProcessSpec
+from launcher.status import STATUS_FILE, StatusWriter, format_status, parse_line, read_status
+from trainer.monitor import format_plain
+
+
+def _specs() -> dict[str, AgentSpec]:
+    procs = (ProcessSpec("scheduler", ("x",), ()),
+             ProcessSpec("rank0", ("x",), (), rank=0, device_id=0),
+             ProcessSpec("rank1", ("x",), (), rank=1, device_id=1, local_rank=1, local_size=2))
+    return {"localhost": AgentSpec(host="localhost", job_dir="/unused", processes=procs)}
+
+
+def _started(writer: StatusWriter) -> None:
+    for pid, name in enumerate(("scheduler", "rank0", "rank1"), start=100):
+        writer.on_event("localhost", {"ev": "started", "name": name, "pid": pid})
+
+
+def _out(writer: StatusWriter, name: str, line: str) -> None:
+    writer.on_event("localhost", {"ev": "out", "name": name, "line": line})
+
+
+def _exit(writer: StatusWriter, name: str, code, stopping=False, sig=None) -> None:
+    writer.on_event("localhost", {"ev": "exit", "name": name, "rank": None, "code": code, "signal": sig,
+                                  "time": time.time(), "error": None}, stopping=stopping)
+
+
+def test_progress_lines_the_trainer_prints_are_understood():
+    line = format_plain(2, 3, 5, 20, 45, 1.23456, 0.01, 117.4)
+    assert parse_line(line) == {"epoch": 2, "epochs": 3, "step": 5, "steps": 20, "global_step": 45,
+                                "loss": 1.2346, "img_per_s": 117.4}
+    assert parse_line("eval epoch=2 top1=0.5120 loss=1.3000") == {"eval": {"epoch": 2, "top1": 0.512, "loss": 1.3}}
+    assert math.isnan(parse_line(format_plain(1, 1, 1, 1, 1, float("nan"), 0.1, 1.0))["loss"])
+    assert parse_line("INFO trainer.distributed: joined") == {}
+
+
+def test_running_job_shows_progress_eval_and_each_rank(tmp_path):
+    writer = StatusWriter(str(tmp_path), _specs(), attempt=0)
+    status = read_status(str(tmp_path))
+    assert status.state == "running" and status.attempt == 0
+    assert [r.state for r in status.ranks] == ["pending", "pending", "pending"]
+    assert "no step reported yet" in format_status(status)
+
+    _started(writer)
+    _out(writer, "rank0", format_plain(1, 2, 4, 4, 4, 2.25, 0.1, 300.0))
+    _out(writer, "rank1", format_plain(1, 2, 3, 4, 3, 2.5, 0.1, 300.0))
+    _out(writer, "rank0", "eval epoch=1 top1=0.4200 loss=1.9000")
+    status = read_status(str(tmp_path))
+    assert status.state == "running"
+    lead = status.lead
+    assert (lead.epoch, lead.step, lead.global_step, lead.loss) == (1, 4, 4, 2.25)
+    assert status.eval == {"epoch": 1, "top1": 0.42, "loss": 1.9}
+    assert [(r.name, r.state, r.pid) for r in status.ranks] == [
+        ("rank0", "running", 101), ("rank1", "running", 102), ("scheduler", "running", 100)]
+    text = format_status(status)
+    assert "running (attempt 1)" in text
+    assert "epoch 1/2, step 4/4 (global step 4), loss 2.2500" in text
+    assert "top1 0.4200" in text
+    assert any(line.split()[:3] == ["1", "localhost", "running"] for line in text.splitlines())
+    # the file is always whole JSON (written by rename)
+    json.load(open(tmp_path / STATUS_FILE))
+
+
+def test_failed_rank_then_restart_then_final_result(tmp_path):
+    writer = StatusWriter(str(tmp_path), _specs(), attempt=0)
+    _started(writer)
+    _out(writer, "rank0", "eval epoch=1 top1=0.3000 loss=2.0000")
+    _exit(writer, "rank1", 3)
+    _exit(writer, "rank0", None, stopping=True, sig="SIGTERM")
+    writer.attempt_ended(ok=False, interrupted=False)
+    status = read_status(str(tmp_path))
+    # this process is the launcher and it lives: a restart is coming
+    assert status.state == "running" and "restarting after attempt 1 failed" in status.detail
+    states = {r.name: (r.state, r.exit_code, r.signal) for r in status.ranks}
+    assert states["rank1"] == ("failed", 3, None)
+    assert states["rank0"] == ("stopped", None, "SIGTERM")
+    assert states["scheduler"][0] == "stopped"
+
+    writer = StatusWriter(str(tmp_path), _specs(), attempt=1)  # the next attempt keeps the last eval
+    status = read_status(str(tmp_path))
+    assert status.attempt == 1 and status.state == "running" and status.eval["top1"] == 0.3
+
+    (tmp_path / "cluster.yaml").write_text("name: t\nrestarts: 1\n")
+    (tmp_path / "result.json").write_text(json.dumps({
+        "status": "failed", "exit_code": 1, "restarts": 1, "eval": {"epoch": 1, "top1": 0.3, "loss": 2.0},
+        "attempts": [{"attempt": 1, "ok": False, "root_cause": {
+            "host": "localhost", "name": "rank1", "rank": 1, "exit_code": 3, "signal": None,
+            "message": "InjectedFault: rank 1 fails"}}]}))
+    status = read_status(str(tmp_path))
+    assert status.state == "failed" and status.attempt == 1 and status.max_attempts == 2
+    text = format_status(status)
+    assert "failed (attempt 2 of 2)" in text
+    assert "root cause: rank1 on localhost (exit 3): InjectedFault: rank 1 fails" in text
+
+
+def test_launcher_that_died_is_reported_failed(tmp_path):
+    StatusWriter(str(tmp_path), _specs(), attempt=0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    data = json.load(open(tmp_path / STATUS_FILE))
+    data["launcher"]["pid"] = int(dead.stdout)
+    (tmp_path / STATUS_FILE).write_text(json.dumps(data))
+    status = read_status(str(tmp_path))
+    assert status.state == "failed"
+    assert f"the launcher (pid {int(dead.stdout)}" in status.detail and "is gone" in status.detail
+
+
+def test_result_of_an_earlier_launch_is_not_taken_for_the_running_one(tmp_path):
+    (tmp_path / "result.json").write_text(json.dumps({"status": "succeeded", "restarts": 0, "eval": {}}))
+    old = time.time() - 60
+    os.utime(tmp_path / "result.json", (old, old))
+    StatusWriter(str(tmp_path), _specs(), attempt=0)  # a resumed launch in the same folder
+    assert read_status(str(tmp_path)).state == "running"
+
+
+def test_not_a_job_folder_is_one_clear_line(tmp_path):
+    with pytest.raises(JobDirError, match="not a job folder"):
+        read_status(str(tmp_path))
+    with pytest.raises(JobDirError, match="no such job folder"):
+        read_status(str(tmp_path / "nope"))
+    proc = subprocess.run([sys.executable, "-m", "mscluster.cli", "status", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"mscluster status: error: {tmp_path / 'nope'}: no such job folder"]
+
+
+def test_logs_of_a_missing_rank_name_the_ranks_there(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "rank_0.log").write_text("hello\n")
+    (tmp_path / "status.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "mscluster.cli", "logs", str(tmp_path), "--rank", "7"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "rank_7.log: no such log (logs exist for rank(s) 0)" in proc.stderr
+    assert log_path(str(tmp_path)).endswith(os.path.join("logs", "all.log"))
+
+
+def test_follow_yields_whole_lines_as_written_until_the_job_ends(tmp_path):
+    path = tmp_path / "all.log"
+    ended = threading.Event()
+
+    def writer():
+        time.sleep(0.2)  # the file does not exist when following starts
+        with open(path, "w") as handle:
+            for i in range(5):
+                handle.write(f"line {i} part")  # a line arrives in two writes
+                handle.flush()
+                time.sleep(0.05)
+                handle.write(" two\n")
+                handle.flush()
+            handle.write("last line without newline")
+        ended.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    lines = list(follow(str(path), done=ended.is_set, poll_s=0.02))
+    thread.join()
+    assert lines == [f"line {i} part two" for i in range(5)] + ["last line without newline"]
