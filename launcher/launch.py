@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -26,10 +27,12 @@ from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_
 from launcher.report import RankFailure, format_failures, order_failures
 from launcher.spec import ClusterSpec, HostSpec, Plan
 from launcher.supervisor import AttemptResult, LogSink, Supervisor
+from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+ATTEMPT_FILE = re.compile(r"^train\.attempt(\d+)\.yaml$")
 BACKOFF_S = (2.0, 5.0, 10.0)
 DEFAULT_RANK_ENV = {"MS_TOPO_TIMEOUT": "300"}  # a worker whose scheduler is gone gives up, not retries for an hour
 
@@ -79,6 +82,16 @@ def host_python(cluster: ClusterSpec, host: HostSpec) -> str:
 
 def wants_resume(cluster: ClusterSpec) -> bool:
     return str(cluster.train_dict().get("resume", "none")) != "none"
+
+
+def restart_can_help(failures: Sequence[RankFailure]) -> bool:
+    """False when the root cause is a rank that refused bad input (a setting, the data, a checkpoint).
+
+    The trainer exits with ``TrainerError.exit_code`` (2) only for such errors, which a restart
+    from the same settings and files would meet again.
+    """
+    ordered = order_failures(failures)
+    return not (ordered and ordered[0].rank is not None and ordered[0].exit_code == TrainerError.exit_code)
 
 
 def train_settings(cluster: ClusterSpec, job_dir_on_host: str, attempt: int) -> dict[str, Any]:
@@ -242,16 +255,42 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             ex.close()
 
 
+def previous_attempts(job_dir: str) -> list[dict[str, Any]]:
+    """The attempts an earlier launch of this job folder recorded (a job continued by hand)."""
+    try:
+        with open(os.path.join(job_dir, RESULT_FILE), encoding="utf-8") as handle:
+            attempts = json.load(handle).get("attempts", [])
+    except (OSError, ValueError, AttributeError):
+        attempts = []
+    numbers = [int(m.group(1)) for m in (ATTEMPT_FILE.match(n) for n in _listdir(job_dir)) if m]
+    if numbers and (not attempts or max(numbers) >= len(attempts)):
+        # the launcher died before result.json: count the attempts by their settings files
+        known = {a.get("attempt") for a in attempts}
+        attempts = attempts + [{"attempt": n, "ok": False, "lost": True} for n in sorted(numbers) if n not in known]
+    return attempts
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def _run_attempts(cluster: ClusterSpec, plan: Plan, job_dir: str, rank_table: Optional[str],
                   executors: Mapping[str, Executor], request: LaunchRequest, console: Optional[TextIO],
                   sleep: Callable[[float], None]) -> JobResult:
     by_host = {h.address: h for h in cluster.hosts}
     result = JobResult(status="failed", exit_code=1, job_dir=os.path.abspath(job_dir))
+    # a job continued by hand goes on numbering its attempts: logs get a separator, nothing is overwritten
+    result.attempts = previous_attempts(job_dir)
+    first = max((int(a.get("attempt", -1)) for a in result.attempts), default=-1) + 1
     attempt_result: Optional[AttemptResult] = None
-    for attempt in range(cluster.restarts + 1):
-        if attempt:
-            delay = BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)]
-            _say(console, f"mscluster: restart {attempt} of {cluster.restarts} in {delay:.0f} s, "
+    for attempt in range(first, first + cluster.restarts + 1):
+        if attempt > first:
+            restart = attempt - first
+            delay = BACKOFF_S[min(restart - 1, len(BACKOFF_S) - 1)]
+            _say(console, f"mscluster: restart {restart} of {cluster.restarts} in {delay:.0f} s, "
                           f"from the newest good checkpoint")
             try:
                 sleep(delay)
@@ -270,7 +309,7 @@ def _run_attempts(cluster: ClusterSpec, plan: Plan, job_dir: str, rank_table: Op
                                 "ended_at": attempt_result.ended_at, "interrupted": attempt_result.interrupted,
                                 "root_cause": (order_failures(attempt_result.failures)[0].to_dict()
                                                if attempt_result.failures else None)})
-        result.restarts = attempt
+        result.restarts = attempt - first
         if attempt_result.eval:
             result.eval = attempt_result.eval
         if attempt_result.ok:
@@ -279,7 +318,11 @@ def _run_attempts(cluster: ClusterSpec, plan: Plan, job_dir: str, rank_table: Op
         if attempt_result.interrupted:
             result.status, result.exit_code = "interrupted", 130
             break
-        if attempt < cluster.restarts:
+        if attempt < first + cluster.restarts:
             _say(console, format_failures(attempt_result.failures, f"attempt {attempt} failed"))
+            if not restart_can_help(attempt_result.failures):
+                _say(console, "mscluster: not restarting: a rank refused its settings, data or checkpoint "
+                              f"(exit {TrainerError.exit_code}); a restart would meet the same error")
+                break
     write_json_atomic(os.path.join(job_dir, RESULT_FILE), result.to_dict())
     return result

@@ -26,6 +26,7 @@ from typing import Callable, Deque, Mapping, Optional, TextIO
 from launcher.executor import Executor, Session
 from launcher.protocol import AgentSpec, parse_event
 from launcher.report import RankFailure, traceback_tail
+from launcher.status import StatusWriter
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +48,20 @@ class AttemptResult:
 
 
 class LogSink:
-    """Writes each process's lines to its log file and to the console as ``[host:rank] line``."""
+    """Writes each process's lines to its log file, and as ``[host:rank] line`` to the console and ``all.log``.
+
+    ``all.log`` holds every process's lines in the order the launcher received them: the job's
+    log merged by time (one clock, the launcher's), what ``mscluster logs JOB`` shows.
+    """
+
+    ALL = "all.log"
 
     def __init__(self, logs_dir: str, console: Optional[TextIO], attempt: int):
         self.logs_dir, self.console, self.attempt = logs_dir, console, attempt
         self._files: dict[str, TextIO] = {}
         self._lock = threading.Lock()
         os.makedirs(logs_dir, exist_ok=True)
+        self._all: Optional[TextIO] = None
 
     @staticmethod
     def file_name(name: str) -> str:
@@ -82,6 +90,12 @@ class LogSink:
             handle = self._handle(name)
             handle.write(line + "\n")
             handle.flush()
+            if self._all is None:
+                self._all = open(os.path.join(self.logs_dir, self.ALL), "a", encoding="utf-8")
+                if self.attempt:
+                    self._all.write(f"===== mscluster: attempt {self.attempt} (restart {self.attempt}) =====\n")
+            self._all.write(f"[{host}:{label}] {line}\n")
+            self._all.flush()
             if self.console is not None:
                 self.console.write(f"[{host}:{label}] {line}\n")
                 self.console.flush()
@@ -91,6 +105,9 @@ class LogSink:
             for handle in self._files.values():
                 handle.close()
             self._files.clear()
+            if self._all is not None:
+                self._all.close()
+                self._all = None
 
 
 @dataclass
@@ -115,6 +132,8 @@ class Supervisor:
         self.stopping_since: Optional[float] = None
         self.result = AttemptResult(ok=False, started_at=time.time())
         self._proc_info = {(h, p.name): p for h, host in self.hosts.items() for p in host.spec.processes}
+        # <job>/status.json for `mscluster status` (the sink's logs_dir is <job>/logs)
+        self.status = StatusWriter(os.path.dirname(os.path.abspath(sink.logs_dir)), specs, attempt)
 
     # -- starting ----------------------------------------------------------------------------------
     def _start(self, name: str, host: _Host) -> None:
@@ -182,6 +201,7 @@ class Supervisor:
 
     def _handle(self, host: str, ev: dict) -> None:
         kind = ev.get("ev")
+        self.status.on_event(host, ev, stopping=self.stopping_since is not None)
         if kind == "out":
             name, line = ev["name"], ev["line"]
             self.tails[f"{host}/{name}"].append(line)
@@ -229,6 +249,7 @@ class Supervisor:
         self.result.ended_at = time.time()
         self.result.ok = (not self.result.failures and not self.result.interrupted
                           and all(h.done for h in self.hosts.values()))
+        self.status.attempt_ended(self.result.ok, self.result.interrupted)
         return self.result
 
     def _drain_after_interrupt(self) -> None:

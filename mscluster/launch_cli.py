@@ -65,7 +65,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(f"mscluster: job succeeded" + (f", top1={top1:.4f}" if top1 is not None else "")
               + (f" after {result.restarts} restart(s)" if result.restarts else ""))
     else:
-        print(format_failures(result.failures, f"mscluster: job {result.status}"
+        last = result.attempts[-1]["attempt"] if result.attempts else 0
+        failures = [f for f in result.failures if f.attempt == last] or result.failures
+        print(format_failures(failures, f"mscluster: job {result.status}"
                               + (f" after {result.restarts} restart(s)" if result.restarts else "")), file=sys.stderr)
     print(f"  checkpoints: {os.path.join(where, 'checkpoints')}\n"
           f"  logs:        {os.path.join(where, 'logs')}\n"
@@ -98,3 +100,6 @@ def add_commands(sub, add_set: Callable[[argparse.ArgumentParser, str], None]) -
     p.add_argument("--grace-period", type=float, default=5.0, help="seconds between TERM and KILL (default 5)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the ranks' output")
     p.set_defaults(func=cmd_launch)
+
+    from mscluster import monitor_cli  # status, logs, tensorboard
+    monitor_cli.add_commands(sub, add_set)

@@ -40,7 +40,7 @@ def test_two_rank_job_succeeds_with_result_and_logs(succeeded):
     assert re.search(r"^\[localhost:0\] epoch=1/1 step=4/4 ", proc.stdout, re.M)
     assert re.search(r"^\[localhost:1\] epoch=1/1 step=4/4 ", proc.stdout, re.M)
     logs = os.path.join(job, "logs")
-    assert sorted(os.listdir(logs)) == ["rank_0.log", "rank_1.log", "scheduler.log"]
+    assert sorted(os.listdir(logs)) == ["all.log", "rank_0.log", "rank_1.log", "scheduler.log"]
     rank1 = open(os.path.join(logs, "rank_1.log")).read()
     assert "global_step=4" in rank1 and "eval epoch" not in rank1
     digests = re.findall(r"^\[localhost:\d\] final rank=\d .*weights_sha256=(\w+)$", proc.stdout, re.M)

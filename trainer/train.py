@@ -93,18 +93,72 @@ def resolve_resume(cfg: TrainConfig, ckpt_dir: str) -> Optional[tuple[str, ckpt.
         for bad, why in skipped:
             logger.warning("skipping checkpoint %s: %s", bad, why)
         return (path, meta) if path else None
-    return cfg.resume, ckpt.verify(cfg.resume)
+    try:
+        return cfg.resume, ckpt.verify(cfg.resume)
+    except CheckpointError as exc:
+        raise CheckpointError(f"resume: {exc}") from None
+
+
+def _snapshot(cell) -> list[dict[str, Any]]:
+    """A private copy of every parameter of ``cell``, in ``ms.save_checkpoint``'s order and names.
+
+    The background writer saves from it while training goes on (``asnumpy`` may share memory
+    with the live parameter on CPU, hence the copy).
+    """
+    import numpy as np
+    import mindspore as ms
+
+    cell.init_parameters_data()
+    return [{"name": param.name, "data": ms.Tensor(np.array(param.asnumpy(), copy=True))}
+            for _, param in cell.parameters_and_names()]
+
+
+def _check_same_start(info: RankInfo, start: Position, ckpt_dir: str) -> None:
+    """Every rank must resume at the same global step, or their collectives pair different steps.
+
+    They differ when the checkpoints folder is not shared between hosts (rank 0 writes it): then a
+    rank elsewhere finds an older checkpoint or none.
+
+    Raises:
+        CheckpointError: this rank's start differs from another's.
+    """
+    if not info.distributed:
+        return
+    import numpy as np
+    import mindspore as ms
+    from mindspore import ops
+
+    # AllGather: the CPU AllReduce only sums; two float32 halves keep any step count exact
+    mine = ms.Tensor(np.array([start.global_step // 4096, start.global_step % 4096], np.float32))
+    halves = ops.AllGather()(mine).asnumpy().reshape(-1, 2).astype(np.int64)
+    steps = [int(high) * 4096 + int(low) for high, low in halves]
+    if len(set(steps)) > 1:
+        raise CheckpointError(f"{ckpt_dir}: the ranks would start at different global steps ({steps}, by rank); every "
+                              f"rank must read the checkpoints rank 0 writes (a shared folder, or a copy on each host)")
+
+
+def _hooks_armed(cfg: TrainConfig, info: RankInfo) -> bool:
+    """Whether the test-only debug_* hooks fire in this attempt of the job."""
+    return cfg.debug_fail_attempt is None or cfg.debug_fail_attempt == info.restart_count
+
+
+FROM_SETTINGS = ("learning_rate", "momentum")  # optimizer parameters the settings give, not the checkpoint
+NOT_PARAMETERS = ("epoch", "step_in_epoch", "dataset_seed", "fingerprint")  # our append_dict
 
 
 def _load_state(train_network, path: str) -> None:
+    """Load weights, BatchNorm statistics, optimizer moments and global step from ``path``.
+
+    The schedule (the whole per-step learning-rate array) and the momentum coefficient come from
+    the settings; the restored global step indexes the schedule, so it continues at the exact step.
+    """
     import mindspore as ms
 
     params = ms.load_checkpoint(path)
-    # The schedule and momentum come from the settings; the global step (restored) indexes them.
-    for key in ("learning_rate", "momentum", "epoch", "step_in_epoch", "dataset_seed", "fingerprint"):
+    for key in FROM_SETTINGS + NOT_PARAMETERS:
         params.pop(key, None)
     not_loaded, _ = ms.load_param_into_net(train_network, params, strict_load=True)
-    missing = [n for n in not_loaded if not n.startswith("learning_rate")]
+    missing = [n for n in not_loaded if n not in FROM_SETTINGS]
     if missing:
         raise CheckpointError(f"{path}: holds no value for {', '.join(missing[:5])}")
 
@@ -132,8 +186,8 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
 
     from mindspore import nn
     from mindspore.train import Model
-    from mindspore.train.metrics import Accuracy, Loss
 
+    from trainer.evaluate import allreduce_sum, run_eval, sync_batchnorm_stats
     from trainer.callbacks import FaultInjector, StepCheckpointer, StepMonitor
     from trainer.resnet import build_resnet
     from trainer.schedule import lr_per_step
@@ -152,6 +206,7 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
         if diff:
             raise CheckpointError(f"{path}: incompatible with the current settings: {'; '.join(diff)}")
         start = Position(meta.epoch, meta.step_in_epoch, meta.global_step)
+    _check_same_start(info, start, where["checkpoints"])
 
     # -- network, loss, optimizer: identical initial weights on every rank from one seed
     ms.set_seed(cfg.seed)
@@ -178,13 +233,21 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
         from mindspore.amp import FixedLossScaleManager
 
         extra["loss_scale_manager"] = FixedLossScaleManager(cfg.loss_scale, drop_overflow_update=False)
-    model = Model(net, loss_fn=loss_fn, optimizer=optimizer, metrics={"top1": Accuracy(), "loss": Loss()},
-                  amp_level=cfg.amp_level, **extra)
+    model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=cfg.amp_level, **extra)
     train_network = model.train_network
 
     if resume is not None:
         _load_state(train_network, resume[0])
         print(f"resumed from {resume[0]} epoch={start.epoch} step={start.step_in_epoch}", flush=True)
+
+    def on_saved(path: str, meta: ckpt.CheckpointMeta, seconds: float) -> None:
+        logger.info("wrote %s in %.2f s", path, seconds)
+        print(f"checkpoint saved {path} epoch={meta.epoch} step={meta.step_in_epoch} "
+              f"global_step={meta.global_step}", flush=True)
+
+    armed = _hooks_armed(cfg, info)
+    writer = ckpt.CheckpointWriter(where["checkpoints"], cfg.keep_max, background=cfg.async_save,
+                                   pause_mid_write=cfg.debug_pause_in_save if armed else 0.0, on_saved=on_saved)
 
     def save(epoch: int, step_in_epoch: int, global_step: int, metrics: dict[str, float]) -> str:
         fields = dict(epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step,
@@ -193,20 +256,25 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
         append = {"epoch": epoch, "step_in_epoch": step_in_epoch, "dataset_seed": cfg.seed,
                   "fingerprint": TrainConfig.fingerprint_hash(fingerprint)}
         t0 = time.perf_counter()
-        path, _ = ckpt.save(lambda p: ms.save_checkpoint(train_network, p, append_dict=append),
-                            where["checkpoints"], fields, cfg.debug_pause_in_save)
-        ckpt.prune(where["checkpoints"], cfg.keep_max)
-        logger.info("saved %s in %.2f s", path, time.perf_counter() - t0)
-        print(f"checkpoint saved {path} epoch={epoch} step={step_in_epoch} global_step={global_step}", flush=True)
+        source = _snapshot(train_network) if cfg.async_save else train_network
+        path = writer.submit(lambda p: ms.save_checkpoint(source, p, append_dict=append), fields)
+        logger.info("checkpoint at global step %d: training stalled %.1f ms", global_step,
+                    (time.perf_counter() - t0) * 1000.0)
         return path
 
     monitor = StepMonitor(cfg, info, per_epoch, lr, where["tensorboard"] if cfg.tensorboard else None,
                           start.global_step)
     callbacks: list = [monitor]
-    if cfg.debug_fail_step is not None and cfg.debug_fail_rank in (None, info.rank):
+    if cfg.debug_fail_step is not None and cfg.debug_fail_rank in (None, info.rank) and armed:
         callbacks.append(FaultInjector(monitor, cfg.debug_fail_step, cfg.debug_fail_exit_code, info.rank))
-    if is_chief and cfg.save_every_steps:
-        callbacks.append(StepCheckpointer(monitor, cfg.save_every_steps, per_epoch, save))
+    def save_mid_epoch(epoch: int, step_in_epoch: int, global_step: int, metrics: dict[str, float]) -> Optional[str]:
+        # every rank: rank 0 saves the BatchNorm statistics every rank then holds, so that a run
+        # resumed from here continues with each rank's statistics exactly as they were
+        sync_batchnorm_stats(net, info.world_size)
+        return save(epoch, step_in_epoch, global_step, metrics) if is_chief else None
+
+    if cfg.save_every_steps:
+        callbacks.append(StepCheckpointer(monitor, cfg.save_every_steps, per_epoch, save_mid_epoch))
 
     result = TrainResult(rank=info.rank, world_size=info.world_size, global_step=start.global_step)
     eval_ds = None
@@ -218,25 +286,37 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
                 dataset = dataset.skip(skip)
             monitor.begin_epoch(epoch, skip)
             if skip < per_epoch:
-                model.train(epoch + 1, dataset, callbacks=callbacks, dataset_sink_mode=False,
-                            initial_epoch=epoch)
+                try:
+                    model.train(epoch + 1, dataset, callbacks=callbacks, dataset_sink_mode=False,
+                                initial_epoch=epoch)
+                except InjectedFault:
+                    if cfg.debug_fail_signal:  # die as a killed process does: no cleanup, no error file
+                        os.kill(os.getpid(), cfg.debug_fail_signal)
+                    raise
             result.epochs_done, result.global_step = epoch + 1, monitor.global_step
             result.last_loss = monitor.last_loss
             last = epoch + 1 == cfg.epochs
-            if not is_chief:
-                continue
+            # every rank: one BatchNorm statistics, then each evaluates its shard of the test set
+            sync_batchnorm_stats(net, info.world_size)
             metrics: dict[str, float] = {}
             if cfg.eval_every_epochs and ((epoch + 1) % cfg.eval_every_epochs == 0 or last):
                 if eval_ds is None:
                     eval_ds = create_dataset(data_dir, training=False, image_size=cfg.image_size,
-                                             batch_size=cfg.batch_size, num_parallel_workers=cfg.num_parallel_workers)
-                scores = model.eval(eval_ds, dataset_sink_mode=False)
-                metrics = {"top1": float(scores["top1"]), "loss": float(scores["loss"])}
+                                             batch_size=cfg.batch_size, rank=info.rank,
+                                             rank_size=info.world_size,
+                                             num_parallel_workers=cfg.num_parallel_workers)
+                scores = run_eval(net, eval_ds, cfg.num_classes, allreduce_sum if info.distributed else None)
+                metrics = scores.metrics()
                 result.eval = metrics
-                monitor.log_eval(epoch + 1, metrics)
-                print(f"eval epoch={epoch + 1} top1={metrics['top1']:.4f} loss={metrics['loss']:.4f}", flush=True)
+                if is_chief:
+                    monitor.log_eval(epoch + 1, metrics, scores.confusion, net)
+                    print(f"eval epoch={epoch + 1} top1={metrics['top1']:.4f} loss={metrics['loss']:.4f}",
+                          flush=True)
+            if not is_chief:
+                continue
             if last or (cfg.save_every_epochs and (epoch + 1) % cfg.save_every_epochs == 0):
                 result.checkpoint = save(epoch + 1, 0, monitor.global_step, metrics)
+        writer.wait()  # the final checkpoint is complete (renamed, sidecar written) before the rank ends
         # rank 0 may still be evaluating; leaving before it would break its last collective
         barrier(info)
     finally:
@@ -248,15 +328,15 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
 
 
 def weights_digest(net) -> str:
-    """SHA-256 over the trainable parameters, by name.
+    """SHA-256 over every parameter (weights and BatchNorm statistics), by name.
 
-    BatchNorm's moving statistics are left out: each rank computes them from its own shard (no
-    sync-BN), so they differ between ranks by design; rank 0's are the ones checkpointed.
+    The statistics are averaged over the ranks at each epoch's end, so after training every rank
+    must print the same digest.
     """
     import hashlib
 
     digest = hashlib.sha256()
-    for param in sorted(net.trainable_params(), key=lambda p: p.name):
+    for param in sorted(net.get_parameters(), key=lambda p: p.name):
         digest.update(param.name.encode())
         digest.update(param.asnumpy().tobytes())
     return digest.hexdigest()
