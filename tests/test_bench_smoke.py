@@ -1,0 +1,52 @@
+"""Feature: the benchmark scripts (scripts/bench_train.py, scripts/bench_launch.py) run.
+
+Description: both scripts run at once, each in its --quick mode (a tiny ResNet, a step or two) on
+a narrow section, as a user would before a long run. They run concurrently to keep the test short
+(a 2-rank cluster costs ~15 s to form and tear down whatever the job); the figures are not judged.
+Expectation: each exits 0 and prints one JSON document holding positive throughputs / times for
+what was asked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _start(repo_root: str, script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(repo_root, "scripts", script), *args], cwd=repo_root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _json_of(proc: subprocess.Popen, timeout: float) -> dict:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{proc.args[1]} took over {timeout} s: {err[-2000:]}")
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out)
+
+
+def test_bench_scripts_run_quick_and_print_json(repo_root):
+    launch = _start(repo_root, "bench_launch.py", "--quick", "--only", "local", "--steps", "1")
+    train = _start(repo_root, "bench_train.py", "--quick", "--only", "train32")
+    train_report, launch_report = _json_of(train, 150), _json_of(launch, 150)
+
+    (row,) = train_report["train"]
+    assert "error" not in row, row.get("output_tail")
+    for case in ("bare", "model", "model_cifar", "model_monitor"):
+        assert row[case]["img_per_s"] > 0 and row[case]["steps"] > 0
+    assert row["ratio_model_over_bare"] == pytest.approx(row["model"]["img_per_s"] / row["bare"]["img_per_s"], abs=1e-3)
+    assert row["isa"] == (os.environ.get("ONEDNN_MAX_CPU_ISA") or "AVX2")  # what trainer/cpu.py sets
+
+    (run,) = launch_report["runs"]["local"]
+    assert run["ok"], run.get("output_tail")
+    assert 0 < run["all_ranks_first_step_s"] <= run["end_s"]
+    assert launch_report["median"]["local"]["end_s"] == run["end_s"]
