@@ -7,11 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mscluster-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all install data bench clean-venv
+.PHONY: demo test install data clean-venv
+
+CHECK_PY := import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 9) <= v <= (3, 12) else "mscluster needs Python 3.9-3.12 (MindSpore 2.10 wheels); this is %d.%d: set PYTHON=python3.11 (and make clean-venv)" % v)
 
 $(STAMP): setup.cfg pyproject.toml
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 9) <= v <= (3, 12) else "mscluster needs Python 3.9-3.12 (MindSpore 2.10 wheels); this is %d.%d: set PYTHON=python3.11" % v)'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -c '$(CHECK_PY)' && $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): on Debian/Ubuntu install python3-venv"; exit 1; }; }
+	@$(BIN)/python -c '$(CHECK_PY)'
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@

@@ -121,8 +121,7 @@ class Agent:
                 r.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired:
                 pass
-        for r in self.running:  # KILL the group even if its leader exited: children may linger
-            _signal_group(r.proc.pid, signal.SIGKILL)
+        _kill_groups([r.proc.pid for r in self.running])  # even if a leader exited: children may linger
 
     def _report(self, run: Running) -> None:
         code = run.proc.returncode
@@ -134,7 +133,7 @@ class Agent:
             pass
         self.emit("exit", name=run.spec.name, rank=run.spec.rank,
                   code=code if code is None or code >= 0 else None,
-                  signal=signal.Signals(-code).name if code is not None and code < 0 else None,
+                  signal=_signal_name(-code) if code is not None and code < 0 else None,
                   time=time.time(), error=error)
 
     # -- main loop ---------------------------------------------------------------------------------
@@ -142,7 +141,7 @@ class Agent:
         self.prepare()
         self.start_all()
         pending = len(self.running)
-        ok = True
+        ok = pending == len(self.spec.processes)  # stopped before everything started: not a success
         while pending:
             try:
                 run = self.exits.get(timeout=0.2)
@@ -159,10 +158,38 @@ class Agent:
             if run.proc.returncode != 0 and ok:
                 ok = False
                 self.stop_all()  # one failed: the others of this host go too
-        for r in self.running:
-            _signal_group(r.proc.pid, signal.SIGKILL)  # leftovers of successful ranks, if any
+        _kill_groups([r.proc.pid for r in self.running])  # leftovers (children) of ranks, if any
         self.emit("done", ok=ok)
         return 0 if ok else 1
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # real-time signals have no name in the enum
+        return f"SIG{number}"
+
+
+def _kill_groups(pgids: list[int], timeout: float = 5.0) -> None:
+    """KILL every process group still alive and wait until none is, so "done" means gone."""
+    alive = [g for g in pgids if _group_alive(g)]
+    for pgid in alive:
+        _signal_group(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while alive and time.monotonic() < deadline:
+        alive = [g for g in alive if _group_alive(g)]
+        if alive:
+            time.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _signal_group(pgid: int, sig: int) -> None:

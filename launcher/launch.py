@@ -194,6 +194,8 @@ def create_job_dir(path: str, resume: bool) -> None:
                               f"with --set train.resume=auto")
         if not os.path.isdir(path):
             raise JobDirError(f"{path}: exists and is not a folder")
+        if not any(os.path.exists(os.path.join(path, marker)) for marker in ("cluster.yaml", "status.json")):
+            raise JobDirError(f"{path}: not an mscluster job folder (no cluster.yaml); refusing to write into it")
     try:
         os.makedirs(os.path.join(path, "logs"), exist_ok=True)
         os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
@@ -229,8 +231,8 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
     resume = wants_resume(cluster)
     if request.job_dir is None and os.path.exists(job_dir):
         job_dir = f"{job_dir}-{os.getpid()}"
-    if os.path.exists(job_dir) and not resume:
-        create_job_dir(job_dir, resume)  # raises: refuse before connecting anywhere
+    if os.path.exists(job_dir):
+        create_job_dir(job_dir, resume)  # an existing folder is checked before connecting anywhere
     executors = {h.address: make_executor(h, cluster.ssh) for h in cluster.hosts}
     try:
         preflight(cluster, executors)
@@ -324,5 +326,7 @@ def _run_attempts(cluster: ClusterSpec, plan: Plan, job_dir: str, rank_table: Op
                 _say(console, "mscluster: not restarting: a rank refused its settings, data or checkpoint "
                               f"(exit {TrainerError.exit_code}); a restart would meet the same error")
                 break
+    if result.status == "failed" and attempt_result is not None and not restart_can_help(attempt_result.failures):
+        result.exit_code = TrainerError.exit_code  # bad input (settings, data, checkpoint): exit 2, as documented
     write_json_atomic(os.path.join(job_dir, RESULT_FILE), result.to_dict())
     return result

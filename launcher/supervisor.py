@@ -144,8 +144,10 @@ class Supervisor:
                                           on_stderr=lambda line, n=name: self.events.put((n, {"ev": "stderr", "line": line})))
             host.session = session
             session.write(host.spec.to_json() + "\n")
-        except (BrokenPipeError, OSError) as exc:
-            self.events.put((name, {"ev": "start_failed", "message": str(exc)}))
+            if self.stopping_since is not None:  # stop() ran before this session existed
+                session.close_stdin()
+        except Exception as exc:  # noqa: BLE001 - any failure to start is this host's failure, reported once
+            self.events.put((name, {"ev": "start_failed", "message": f"could not start the agent on {name}: {exc}"}))
             return
         for line in session.lines():
             self.events.put((name, parse_event(line) or {"ev": "stderr", "line": line}))
@@ -232,10 +234,10 @@ class Supervisor:
             t.start()
         try:
             while not all(h.gone for h in self.hosts.values()):
+                self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
                 try:
                     host, ev = self.events.get(timeout=0.5)
                 except queue.Empty:
-                    self._cut_off_stragglers()
                     continue
                 self._handle(host, ev)
         except KeyboardInterrupt:

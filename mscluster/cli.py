@@ -11,9 +11,18 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
+from trainer.overrides import flatten
 
-def _flatten(groups: Optional[list[list[str]]]) -> list[str]:
-    return [pair for group in groups or [] for pair in group]
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
 
 
 def _add_set(parser: argparse.ArgumentParser, what: str) -> None:
@@ -36,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.errorfile import write_error_file
     from trainer.errors import TrainerError
 
-    cfg = config.load(args.config, _flatten(args.set))
+    cfg = config.load(args.config, flatten(args.set))
     _prepare_mindspore_process()
     from trainer.train import InjectedFault, train
 
@@ -88,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split; prints top1=<acc>")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-dir", required=True, help="CIFAR-10 binary folder (or its parent)")
-    p.add_argument("--batch-size", type=int, default=0, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=_positive_int, default=0, help="default: the checkpoint's")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="print the most likely class of each image")
@@ -101,10 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_launcher_commands(sub) -> None:
-    try:
-        from mscluster import launch_cli
-    except ImportError:  # the launcher commands land with the launcher
-        return
+    from mscluster import launch_cli
+
     launch_cli.add_commands(sub, _add_set)
 
 

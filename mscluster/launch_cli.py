@@ -7,12 +7,15 @@ import signal
 import sys
 from typing import Callable
 
+from launcher.errors import ConfigError
+from trainer.overrides import flatten
+
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from launcher.config import load_cluster
     from launcher.plan import format_plan, plan_ranks, rank_env, scheduler_env
 
-    cluster = load_cluster(args.cluster, _flatten(args.set))
+    cluster = load_cluster(args.cluster, flatten(args.set))
     plan = plan_ranks(cluster)
     job_dir = "<job dir>"
     table = "<job dir>/rank_table.json" if cluster.backend == "ascend" else None
@@ -29,7 +32,7 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
     from launcher.launch import make_rank_table
     from launcher.plan import plan_ranks
 
-    cluster = load_cluster(args.cluster, _flatten(args.set))
+    cluster = load_cluster(args.cluster, flatten(args.set))
     if cluster.backend != "ascend":
         raise ConfigError(f"{args.cluster}: backend: the rank table is for backend ascend (this file says {cluster.backend})")
     executors = {h.address: executor_for(h, cluster.ssh) for h in cluster.hosts}
@@ -38,14 +41,20 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
     finally:
         for ex in executors.values():
             ex.close()
+    text = text if text.endswith("\n") else text + "\n"
     if args.output:
         tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-        os.replace(tmp, args.output)
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, args.output)
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise ConfigError(f"{args.output}: cannot write the rank table ({exc.strerror})") from None
         print(f"wrote {args.output}")
     else:
-        print(text)
+        sys.stdout.write(text)
     return 0
 
 
@@ -57,7 +66,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    request = LaunchRequest(args.cluster, tuple(_flatten(args.set)), args.job_dir, args.grace_period)
+    request = LaunchRequest(args.cluster, tuple(flatten(args.set)), args.job_dir, args.grace_period)
     result = launch(request, console=None if args.quiet else sys.stdout)
     where = result.job_dir
     if result.status == "succeeded":
@@ -75,9 +84,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
           f"  result:      {os.path.join(where, 'result.json')}")
     return result.exit_code
 
-
-def _flatten(groups):
-    return [pair for group in groups or [] for pair in group]
 
 
 def add_commands(sub, add_set: Callable[[argparse.ArgumentParser, str], None]) -> None:

@@ -9,6 +9,7 @@ declare -A wanted=(
     [/usr/sbin/sshd]=openssh-server
     [/usr/bin/ssh-keygen]=openssh-client
     [/usr/sbin/ip]=iproute2
+    [/usr/bin/curl]=curl
 )
 
 missing=()

@@ -88,3 +88,25 @@ def test_bad_cluster_file_names_file_field_and_line(tmp_path):
     cluster.write_text("name: t\nbackend: cpu\nhosts:\n  - {address: localhost, devices: -2}\n")
     _one_line_error(_cli("launch", str(cluster), cwd=str(tmp_path)), "c.yaml", "hosts[0].devices", ":4")
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_fresh_run_refuses_a_folder_holding_checkpoints(tmp_path, cifar_dir):
+    ckpts = tmp_path / "out" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    earlier = ckpts / "ckpt_e0001_s000000010.ckpt"
+    earlier.write_bytes(b"an earlier run's checkpoint")
+    proc = _cli("train", "--set", *TINY, f"data_dir={cifar_dir}", f"output_dir={tmp_path / 'out'}", cwd=str(tmp_path))
+    _one_line_error(proc, str(ckpts), "resume=auto")
+    assert earlier.read_bytes() == b"an earlier run's checkpoint" and os.listdir(ckpts) == [earlier.name]
+
+
+def test_resume_into_a_folder_that_is_no_job_is_refused(tmp_path, cifar_dir):
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(f"name: t\nbackend: cpu\nhosts: [{{address: localhost, devices: 2}}]\n"
+                       f"train: {{data_dir: {cifar_dir}}}\n")
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "cat.jpg").write_bytes(b"jpeg")
+    proc = _cli("launch", str(cluster), "--job-dir", str(mine), "--set", "train.resume=auto", cwd=str(tmp_path))
+    _one_line_error(proc, str(mine), "not an mscluster job folder")
+    assert os.listdir(mine) == ["cat.jpg"]

@@ -179,6 +179,8 @@ def load(path: Optional[str] = None, set_pairs: tuple[str, ...] | list[str] = ()
                 loaded = yaml.safe_load(handle)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({_yaml_where(exc)})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read it ({exc})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

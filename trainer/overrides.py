@@ -55,3 +55,8 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def flatten(groups: Iterable[Iterable[str]] | None) -> list[str]:
+    """argparse's ``--set a=1 b=2 --set c=3`` (a list per flag) as one list of pairs."""
+    return [pair for group in groups or [] for pair in group]

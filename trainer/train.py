@@ -20,6 +20,7 @@ from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.distributed import RankInfo, barrier, init_backend, rank_info_from_env
 from trainer.errors import CheckpointError, ConfigError, DataError
+from trainer.output import emit
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ def resolve_resume(cfg: TrainConfig, ckpt_dir: str) -> Optional[tuple[str, ckpt.
     an explicit path that fails verification is an error.
     """
     if cfg.resume == "none":
+        if ckpt.list_checkpoints(ckpt_dir):  # never overwrite or prune an earlier run's checkpoints
+            raise CheckpointError(f"{ckpt_dir}: holds checkpoints of an earlier run; continue it with "
+                                  f"resume=auto, or choose another output_dir")
         return None
     if cfg.resume == "auto":
         path, meta, skipped = ckpt.latest_good(ckpt_dir)
@@ -238,12 +242,12 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
 
     if resume is not None:
         _load_state(train_network, resume[0])
-        print(f"resumed from {resume[0]} epoch={start.epoch} step={start.step_in_epoch}", flush=True)
+        emit(f"resumed from {resume[0]} epoch={start.epoch} step={start.step_in_epoch}")
 
     def on_saved(path: str, meta: ckpt.CheckpointMeta, seconds: float) -> None:
         logger.info("wrote %s in %.2f s", path, seconds)
-        print(f"checkpoint saved {path} epoch={meta.epoch} step={meta.step_in_epoch} "
-              f"global_step={meta.global_step}", flush=True)
+        emit(f"checkpoint saved {path} epoch={meta.epoch} step={meta.step_in_epoch} "
+             f"global_step={meta.global_step}")
 
     armed = _hooks_armed(cfg, info)
     writer = ckpt.CheckpointWriter(where["checkpoints"], cfg.keep_max, background=cfg.async_save,
@@ -310,8 +314,7 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
                 result.eval = metrics
                 if is_chief:
                     monitor.log_eval(epoch + 1, metrics, scores.confusion, net)
-                    print(f"eval epoch={epoch + 1} top1={metrics['top1']:.4f} loss={metrics['loss']:.4f}",
-                          flush=True)
+                    emit(f"eval epoch={epoch + 1} top1={metrics['top1']:.4f} loss={metrics['loss']:.4f}")
             if not is_chief:
                 continue
             if last or (cfg.save_every_epochs and (epoch + 1) % cfg.save_every_epochs == 0):
@@ -322,8 +325,8 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
     finally:
         monitor.close()
     # every rank prints the digest of its weights: equal digests prove the ranks trained one model
-    print(f"final rank={info.rank} global_step={result.global_step} loss={result.last_loss} "
-          f"weights_sha256={weights_digest(net)}", flush=True)
+    emit(f"final rank={info.rank} global_step={result.global_step} loss={result.last_loss} "
+         f"weights_sha256={weights_digest(net)}")
     return result
 
 
