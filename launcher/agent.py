@@ -200,7 +200,7 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _watch_stdin(stream: IO[str], agent: Agent) -> None:
-    """Any further line or EOF on stdin: stop the job (the launcher is done with us or gone)."""
+    """A "stop" line or EOF on stdin: stop the job (the launcher is done with us or gone)."""
     try:
         while True:
             line = stream.readline()

@@ -27,7 +27,7 @@ class ProcessSpec:
     env: tuple[tuple[str, str], ...]
     rank: Optional[int] = None
     device_id: Optional[int] = None
-    cpus: Optional[tuple[int, ...]] = None  # None = placement left to the OS; () = split by the agent
+    cpus: Optional[tuple[int, ...]] = None  # None = the agent splits the host's cores (if bind_cores); () = left to the OS
     local_rank: int = 0
     local_size: int = 1
 

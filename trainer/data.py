@@ -7,7 +7,7 @@ random ops, in file order, keeping the last partial batch so every test image co
 
 Every rank must shuffle with the SAME seed: each rank draws its shard from one global permutation,
 so equal seeds give disjoint shards that cover the data every epoch; unequal seeds overlap
-(NOTES.md). MindSpore's DistributedSampler reads that seed from ``ds.config`` when it is built and
+(measured here). MindSpore's DistributedSampler reads that seed from ``ds.config`` when it is built and
 reshuffles from it every epoch, so the order is a pure function of (seed, epoch) on every rank.
 A fresh pipeline starts again from the first epoch's order.
 """
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 BATCHES_DIR = "cifar-10-batches-bin"
 RECORDS_PER_FILE = 10_000
 RECORD_BYTES = 3_073  # 1 label byte + 32 x 32 x 3 pixel bytes
-FILE_BYTES = RECORDS_PER_FILE * RECORD_BYTES  # Cifar10Dataset reads no other length (NOTES.md)
+FILE_BYTES = RECORDS_PER_FILE * RECORD_BYTES  # Cifar10Dataset reads no other length (measured)
 CIFAR_SIDE = 32
 MEAN = (0.4914, 0.4822, 0.4465)  # per channel, of images rescaled to 0..1 (the tutorial's values)
 STD = (0.2023, 0.1994, 0.2010)

@@ -9,7 +9,7 @@ pooling (for 32x32 inputs). ResNet-50, width 64, 10 classes: 23,528,522 trainabl
 
 Weights are drawn by MindSpore's initializers from numpy's generator, which ``mindspore.set_seed``
 seeds: every rank that sets the same seed and then builds the same network gets the same weights.
-That matters: data-parallel training does not broadcast the initial weights (NOTES.md).
+That matters: data-parallel training does not broadcast the initial weights (measured).
 """
 from __future__ import annotations
 

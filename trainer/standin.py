@@ -3,7 +3,7 @@
 The images are scikit-learn's ``load_digits`` (1,797 real 8x8 handwritten digits, 16 grey levels),
 upscaled to 32x32 by pixel repetition, scaled to 0..255 and copied to R, G and B. Labels are the
 digits 0..9, so class names are "0".."9". ``mindspore.dataset.Cifar10Dataset`` only reads files of
-exactly 10,000 records (NOTES.md), so each file is padded by cycling its own split's images.
+exactly 10,000 records (measured), so each file is padded by cycling its own split's images.
 
 Run ``python -m trainer.standin OUT_DIR`` to write ``OUT_DIR/cifar-10-batches-bin/``.
 """
