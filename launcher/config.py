@@ -24,7 +24,6 @@ The format (see cluster_configs/ for commented examples)::
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import re
 from dataclasses import fields
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -33,7 +32,7 @@ import yaml
 
 from launcher.errors import ConfigError
 from launcher.plan import is_reserved_env
-from launcher.spec import ClusterSpec, HostSpec, SSHSpec
+from launcher.spec import ClusterSpec, HostSpec, SSHSpec, is_ipv4
 from trainer import config as train_config
 from trainer.errors import ConfigError as TrainConfigError
 from trainer.overrides import OverrideError, merge, parse_pairs
@@ -231,13 +230,13 @@ def _hosts(raw: Any, backend: str, where: _Where) -> tuple[HostSpec, ...]:
                 raise where.error(("hosts", index, "address"), f"{host.address!r} is a loopback name, but the "
                                   f"cluster has several hosts and {who} must be reachable from the others: "
                                   "write this host's network address")
-        if backend == "cpu" and not _is_ipv4(hosts[0].address):
+        if backend == "cpu" and not is_ipv4(hosts[0].address):
             raise where.error(("hosts", 0, "address"), "the scheduler runs on the first host and MindSpore "
                               "reads its address (MS_SCHED_HOST) as an IPv4 address: write the first "
                               f"host's IP, not {hosts[0].address!r}")
     if backend == "ascend":
         for index, host in enumerate(hosts):
-            if not (host.is_local or _is_ipv4(host.address)):
+            if not (host.is_local or is_ipv4(host.address)):
                 raise where.error(("hosts", index, "address"), "on ascend the address is the rank table's "
                                   f"server_id, the server's IPv4 address; got {host.address!r}")
             if len(host.devices) != len(hosts[0].devices):
@@ -308,7 +307,7 @@ def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
             if device not in devices:
                 raise where.error(key_path, f"device {device} is not among this host's devices "
                                   f"({', '.join(map(str, devices))})")
-            if not isinstance(value, str) or not _is_ipv4(value):
+            if not isinstance(value, str) or not is_ipv4(value):
                 raise where.error(key_path, f"expected an IPv4 address, got {value!r}")
             pairs.append((device, value))
         device_ips = tuple(sorted(pairs))
@@ -413,12 +412,6 @@ def _port(value: Any, path: Path, where: _Where, optional: bool) -> Optional[int
     return port
 
 
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _describe(value: Any) -> str:

@@ -19,13 +19,14 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 import yaml
 
 from launcher.config import load_cluster, resolved_yaml
-from launcher.errors import HostUnreachable, JobDirError, LauncherError
+from launcher.errors import HostUnreachable, JobDirError
 from launcher.executor import Executor, check_host, executor_for
 from launcher.plan import plan_ranks, rank_env, scheduler_env, with_scheduler_port
 from launcher.protocol import SCHEDULER, AgentSpec, ProcessSpec
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
 from launcher.report import RankFailure, format_failures, order_failures
 from launcher.spec import ClusterSpec, HostSpec, Plan
+from launcher.status import write_json_atomic
 from launcher.supervisor import AttemptResult, LogSink, Supervisor
 from trainer.errors import TrainerError
 
@@ -201,14 +202,6 @@ def create_job_dir(path: str, resume: bool) -> None:
         os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
     except OSError as exc:
         raise JobDirError(f"{path}: cannot create the job folder ({exc.strerror})") from None
-
-
-def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def _say(console: Optional[TextIO], text: str) -> None:

@@ -12,7 +12,7 @@ Pure data and (de)serialisation: no I/O here.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 SCHEDULER = "scheduler"

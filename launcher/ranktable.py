@@ -8,7 +8,6 @@ numbers the ranks (``launcher.plan``), so ``rank_id`` here always equals the pro
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -16,7 +15,7 @@ from typing import Callable, Mapping, Optional
 
 from launcher.errors import DiscoveryError
 from launcher.plan import connect_address
-from launcher.spec import Plan
+from launcher.spec import Plan, is_ipv4
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +65,12 @@ def dump_rank_table(table: Mapping) -> str:
 def parse_hccn_tool_output(text: str) -> Optional[str]:
     """The IP in ``hccn_tool -i <id> -ip -g`` output (``ipaddr:192.98.92.100``), or None."""
     match = _HCCN_TOOL_IP.search(text)
-    return match.group(1) if match and _is_ipv4(match.group(1)) else None
+    return match.group(1) if match and is_ipv4(match.group(1)) else None
 
 
 def parse_hccn_conf(text: str) -> dict[int, str]:
     """Device id -> IP from ``/etc/hccn.conf`` lines ``address_<id>=<ip>`` (others ignored)."""
-    return {int(device): ip for device, ip in _HCCN_CONF_ADDRESS.findall(text) if _is_ipv4(ip)}
+    return {int(device): ip for device, ip in _HCCN_CONF_ADDRESS.findall(text) if is_ipv4(ip)}
 
 
 def discover_device_ips(plan: Plan, run: Runner, *, hccn_conf: str = HCCN_CONF) -> dict[tuple[str, int], str]:
@@ -137,9 +136,3 @@ def _summary(code: int, output: str) -> str:
     return f"exit {code}: {last[:120]}"
 
 
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True

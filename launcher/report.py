@@ -5,7 +5,7 @@ Pure formatting of RankFailure records (torchelastic's ChildFailedError table is
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 TRACEBACK_LINES = 8

@@ -4,10 +4,20 @@ All frozen dataclasses; mappings are stored as tuples of pairs so that specs sta
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_ipv4(text: str) -> bool:
+    """Whether ``text`` is a dotted IPv4 address."""
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

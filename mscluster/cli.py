@@ -9,7 +9,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from trainer.overrides import flatten
 

@@ -27,7 +27,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_ranktable(args: argparse.Namespace) -> int:
     from launcher.config import load_cluster
-    from launcher.errors import ConfigError
     from launcher.executor import executor_for
     from launcher.launch import make_rank_table
     from launcher.plan import plan_ranks
@@ -71,7 +70,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     where = result.job_dir
     if result.status == "succeeded":
         top1 = result.eval.get("top1")
-        print(f"mscluster: job succeeded" + (f", top1={top1:.4f}" if top1 is not None else "")
+        print("mscluster: job succeeded" + (f", top1={top1:.4f}" if top1 is not None else "")
               + (f" after {result.restarts} restart(s)" if result.restarts else ""))
     else:
         last = result.attempts[-1]["attempt"] if result.attempts else 0

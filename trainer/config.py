@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml

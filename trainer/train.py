@@ -8,9 +8,7 @@ same batches the uninterrupted run would have.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
