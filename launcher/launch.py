@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 ATTEMPT_FILE = re.compile(r"^train\.attempt(\d+)\.yaml$")
 BACKOFF_S = (2.0, 5.0, 10.0)
-DEFAULT_RANK_ENV = {"MS_TOPO_TIMEOUT": "300"}  # a worker whose scheduler is gone gives up, not retries for an hour
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def agent_specs(plan: Plan, job_dir: str, attempt: int, rank_table: Optional[str
         config_path = os.path.join(jd, f"train.attempt{attempt}.yaml")
         argv = (python, "-m", "mscluster.cli", "train", "--config", config_path)
         table_path = os.path.join(jd, "rank_table.json") if rank_table is not None else None
-        extra = {**DEFAULT_RANK_ENV, **cluster.env_dict(), "MSCLUSTER_RESTART_COUNT": str(attempt)}
+        extra = {**cluster.env_dict(), "MSCLUSTER_RESTART_COUNT": str(attempt)}
         procs = []
         if plan.scheduler is not None and plan.scheduler.host == host.address:
             env = {**extra, **scheduler_env(plan, job_dir=jd)}

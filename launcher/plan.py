@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 # What a loopback host is called in addresses other processes connect to (MS_SCHED_HOST, the
 # rank table's server_id): "localhost" may resolve to ::1, which MindSpore does not listen on.
 LOOPBACK_IP = "127.0.0.1"
+# Seconds a dynamic-cluster process waits for the cluster to form, unless the cluster file says.
+DEFAULT_TOPO_TIMEOUT_S = "300"
 # Shown instead of the scheduler port by ``mscluster plan``, before the launcher picks a free one.
 PORT_AT_LAUNCH = "<free port at launch>"
 
@@ -153,14 +155,21 @@ def scheduler_env(plan: Plan, *, job_dir: Optional[str] = None, preview: bool = 
 
 
 def _dynamic_cluster_env(plan: Plan, preview: bool) -> dict[str, str]:
-    """What the scheduler and every worker of a dynamic cluster share."""
+    """What the scheduler and every worker of a dynamic cluster share.
+
+    ``MS_TOPO_TIMEOUT`` defaults to 300 s (a cluster file's ``env:`` may set it): without it a
+    worker whose scheduler is gone retries for about an hour.
+    """
     if plan.scheduler is None:
         raise ValueError("a cpu plan needs its scheduler (use plan_ranks)")
-    return {
+    shared = {
         "MS_SCHED_HOST": connect_address(plan.scheduler.host),
         "MS_SCHED_PORT": _scheduler_port_text(plan, preview),
         "MS_WORKER_NUM": str(len(plan.ranks)),
     }
+    if "MS_TOPO_TIMEOUT" not in plan.cluster.env_dict():
+        shared["MS_TOPO_TIMEOUT"] = DEFAULT_TOPO_TIMEOUT_S
+    return shared
 
 
 def format_plan(plan: Plan, rank_envs: Mapping[int, Mapping[str, str]],

@@ -167,3 +167,12 @@ hosts:
     with caplog.at_level(logging.WARNING, logger="launcher.plan"):
         plan_ranks(shipped("ascend_2x8.yaml"))
     assert caplog.text == ""
+
+
+def test_dynamic_cluster_gives_up_waiting_after_300_s_unless_the_file_says():
+    text = "name: t\nbackend: cpu\nhosts: [{address: localhost, devices: 2}]\n"
+    plan = plan_ranks(parse_cluster(text, "t.yaml"), scheduler_port=1234)
+    envs = [rank_env(plan, r, job_dir="/j", rank_table_path=None) for r in plan.ranks] + [scheduler_env(plan)]
+    assert {e["MS_TOPO_TIMEOUT"] for e in envs} == {"300"}
+    plan = plan_ranks(parse_cluster(text + "env: {MS_TOPO_TIMEOUT: '30'}\n", "t.yaml"), scheduler_port=1234)
+    assert rank_env(plan, plan.ranks[0], job_dir="/j", rank_table_path=None)["MS_TOPO_TIMEOUT"] == "30"
