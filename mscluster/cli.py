@@ -139,6 +139,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"mscluster {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mscluster plan ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
