@@ -1,62 +1,80 @@
-"""The per-host agent: starts this host's ranks, relays their output, and stops them all on demand.
+"""The per-host agent: starts this host's processes, relays what they say, stops them all on demand.
 
 Run as ``python -m launcher.agent`` by the launcher (locally or over SSH). It reads its AgentSpec
 from the first line of stdin and then watches stdin: EOF means the launcher wants the job stopped,
 has died, or lost its SSH connection, and in every case the agent stops its processes (TERM to
 each process group, a grace period, KILL) before it exits, so no rank outlives its launcher. A
-rank that fails stops this host's other processes at once; the launcher stops the other hosts.
+process that fails stops this host's other processes at once; the launcher stops the other hosts.
 
-Each process runs in its own session (its pid is its process group) with PR_SET_PDEATHSIG, so
-that even a SIGKILLed agent takes its ranks with it. Imports no MindSpore.
+Every process gets three pipes: stdout, stderr, and its event channel (``MSCLUSTER_EVENT_FD``,
+the write end, for ``mscluster.rank``). One thread reads them all through a selector, and a
+process's end is noticed by waiting on its pid, not by EOF on a pipe that a child of it may
+still hold. Each process runs in its own session (its pid is its process group) with
+PR_SET_PDEATHSIG, so even a SIGKILLed agent takes its ranks with it. Imports no MindSpore.
 """
 from __future__ import annotations
 
 import ctypes
 import json
 import os
-import queue
+import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
-from typing import IO, Optional
+from dataclasses import dataclass, field
+from typing import BinaryIO, Optional
 
-from launcher.protocol import AgentSpec, ProcessSpec, event, split_cpus
+from launcher.protocol import (AgentMessage, AgentSpec, Done, Exited, Output, ProcessSpec, Relayed, Started,
+                               encode_message, split_cpus)
+from mscluster import events
+from mscluster.fsutil import write_atomic
+from mscluster.rank import EVENT_FD_ENV
 
-ERROR_FILE_ENV = "MSCLUSTER_ERROR_FILE"
 _PR_SET_PDEATHSIG = 1
+POLL_S = 0.05  # how often exits are looked for while nothing is read
+MAX_LINE = 65536  # a longer run of bytes without a newline is relayed in pieces of this size
+MAX_ERROR_FILE = 262144
+
+
+@dataclass
+class _Stream:
+    """One pipe this agent reads: a process's stdout, stderr or event channel."""
+
+    run: "Running"
+    kind: str  # stdout | stderr | events
+    fd: int
+    pending: bytes = b""
 
 
 @dataclass
 class Running:
     spec: ProcessSpec
     proc: subprocess.Popen
-    error_file: str
-    reader: Optional[threading.Thread] = None
+    streams: list[_Stream] = field(default_factory=list)
+    reported: bool = False
 
 
 class Agent:
     """Runs one host's processes for one attempt of a job."""
 
-    def __init__(self, spec: AgentSpec, out: IO[str]):
+    def __init__(self, spec: AgentSpec, out: BinaryIO, stdin_fd: Optional[int] = None):
         self.spec = spec
         self.out = out
-        self._out_lock = threading.Lock()
+        self.stdin_fd = stdin_fd
         self.running: list[Running] = []
-        self.exits: "queue.Queue[Running]" = queue.Queue()
-        self.stopping = threading.Event()
+        self.selector = selectors.DefaultSelector()
+        self.stop_requested = False  # the launcher (EOF on stdin) or a signal asked for a stop
+        self.kill_at: Optional[float] = None  # a stop is under way: KILL what is left at this time
+        self.ok = True
 
     # -- output ------------------------------------------------------------------------------------
-    def emit(self, kind: str, **fields) -> None:
-        line = event(kind, **fields)
-        with self._out_lock:
-            try:
-                self.out.write(line + "\n")
-                self.out.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                self.stopping.set()  # nobody listens any more: stop the job
+    def emit(self, msg: AgentMessage) -> None:
+        try:
+            self.out.write((encode_message(msg) + "\n").encode("utf-8"))
+            self.out.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self.stop_requested = True  # nobody listens any more: stop the job
 
     # -- start -------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -65,10 +83,7 @@ class Agent:
         for rel, content in self.spec.files:
             path = os.path.join(self.spec.job_dir, rel)
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(content)
-            os.replace(tmp, path)
+            write_atomic(path, content)
 
     def _cpus(self, p: ProcessSpec) -> Optional[tuple[int, ...]]:
         if p.cpus is not None:
@@ -80,12 +95,10 @@ class Agent:
     def start_all(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         for p in self.spec.processes:
-            if self.stopping.is_set():
+            if self.stop_requested:
                 return
-            error_file = os.path.abspath(os.path.join(self.spec.job_dir, "errors",
-                                                      f"{p.name}.attempt{self.spec.attempt}.json"))
-            if os.path.exists(error_file):
-                os.remove(error_file)
+            if p.error_file and os.path.exists(p.error_file):
+                os.remove(p.error_file)
             cpus = self._cpus(p)
 
             def preexec(cpus=cpus) -> None:  # runs in the child, before exec: no MindSpore yet
@@ -93,74 +106,159 @@ class Agent:
                 if cpus:
                     os.sched_setaffinity(0, cpus)
 
-            env = {**os.environ, **dict(p.env), ERROR_FILE_ENV: error_file, "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen(list(p.argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec,
-                                    cwd=os.getcwd())
-            run = Running(p, proc, error_file)
-            run.reader = threading.Thread(target=self._relay, args=(run,), daemon=True)
+            read_end, write_end = os.pipe()
+            env = {**os.environ, **dict(p.env), EVENT_FD_ENV: str(write_end)}
+            try:
+                proc = subprocess.Popen(list(p.argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
+                                        pass_fds=(write_end,), cwd=p.cwd)
+            except OSError as exc:  # no such program or folder: the process "ran" and failed
+                os.close(read_end)
+                os.close(write_end)
+                self._start_failed(p, exc)
+                return
+            os.close(write_end)
+            run = Running(p, proc)
+            for kind, fd in (("stdout", proc.stdout.fileno()), ("stderr", proc.stderr.fileno()),  # type: ignore[union-attr]
+                             ("events", read_end)):
+                os.set_blocking(fd, False)
+                stream = _Stream(run, kind, fd)
+                run.streams.append(stream)
+                self.selector.register(fd, selectors.EVENT_READ, stream)
             self.running.append(run)
-            self.emit("started", name=p.name, pid=proc.pid, cpus=list(cpus) if cpus else None)
-            run.reader.start()
+            self.emit(Started(name=p.name, pid=proc.pid, cpus=tuple(cpus) if cpus else None))
 
-    def _relay(self, run: Running) -> None:
-        for raw in iter(run.proc.stdout.readline, b""):  # type: ignore[union-attr]
-            self.emit("out", name=run.spec.name, line=raw.decode("utf-8", "replace").rstrip("\r\n"))
-        run.proc.wait()
-        self.exits.put(run)
+    def _start_failed(self, p: ProcessSpec, exc: OSError) -> None:
+        where = f" in {p.cwd}" if p.cwd else ""
+        self.emit(Output(name=p.name, stream="stderr", line=f"mscluster agent: cannot start {p.argv[0]}{where}: "
+                                                             f"{exc.strerror or exc}"))
+        self.emit(Exited(name=p.name, rank=p.rank, code=127 if isinstance(exc, FileNotFoundError) else 126,
+                         signal=None, time=time.time()))
+        self.ok = False
+        self.stop_requested = True
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _read(self, stream: _Stream) -> bool:
+        """Read what the pipe holds; relay whole lines. False at EOF (the pipe is then closed)."""
+        while True:
+            try:
+                chunk = os.read(stream.fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if stream.pending:
+                    self._line(stream, stream.pending)
+                    stream.pending = b""
+                self._close(stream)
+                return False
+            data = stream.pending + chunk
+            *lines, stream.pending = data.split(b"\n")
+            for line in lines:
+                self._line(stream, line)
+            while len(stream.pending) > MAX_LINE:
+                self._line(stream, stream.pending[:MAX_LINE])
+                stream.pending = stream.pending[MAX_LINE:]
+
+    def _line(self, stream: _Stream, raw: bytes) -> None:
+        name = stream.run.spec.name
+        if stream.kind != "events":
+            self.emit(Output(name=name, line=raw.decode("utf-8", "replace").rstrip("\r"), stream=stream.kind))
+            return
+        if not raw.strip():
+            return
+        try:
+            self.emit(Relayed(name=name, event=events.decode(raw)))
+        except events.EventError as exc:  # shown to the user, never taken for an event
+            self.emit(Output(name=name, stream="stderr", line=f"mscluster agent: ignored a bad event from {name}: {exc}"))
+
+    def _close(self, stream: _Stream) -> None:
+        try:
+            self.selector.unregister(stream.fd)
+        except (KeyError, ValueError):
+            pass
+        try:
+            os.close(stream.fd)
+        except OSError:
+            pass
+        if stream in stream.run.streams:
+            stream.run.streams.remove(stream)
 
     # -- stop --------------------------------------------------------------------------------------
-    def stop_all(self) -> None:
-        """TERM every live process group, wait the grace period, KILL what is left."""
-        live = [r for r in self.running if r.proc.poll() is None]
-        for r in live:
-            _signal_group(r.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.spec.grace_period
-        for r in live:
-            try:
-                r.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                pass
-        _kill_groups([r.proc.pid for r in self.running])  # even if a leader exited: children may linger
+    def begin_stop(self) -> None:
+        """TERM every live process group; what is still there after the grace period gets KILL."""
+        if self.kill_at is not None:
+            return
+        self.ok = False
+        for r in self.running:
+            if r.proc.poll() is None:
+                _signal_group(r.proc.pid, signal.SIGTERM)
+        self.kill_at = time.monotonic() + self.spec.grace_period
 
     def _report(self, run: Running) -> None:
+        for stream in list(run.streams):  # what it wrote before it ended; a child holding the pipe is cut off
+            if self._read(stream):
+                self._close(stream)
         code = run.proc.returncode
-        error = None
-        try:
-            with open(run.error_file, encoding="utf-8") as handle:
-                error = json.load(handle)
-        except (OSError, ValueError):
-            pass
-        self.emit("exit", name=run.spec.name, rank=run.spec.rank,
-                  code=code if code is None or code >= 0 else None,
-                  signal=_signal_name(-code) if code is not None and code < 0 else None,
-                  time=time.time(), error=error)
+        run.reported = True
+        self.emit(Exited(name=run.spec.name, rank=run.spec.rank,
+                         code=code if code is None or code >= 0 else None,
+                         signal=_signal_name(-code) if code is not None and code < 0 else None,
+                         time=time.time(), error=_read_error_file(run.spec.error_file)))
+        if code != 0:
+            self.begin_stop()  # one failed: the others of this host go too
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> int:
         self.prepare()
+        if self.stdin_fd is not None:
+            os.set_blocking(self.stdin_fd, False)
+            self.selector.register(self.stdin_fd, selectors.EVENT_READ, None)
         self.start_all()
-        pending = len(self.running)
-        ok = pending == len(self.spec.processes)  # stopped before everything started: not a success
-        while pending:
-            try:
-                run = self.exits.get(timeout=0.2)
-            except queue.Empty:
-                if self.stopping.is_set():
-                    self.stop_all()
-                    self.stopping.clear()
-                    ok = False
-                continue
-            if run.reader is not None:
-                run.reader.join()
-            pending -= 1
-            self._report(run)
-            if run.proc.returncode != 0 and ok:
-                ok = False
-                self.stop_all()  # one failed: the others of this host go too
+        if len(self.running) < len(self.spec.processes):
+            self.ok = False  # stopped (or failed) before everything started: not a success
+        while not all(r.reported for r in self.running):
+            for key, _ in self.selector.select(timeout=POLL_S):
+                if key.data is None:
+                    self._read_stdin()
+                else:
+                    self._read(key.data)
+            for run in self.running:
+                if not run.reported and run.proc.poll() is not None:
+                    self._report(run)
+            if self.stop_requested:
+                self.begin_stop()
+            if self.kill_at is not None and time.monotonic() >= self.kill_at:
+                _kill_groups([r.proc.pid for r in self.running if not r.reported], timeout=0.0)
         _kill_groups([r.proc.pid for r in self.running])  # leftovers (children) of ranks, if any
-        self.emit("done", ok=ok)
-        return 0 if ok else 1
+        self.emit(Done(ok=self.ok))
+        return 0 if self.ok else 1
+
+    def _read_stdin(self) -> None:
+        """EOF (or a "stop" line) on stdin: the launcher is done with us, or gone."""
+        try:
+            data = os.read(self.stdin_fd, 4096)  # type: ignore[arg-type]
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data or b"stop" in data:
+            self.stop_requested = True
+            self.selector.unregister(self.stdin_fd)
+
+
+def _read_error_file(path: Optional[str]) -> Optional[dict]:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.loads(handle.read(MAX_ERROR_FILE))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    return {k: str(record.get(k, "")) for k in ("type", "message", "traceback")}
 
 
 def _signal_name(number: int) -> str:
@@ -171,7 +269,7 @@ def _signal_name(number: int) -> str:
 
 
 def _kill_groups(pgids: list[int], timeout: float = 5.0) -> None:
-    """KILL every process group still alive and wait until none is, so "done" means gone."""
+    """KILL every process group still alive and wait (up to ``timeout``) until none is."""
     alive = [g for g in pgids if _group_alive(g)]
     for pgid in alive:
         _signal_group(pgid, signal.SIGKILL)
@@ -199,27 +297,32 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _watch_stdin(stream: IO[str], agent: Agent) -> None:
-    """A "stop" line or EOF on stdin: stop the job (the launcher is done with us or gone)."""
-    try:
-        while True:
-            line = stream.readline()
-            if not line or line.strip() == "stop":
-                break
-    except (OSError, ValueError):
-        pass
-    agent.stopping.set()
+def _read_spec_line(fd: int) -> tuple[str, bytes]:
+    """The first line of stdin, and whatever arrived after it in the same reads."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data.decode("utf-8"), b""
+        data += chunk
+    line, rest = data.split(b"\n", 1)
+    return line.decode("utf-8"), rest
 
 
 def main() -> int:
-    first = sys.stdin.readline()
-    if not first:
+    stdin_fd = sys.stdin.fileno()
+    first, rest = _read_spec_line(stdin_fd)
+    if not first.strip():
         return 2
     spec = AgentSpec.from_json(first)
-    agent = Agent(spec, sys.stdout)
+    agent = Agent(spec, sys.stdout.buffer, stdin_fd)
+    agent.stop_requested = b"stop" in rest
+
+    def on_signal(*_: object) -> None:
+        agent.stop_requested = True
+
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, lambda *_: agent.stopping.set())
-    threading.Thread(target=_watch_stdin, args=(sys.stdin, agent), daemon=True).start()
+        signal.signal(sig, on_signal)
     return agent.run()
 
 

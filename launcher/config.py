@@ -19,7 +19,10 @@ The format (see cluster_configs/ for commented examples)::
     restarts: 0
     bind_cores: true
     env: {GLOG_v: "2"}
-    train: {epochs: 1, image_size: 32}
+    console: [0]              # ranks whose every line the terminal shows (or: all); warnings always show
+    train: {epochs: 1, image_size: 32}     # the built-in trainer's settings, or instead:
+    command: [python, my_train.py, --epochs, "2"]   # the program every rank runs
+    cwd: /shared/project      # its folder on every host (default: the folder launch runs in)
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from trainer.overrides import OverrideError, merge, parse_pairs
 BACKENDS = ("cpu", "ascend")
 ASCEND_MAX_DEVICES = 8  # NPUs per Ascend server; device ids 0..7
 TOP_KEYS = ("name", "backend", "workdir", "python", "ssh", "hosts", "scheduler_port", "restarts",
-            "bind_cores", "env", "train")
+            "bind_cores", "env", "console", "train", "command", "cwd")
 SSH_KEYS = tuple(f.name for f in fields(SSHSpec))
 HOST_KEYS = ("address", "devices", "device_ips")
 TRAIN_KEYS = tuple(f.name for f in fields(train_config.TrainConfig))
@@ -63,13 +66,16 @@ def format_path(path: Path) -> str:
 class _Where:
     """Where each field came from: a line of the file, or ``--set``; builds the one-line errors."""
 
-    def __init__(self, source: str, lines: dict[Path, int], set_paths: set[Path]):
+    def __init__(self, source: str, lines: dict[Path, int], set_paths: set[Path], command_given: bool = False):
         self.source = source
         self.lines = lines
         self.set_paths = set_paths
+        self.command_given = command_given
 
     def error(self, path: Path, message: str) -> ConfigError:
         field = format_path(path)
+        if path[:1] == ("command",) and self.command_given:
+            return ConfigError(f"{self.source}: {field} (from the command line after --): {message}")
         if any(path[:n] in self.set_paths for n in range(1, len(path) + 1)):
             return ConfigError(f"{self.source}: {field} (from --set): {message}")
         for n in range(len(path), 0, -1):
@@ -80,8 +86,12 @@ class _Where:
 
 # ---------------------------------------------------------------- reading
 
-def load_cluster(path: str, set_pairs: Sequence[str] = ()) -> ClusterSpec:
+def load_cluster(path: str, set_pairs: Sequence[str] = (), command: Optional[Sequence[str]] = None) -> ClusterSpec:
     """Read and validate the cluster file at ``path``, with ``--set`` pairs applied.
+
+    Args:
+        command: the program given after ``--`` on the command line: it replaces the file's
+            ``command:``, and its ``train:`` section (the built-in trainer's) is then not used.
 
     Raises:
         ConfigError: the file is missing or unreadable, not YAML, or a field is bad.
@@ -95,10 +105,11 @@ def load_cluster(path: str, set_pairs: Sequence[str] = ()) -> ClusterSpec:
         raise ConfigError(f"{path}: is a folder, not a cluster file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the cluster file ({exc})") from None
-    return parse_cluster(text, path, set_pairs)
+    return parse_cluster(text, path, set_pairs, command)
 
 
-def parse_cluster(text: str, source: str, set_pairs: Sequence[str] = ()) -> ClusterSpec:
+def parse_cluster(text: str, source: str, set_pairs: Sequence[str] = (),
+                  command: Optional[Sequence[str]] = None) -> ClusterSpec:
     """Validate a cluster file's text; ``source`` names it in messages.
 
     Raises:
@@ -114,8 +125,15 @@ def parse_cluster(text: str, source: str, set_pairs: Sequence[str] = ()) -> Clus
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: expected a mapping of cluster settings (name, hosts, ...), "
                           f"got {_describe(data)}")
-    where = _Where(source, lines, set(_leaf_paths(overrides)))
-    return _validate(merge(data, overrides), where)
+    set_paths = set(_leaf_paths(overrides))
+    data = merge(data, overrides)
+    if command is not None:
+        if not command:
+            raise ConfigError(f"{source}: nothing after --: give the program every rank runs, e.g. -- python train.py")
+        data = {k: v for k, v in data.items() if k != "train"}
+        data["command"] = list(command)
+        set_paths.add(("command",))
+    return _validate(data, _Where(source, lines, set_paths, command is not None))
 
 
 def _compose(text: str, source: str) -> tuple[Any, dict[Path, int]]:
@@ -192,6 +210,15 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
     python = data.get("python")
     if python is not None:
         python = _string(python, ("python",), where)
+    command = _command(data.get("command"), where)
+    if command and data.get("train") is not None:
+        raise where.error(("command",), "command: and train: exclude each other: train: sets up the built-in "
+                          "trainer, command: runs your own program instead; keep one")
+    cwd = data.get("cwd")
+    if cwd is not None:
+        cwd = _path_text(cwd, ("cwd",), where)
+        if not command:
+            raise where.error(("cwd",), "only used with command: (the built-in trainer runs in the job folder)")
     return ClusterSpec(
         name=name,
         backend=backend,
@@ -204,6 +231,9 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         env=_env(data.get("env"), where),
         train=_train(data.get("train"), where),
         scheduler_port=scheduler_port,
+        command=command,
+        cwd=cwd,
+        console=_console(data.get("console", [0]), sum(len(h.devices) for h in hosts), where),
         source=where.source,
     )
 
@@ -356,6 +386,47 @@ def _env(raw: Any, where: _Where) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _command(raw: Any, where: _Where) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise where.error(("command",), f"expected a list of strings (the argv every rank runs, e.g. "
+                          f"[python, train.py, --epochs, \"2\"]), got {_describe(raw)}")
+    if not raw:
+        raise where.error(("command",), "is empty: give the program and its arguments, e.g. [python, train.py]")
+    words = []
+    for index, word in enumerate(raw):
+        if isinstance(word, bool) or not isinstance(word, (str, int, float)):
+            raise where.error(("command", index), f"expected a string, got {_describe(word)}")
+        text = str(word)
+        if "\x00" in text:
+            raise where.error(("command", index), "holds a NUL character")
+        if index == 0 and not text.strip():
+            raise where.error(("command", 0), "the program's name is empty")
+        words.append(text)
+    return tuple(words)
+
+
+def _path_text(value: Any, path: Path, where: _Where) -> str:
+    text = _string(value, path, where)
+    if any(ch in text for ch in "\x00\n\r"):
+        raise where.error(path, "a path may not hold NUL or line breaks")
+    return text
+
+
+def _console(raw: Any, world_size: int, where: _Where) -> Optional[tuple[int, ...]]:
+    if raw == "all":
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise where.error(("console",), f"expected all, or a list of ranks (e.g. [0, 3]), got {_describe(raw)}")
+    ranks = []
+    for index, item in enumerate(raw):
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < world_size:
+            raise where.error(("console", index), f"expected a rank 0..{world_size - 1}, got {_describe(item)}")
+        ranks.append(item)
+    return tuple(sorted(set(ranks)))
+
+
 def _train(raw: Any, where: _Where) -> tuple[tuple[str, Any], ...]:
     if raw is None:
         return ()
@@ -446,8 +517,14 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         "restarts": spec.restarts,
         "bind_cores": spec.bind_cores,
         "env": spec.env_dict(),
-        "train": spec.train_dict(),
+        "console": "all" if spec.console is None else list(spec.console),
     }
+    if spec.command:
+        data["command"] = list(spec.command)
+        if spec.cwd is not None:
+            data["cwd"] = spec.cwd
+    else:
+        data["train"] = spec.train_dict()
     header = f"# {spec.name}: resolved from {spec.source} (defaults and --set applied)\n"
     return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                               allow_unicode=True)

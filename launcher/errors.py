@@ -1,7 +1,10 @@
-"""The launcher's exception family: caught once at the CLI, printed as one line, mapped to an exit code."""
+"""The launcher's branch of mscluster's exception family: caught once at the CLI, printed as one line, mapped to an exit code."""
 
 
-class LauncherError(Exception):
+from mscluster.errors import MsclusterError
+
+
+class LauncherError(MsclusterError):
     """Base of every error the launcher reports to a user as one line."""
 
     exit_code = 2
@@ -29,3 +32,7 @@ class RankFailed(LauncherError):
     """A rank exited non-zero or died by a signal; the job was torn down."""
 
     exit_code = 1
+
+
+class ProgramNotFound(LauncherError):
+    """A ``command:``'s program, script or folder is missing on a host (the message names host and path)."""

@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Callable, Deque, Iterator, List, Mapping, Optional, Protocol, Sequence, cast
 
-from launcher.errors import HostUnreachable
+from launcher.errors import HostUnreachable, ProgramNotFound
 from launcher.spec import HostSpec, SSHSpec
 
 logger = logging.getLogger(__name__)
@@ -664,11 +664,50 @@ def executor_for(host: HostSpec, ssh: SSHSpec) -> Executor:
     return SSHExecutor(host.address, ssh)
 
 
-# What every host's interpreter must have: our packages, and MindSpore (found, not imported: 1 s saved)
-PREFLIGHT_SCRIPT = ("import importlib.util, sys\n"
-                    "import launcher.agent, mscluster.cli, trainer.config\n"
-                    "sys.exit(0 if importlib.util.find_spec('mindspore') else "
-                    "'mindspore is not installed for this interpreter')")
+@dataclass(frozen=True)
+class ProgramCheck:
+    """A ``command:`` to look for on a host before anything starts: its folder and its argv."""
+
+    folder: str  # absolute; "" = the login folder
+    argv: tuple[str, ...]  # as the ranks will run it (the interpreter already in place of ``python``)
+    python_first: bool = False  # argv[0] is the host's interpreter: then look for the script or module
+
+
+# What every host's interpreter must have: our packages, MindSpore where needed (found, not imported:
+# 1 s saved), and a command's folder and program. It prints one line and exits 3 for what is missing.
+PREFLIGHT_SCRIPT = """\
+import importlib.util, json, os, shutil, sys
+import launcher.agent, mscluster.rank
+spec = json.loads(sys.argv[1])
+if spec["mindspore"] and not importlib.util.find_spec("mindspore"):
+    sys.exit("mindspore is not installed for this interpreter")
+if spec["builtin"]:
+    import mscluster.cli, trainer.config
+prog = spec["program"]
+def missing(what):
+    sys.stderr.write("MSCLUSTER-MISSING " + what + "\\n")
+    sys.exit(3)
+if prog:
+    folder = prog["folder"] or os.path.expanduser("~")
+    if not os.path.isdir(folder):
+        missing("folder " + folder + " (cwd)")
+    argv = prog["argv"]
+    if prog["python_first"] and len(argv) > 1:
+        if argv[1] == "-m" and len(argv) > 2:
+            sys.path.insert(0, folder)
+            if importlib.util.find_spec(argv[2]) is None:
+                missing("module " + argv[2] + " (python -m, from " + folder + ")")
+        elif not argv[1].startswith("-") and not os.path.isfile(os.path.join(folder, argv[1])):
+            missing("script " + os.path.join(folder, argv[1]))
+    elif not prog["python_first"]:
+        first = argv[0]
+        if "/" in first:
+            path = os.path.join(folder, first)
+            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                missing("program " + path + " (not an executable file)")
+        elif shutil.which(first) is None:
+            missing("program " + first + " (not on PATH)")
+"""
 
 
 def check_host(
@@ -678,18 +717,28 @@ def check_host(
     *,
     env: Mapping[str, str] = {},
     cwd: Optional[str] = None,
+    needs_mindspore: bool = True,
+    program: Optional[ProgramCheck] = None,
 ) -> None:
-    """Pre-flight: the host answers and ``python`` imports our packages there.
+    """Pre-flight: the host answers, ``python`` imports our packages there, and ``program`` is there.
 
     Raises:
         HostUnreachable: one line naming the host: unreachable, refused key, unknown host key,
             no such interpreter, or an interpreter without mscluster or MindSpore.
+        ProgramNotFound: the command's folder, program, script or module is missing on the host.
     """
+    import json
+
     name = getattr(executor, "label", executor.host)
-    result = executor.run([python, "-c", PREFLIGHT_SCRIPT], timeout=timeout, env=env, cwd=cwd)
+    spec = {"mindspore": needs_mindspore, "builtin": program is None,
+            "program": None if program is None else {"folder": program.folder, "argv": list(program.argv),
+                                                     "python_first": program.python_first}}
+    result = executor.run([python, "-c", PREFLIGHT_SCRIPT, json.dumps(spec)], timeout=timeout, env=env, cwd=cwd)
     if result.exit_code == 0:
         return
     last = next((ln.strip() for ln in reversed(result.stderr.splitlines()) if ln.strip()), "")
+    if result.exit_code == 3 and last.startswith("MSCLUSTER-MISSING "):
+        raise ProgramNotFound(f"host {name}: no {last.split(' ', 1)[1]}; nothing was started")
     if result.exit_code in (126, 127):
         raise HostUnreachable(f"host {name}: python interpreter {python} not found or not executable ({last})")
     reason = last or f"exit code {result.exit_code}"

@@ -9,31 +9,28 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
-import yaml
-
 from launcher.config import load_cluster, resolved_yaml
 from launcher.errors import HostUnreachable, JobDirError
-from launcher.executor import Executor, check_host, executor_for
-from launcher.plan import plan_ranks, rank_env, scheduler_env, with_scheduler_port
-from launcher.protocol import SCHEDULER, AgentSpec, ProcessSpec
+from launcher.executor import Executor, ProgramCheck, check_host, executor_for
+from launcher.jobplan import PYTHON_WORD, JobPlan, build_job_plan, host_python, launch_folder, program_argv
+from launcher.plan import plan_ranks
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
 from launcher.report import RankFailure, format_failures, order_failures
-from launcher.spec import ClusterSpec, HostSpec, Plan
-from launcher.status import write_json_atomic
-from launcher.supervisor import AttemptResult, LogSink, Supervisor
+from launcher.spec import ClusterSpec, HostSpec
+from launcher.supervisor import AttemptResult, LogSink, Supervisor, console_levels
+from mscluster import jobfiles
+from mscluster.fsutil import write_atomic, write_json_atomic
 from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
-ATTEMPT_FILE = re.compile(r"^train\.attempt(\d+)\.yaml$")
+RESULT_FILE = jobfiles.RESULT_FILE
 BACKOFF_S = (2.0, 5.0, 10.0)
 
 
@@ -45,6 +42,8 @@ class LaunchRequest:
     set_pairs: tuple[str, ...] = ()
     job_dir: Optional[str] = None
     grace_period: float = 5.0
+    command: Optional[tuple[str, ...]] = None  # the program after ``--``: replaces the file's command:
+    console: Optional[str] = None  # ``--console``: all, or ranks "0,3"
 
 
 @dataclass
@@ -71,15 +70,6 @@ def default_job_dir(cluster: ClusterSpec, now: float) -> str:
     return os.path.join(cluster.workdir, f"{cluster.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}")
 
 
-def host_job_dir(host: HostSpec, job_dir: str) -> str:
-    """The job folder as seen on ``host``: absolute for local hosts, as given (home-relative) on remote ones."""
-    return os.path.abspath(job_dir) if host.is_local else job_dir
-
-
-def host_python(cluster: ClusterSpec, host: HostSpec) -> str:
-    return cluster.python or (sys.executable if host.is_local else "python3")
-
-
 def wants_resume(cluster: ClusterSpec) -> bool:
     return str(cluster.train_dict().get("resume", "none")) != "none"
 
@@ -94,41 +84,12 @@ def restart_can_help(failures: Sequence[RankFailure]) -> bool:
     return not (ordered and ordered[0].rank is not None and ordered[0].exit_code == TrainerError.exit_code)
 
 
-def train_settings(cluster: ClusterSpec, job_dir_on_host: str, attempt: int) -> dict[str, Any]:
-    settings = cluster.train_dict()
-    settings["output_dir"] = job_dir_on_host
-    if attempt > 0:
-        settings["resume"] = "auto"  # a restart continues from the newest good checkpoint
-    return settings
-
-
-def agent_specs(plan: Plan, job_dir: str, attempt: int, rank_table: Optional[str],
-                grace_period: float) -> dict[str, AgentSpec]:
-    """One AgentSpec per host: its ranks (and the scheduler on cpu), with their environments."""
-    cluster = plan.cluster
-    specs = {}
-    for host in cluster.hosts:
-        jd = host_job_dir(host, job_dir)
-        python = host_python(cluster, host)
-        config_path = os.path.join(jd, f"train.attempt{attempt}.yaml")
-        argv = (python, "-m", "mscluster.cli", "train", "--config", config_path)
-        table_path = os.path.join(jd, "rank_table.json") if rank_table is not None else None
-        extra = {**cluster.env_dict(), "MSCLUSTER_RESTART_COUNT": str(attempt)}
-        procs = []
-        if plan.scheduler is not None and plan.scheduler.host == host.address:
-            env = {**extra, **scheduler_env(plan, job_dir=jd)}
-            procs.append(ProcessSpec(SCHEDULER, argv, tuple(sorted(env.items())), cpus=()))
-        for r in plan.ranks_on(host.address):
-            env = {**extra, **rank_env(plan, r, job_dir=jd, rank_table_path=table_path)}
-            procs.append(ProcessSpec(f"rank{r.rank}", argv, tuple(sorted(env.items())), rank=r.rank,
-                                     device_id=r.device_id, cpus=None if cluster.bind_cores else (),
-                                     local_rank=r.local_rank, local_size=r.local_size))
-        files = [(os.path.basename(config_path), yaml.safe_dump(train_settings(cluster, jd, attempt), sort_keys=True))]
-        if rank_table is not None:
-            files.append(("rank_table.json", rank_table))
-        specs[host.address] = AgentSpec(host=host.address, job_dir=jd, processes=tuple(procs), files=tuple(files),
-                                        grace_period=grace_period, attempt=attempt, bind_cores=cluster.bind_cores)
-    return specs
+def console_pairs(console: Optional[str]) -> tuple[str, ...]:
+    """``--console all`` / ``--console 0,3`` as the ``--set`` pair of the cluster file's ``console:``."""
+    if console is None:
+        return ()
+    text = console.strip()
+    return ("console=all",) if text == "all" else (f"console=[{text}]",)
 
 
 # -- steps with I/O --------------------------------------------------------------------------------
@@ -155,13 +116,21 @@ def _in_parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     return results
 
 
-def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor]) -> None:
-    """Every host answers and its interpreter imports mscluster, before anything starts anywhere."""
+def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_dir: str) -> None:
+    """Every host answers, its interpreter imports mscluster (and MindSpore where it is needed), and
+    a ``command:``'s folder and program are there, before anything starts anywhere."""
     timeout = cluster.ssh.connect_timeout + 20.0
 
     def check(host: HostSpec) -> None:
-        check_host(executors[host.address], host_python(cluster, host), timeout,
-                   cwd=os.getcwd() if host.is_local else None)
+        python = host_python(cluster, host)
+        needs_mindspore = cluster.builtin_trainer or cluster.backend == "cpu" and host == cluster.hosts[0]
+        program = None
+        if cluster.command:
+            folder = launch_folder(cluster, host, launch_dir)
+            program = ProgramCheck(folder=folder or "", argv=program_argv(cluster, host, "", 0),
+                                   python_first=cluster.command[0] == PYTHON_WORD)
+        check_host(executors[host.address], python, timeout, cwd=launch_dir if host.is_local else None,
+                   needs_mindspore=needs_mindspore, program=program)
 
     _in_parallel(check, list(cluster.hosts))
 
@@ -194,7 +163,7 @@ def create_job_dir(path: str, resume: bool) -> None:
                               f"with --set train.resume=auto")
         if not os.path.isdir(path):
             raise JobDirError(f"{path}: exists and is not a folder")
-        if not any(os.path.exists(os.path.join(path, marker)) for marker in ("cluster.yaml", "status.json")):
+        if not any(os.path.exists(os.path.join(path, marker)) for marker in (jobfiles.CLUSTER_FILE, jobfiles.STATUS_FILE)):
             raise JobDirError(f"{path}: not an mscluster job folder (no cluster.yaml); refusing to write into it")
     try:
         os.makedirs(os.path.join(path, "logs"), exist_ok=True)
@@ -218,7 +187,8 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         LauncherError (ConfigError, HostUnreachable, DiscoveryError, JobDirError): before any rank
             started; nothing of an existing job folder is changed.
     """
-    cluster = load_cluster(request.cluster_path, request.set_pairs)
+    cluster = load_cluster(request.cluster_path, request.set_pairs + console_pairs(request.console), request.command)
+    launch_dir = os.getcwd()
     job_dir = request.job_dir or default_job_dir(cluster, time.time())
     resume = wants_resume(cluster)
     if request.job_dir is None and os.path.exists(job_dir):
@@ -227,23 +197,26 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         create_job_dir(job_dir, resume)  # an existing folder is checked before connecting anywhere
     executors = {h.address: make_executor(h, cluster.ssh) for h in cluster.hosts}
     try:
-        preflight(cluster, executors)
+        preflight(cluster, executors, launch_dir)
         port = cluster.scheduler_port
         if cluster.backend == "cpu" and port is None:
             port = pick_scheduler_port(cluster, executors[cluster.hosts[0].address])
-        plan = plan_ranks(cluster, port)
-        if plan.scheduler is not None and plan.scheduler.port is None:
-            plan = with_scheduler_port(plan, port)
-        rank_table = make_rank_table(plan, executors) if cluster.backend == "ascend" else None
+        rank_table = None
+        if cluster.backend == "ascend":
+            rank_table = make_rank_table(plan_ranks(cluster), executors)
         create_job_dir(job_dir, resume)
-        with open(os.path.join(job_dir, "cluster.yaml"), "w", encoding="utf-8") as handle:
-            handle.write(resolved_yaml(cluster))
+        write_atomic(os.path.join(job_dir, jobfiles.CLUSTER_FILE), resolved_yaml(cluster))
         if rank_table is not None:
-            with open(os.path.join(job_dir, "rank_table.json"), "w", encoding="utf-8") as handle:
-                handle.write(rank_table)
-        _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {len(plan.ranks)} rank(s) on "
+            write_atomic(os.path.join(job_dir, jobfiles.RANK_TABLE_FILE), rank_table)
+
+        def plan_attempt(attempt: int) -> JobPlan:
+            return build_job_plan(cluster, job_dir=job_dir, scheduler_port=port, attempt=attempt,
+                                  rank_table=rank_table, grace_period=request.grace_period, launch_dir=launch_dir)
+
+        first = plan_attempt(0)
+        _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {len(first.placement.ranks)} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}")
-        return _run_attempts(cluster, plan, job_dir, rank_table, executors, request, console, sleep)
+        return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep)
     finally:
         for ex in executors.values():
             ex.close()
@@ -256,7 +229,7 @@ def previous_attempts(job_dir: str) -> list[dict[str, Any]]:
             attempts = json.load(handle).get("attempts", [])
     except (OSError, ValueError, AttributeError):
         attempts = []
-    numbers = [int(m.group(1)) for m in (ATTEMPT_FILE.match(n) for n in _listdir(job_dir)) if m]
+    numbers = [n for n in (jobfiles.settings_attempt(name) for name in _listdir(job_dir)) if n is not None]
     if numbers and (not attempts or max(numbers) >= len(attempts)):
         # the launcher died before result.json: count the attempts by their settings files
         known = {a.get("attempt") for a in attempts}
@@ -271,8 +244,8 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def _run_attempts(cluster: ClusterSpec, plan: Plan, job_dir: str, rank_table: Optional[str],
-                  executors: Mapping[str, Executor], request: LaunchRequest, console: Optional[TextIO],
+def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], job_dir: str,
+                  executors: Mapping[str, Executor], launch_dir: str, console: Optional[TextIO],
                   sleep: Callable[[float], None]) -> JobResult:
     by_host = {h.address: h for h in cluster.hosts}
     result = JobResult(status="failed", exit_code=1, job_dir=os.path.abspath(job_dir))
@@ -291,11 +264,13 @@ def _run_attempts(cluster: ClusterSpec, plan: Plan, job_dir: str, rank_table: Op
             except KeyboardInterrupt:
                 result.status, result.exit_code = "interrupted", 130
                 break
-        specs = agent_specs(plan, job_dir, attempt, rank_table, request.grace_period)
-        sink = LogSink(os.path.join(job_dir, "logs"), console, attempt)
-        supervisor = Supervisor(specs, executors,
+        job = plan_attempt(attempt)
+        sink = LogSink(os.path.join(job_dir, jobfiles.LOGS_DIR), console, attempt,
+                       None if cluster.console is None else frozenset(cluster.console),
+                       console_levels({a.host: a for a in job.agents}))
+        supervisor = Supervisor({a.host: a for a in job.agents}, executors,
                                 agent_argv=lambda h: [host_python(cluster, by_host[h]), "-m", "launcher.agent"],
-                                agent_cwd=lambda h: os.getcwd() if by_host[h].is_local else None,
+                                agent_cwd=lambda h: launch_dir if by_host[h].is_local else None,
                                 sink=sink, attempt=attempt)
         attempt_result = supervisor.run()
         result.failures.extend(attempt_result.failures)
@@ -320,5 +295,5 @@ def _run_attempts(cluster: ClusterSpec, plan: Plan, job_dir: str, rank_table: Op
                 break
     if result.status == "failed" and attempt_result is not None and not restart_can_help(attempt_result.failures):
         result.exit_code = TrainerError.exit_code  # bad input (settings, data, checkpoint): exit 2, as documented
-    write_json_atomic(os.path.join(job_dir, RESULT_FILE), result.to_dict())
+    write_json_atomic(os.path.join(job_dir, jobfiles.RESULT_FILE), result.to_dict())
     return result

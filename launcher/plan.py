@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shlex
-from typing import Mapping, Optional
+from typing import Optional
 
 from launcher.spec import LOCAL_ADDRESSES, ClusterSpec, Plan, RankAssignment, SchedulerAssignment
 
@@ -170,46 +169,3 @@ def _dynamic_cluster_env(plan: Plan, preview: bool) -> dict[str, str]:
     if "MS_TOPO_TIMEOUT" not in plan.cluster.env_dict():
         shared["MS_TOPO_TIMEOUT"] = DEFAULT_TOPO_TIMEOUT_S
     return shared
-
-
-def format_plan(plan: Plan, rank_envs: Mapping[int, Mapping[str, str]],
-                scheduler_env: Optional[Mapping[str, str]] = None) -> str:
-    """A readable table of the plan and the environment of each process (``mscluster plan``).
-
-    Args:
-        rank_envs: rank -> its variables (from ``rank_env``); ranks missing here show no env.
-        scheduler_env: the scheduler's variables, if there is one and they should be shown.
-    """
-    cluster = plan.cluster
-    hosts = len(cluster.hosts)
-    lines = [f"{cluster.name}: backend {cluster.backend}, {len(plan.ranks)} rank(s) on "
-             f"{hosts} host{'s' if hosts != 1 else ''} ({cluster.source})"]
-    unit = "npu" if cluster.backend == "ascend" else "slot"
-    rows = [("rank", "host", unit, "local rank")]
-    if plan.scheduler is not None:
-        port = plan.scheduler.port if plan.scheduler.port is not None else PORT_AT_LAUNCH
-        rows.append(("sched", plan.scheduler.host, "-", f"port {port}"))
-    for r in plan.ranks:
-        rows.append((str(r.rank), r.host, str(r.device_id), f"{r.local_rank}/{r.local_size}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-    envs: list[tuple[str, Mapping[str, str]]] = []
-    if scheduler_env is not None:
-        envs.append(("sched", scheduler_env))
-    envs.extend((f"rank {r.rank}", rank_envs[r.rank]) for r in plan.ranks if r.rank in rank_envs)
-    if envs:
-        common = dict(envs[0][1])
-        for _, env in envs[1:]:
-            common = {k: v for k, v in common.items() if env.get(k) == v}
-        lines.append("")
-        lines.append("environment of every process:")
-        lines.extend(f"  {k}={shlex.quote(v)}" for k, v in sorted(common.items()))
-        if len(envs) > 1:
-            lines.append("environment per process:")
-            label_width = max(len(label) for label, _ in envs)
-            for label, env in envs:
-                own = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()) if k not in common)
-                lines.append(f"  {label.ljust(label_width)}  {own}".rstrip())
-    return "\n".join(lines)

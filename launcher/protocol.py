@@ -1,26 +1,44 @@
-"""What the launcher and a host's agent say to each other: one JSON object per line.
+"""What the launcher and a host's agent say to each other: one JSON object per line, typed both ways.
 
-Launcher -> agent (stdin): the first line is an AgentSpec; then nothing. EOF on the agent's stdin
-(the launcher closed it, died, or the SSH connection dropped) means: stop every process now.
-Agent -> launcher (stdout): events, one JSON object a line:
-  {"ev": "started", "name", "pid"}         a process started (its own process group: pgid == pid)
-  {"ev": "out", "name", "line"}            one line of its output (stdout and stderr merged)
-  {"ev": "exit", "name", "code", "signal", "time", "error"}  it ended; error = its error file, if any
-  {"ev": "done", "ok"}                     every process of this host has ended; the agent exits
-Pure data and (de)serialisation: no I/O here.
+Launcher -> agent (stdin): the first line is an ``AgentSpec``; then nothing. EOF on the agent's
+stdin (the launcher closed it, died, or the SSH connection dropped) means: stop every process now.
+
+Agent -> launcher (stdout): one message a line, each a frozen dataclass here:
+
+    Started  {"ev": "started", "name", "pid", "cpus"}      a process started (its own process group)
+    Output   {"ev": "out", "name", "line", "stream"}       one line it printed (stream: stdout | stderr)
+    Relayed  {"ev": "event", "name", "event": {...}}       one event it sent on its event channel
+                                                           (``mscluster.events``; never its output)
+    Exited   {"ev": "exit", "name", "rank", "code", "signal", "time", "error"}
+                                                           it ended; error = its error file, if any
+    Done     {"ev": "done", "ok"}                          every process of this host has ended
+
+``decode_message`` checks every field's type and that a process name is one the launcher gave
+(``rank<N>`` or ``scheduler``): the launcher trusts no message blindly. Pure data: no I/O here.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from typing import Any, Optional
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional, Union
 
-SCHEDULER = "scheduler"
+from mscluster import events
+from mscluster.jobfiles import SCHEDULER, is_process_name
+
+__all__ = ["SCHEDULER", "ProcessSpec", "AgentSpec", "Started", "Output", "Relayed", "Exited", "Done",
+           "AgentMessage", "ProtocolError", "encode_message", "decode_message", "split_cpus"]
+
+MAX_MESSAGE_BYTES = 1 << 20  # an Output line is capped by the agent at 64 KiB; an error file at 256 KiB
 
 
 @dataclass(frozen=True)
 class ProcessSpec:
-    """One process an agent starts: a rank (``rank`` >= 0) or the scheduler (``rank`` None)."""
+    """One process an agent starts: a rank (``rank`` >= 0) or the scheduler (``rank`` None).
+
+    ``env`` is what the launcher adds on top of the host's own environment, exactly (the job
+    plan); the agent fills in only ``MSCLUSTER_EVENT_FD``, the number of the pipe it opens.
+    """
 
     name: str  # "rank<N>" or "scheduler"
     argv: tuple[str, ...]
@@ -30,6 +48,8 @@ class ProcessSpec:
     cpus: Optional[tuple[int, ...]] = None  # None = the agent splits the host's cores (if bind_cores); () = left to the OS
     local_rank: int = 0
     local_size: int = 1
+    cwd: Optional[str] = None  # None = the agent's own folder (the launch folder locally, the login folder remotely)
+    error_file: Optional[str] = None  # where mscluster.rank.record writes an uncaught exception
 
 
 @dataclass(frozen=True)
@@ -58,20 +78,129 @@ class AgentSpec:
         return AgentSpec(processes=procs, files=files, **raw)
 
 
-def event(kind: str, **fields: Any) -> str:
-    """One event line (without the newline)."""
-    return json.dumps({"ev": kind, **fields}, separators=(",", ":"))
+# -- agent -> launcher ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Started:
+    name: str
+    pid: int
+    cpus: Optional[tuple[int, ...]] = None
+    ev = "started"
 
 
-def parse_event(line: str) -> Optional[dict[str, Any]]:
-    """The event in ``line``, or None when the line is not one (e.g. the agent's own stderr)."""
-    if not line.startswith("{"):
-        return None
+@dataclass(frozen=True)
+class Output:
+    name: str
+    line: str
+    stream: str = "stdout"  # stdout | stderr
+    ev = "out"
+
+
+@dataclass(frozen=True)
+class Relayed:
+    name: str
+    event: events.RankEvent
+    ev = "event"
+
+
+@dataclass(frozen=True)
+class Exited:
+    name: str
+    rank: Optional[int]
+    code: Optional[int]  # None when a signal ended it
+    signal: Optional[str]
+    time: float
+    error: Optional[Mapping[str, Any]] = field(default=None, compare=False)  # the error file's record
+    ev = "exit"
+
+
+@dataclass(frozen=True)
+class Done:
+    ok: bool
+    ev = "done"
+
+
+AgentMessage = Union[Started, Output, Relayed, Exited, Done]
+
+
+class ProtocolError(ValueError):
+    """An agent's line that is not a valid message (the message says what is wrong)."""
+
+
+def encode_message(msg: AgentMessage) -> str:
+    """One message as a JSON line, without the newline."""
+    if isinstance(msg, Relayed):
+        body: dict[str, Any] = {"name": msg.name, "event": events.to_dict(msg.event)}
+    else:
+        body = asdict(msg)
+    return json.dumps({"ev": msg.ev, **body}, separators=(",", ":"), allow_nan=True)
+
+
+def decode_message(line: str) -> AgentMessage:
+    """The message of one line from an agent.
+
+    Raises:
+        ProtocolError: not JSON, an unknown kind, a field of the wrong type, or a process name
+            the launcher never gave.
+    """
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"a message longer than {MAX_MESSAGE_BYTES} bytes")
     try:
-        obj = json.loads(line)
+        raw = json.loads(line)
     except ValueError:
+        raise ProtocolError(f"not a message: {line[:120]!r}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"not a message: {line[:120]!r}")
+    kind = raw.get("ev")
+    if kind not in ("done", "started", "out", "event", "exit"):
+        raise ProtocolError(f"unknown message kind {str(kind)[:40]!r}")
+    if kind == "done":
+        return Done(ok=_typed(raw, "ok", bool))
+    name = _typed(raw, "name", str)
+    if not is_process_name(name):
+        raise ProtocolError(f"{kind}: unknown process name {name[:40]!r}")
+    if kind == "started":
+        cpus = raw.get("cpus")
+        if cpus is not None and not (isinstance(cpus, list) and all(_is_int(c) for c in cpus)):
+            raise ProtocolError("started: cpus must be a list of integers")
+        return Started(name=name, pid=_typed(raw, "pid", int), cpus=None if cpus is None else tuple(cpus))
+    if kind == "out":
+        stream = raw.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise ProtocolError(f"out: stream must be stdout or stderr, got {stream!r}")
+        return Output(name=name, line=_typed(raw, "line", str), stream=stream)
+    if kind == "event":
+        try:
+            return Relayed(name=name, event=events.from_dict(raw.get("event")))
+        except events.EventError as exc:
+            raise ProtocolError(f"event: {exc}") from None
+    if kind == "exit":
+        when = raw.get("time")
+        if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+            raise ProtocolError("exit: time must be a finite number")
+        error = raw.get("error")
+        if error is not None and not (isinstance(error, dict) and isinstance(error.get("message", ""), str)
+                                      and isinstance(error.get("traceback", ""), str)):
+            raise ProtocolError("exit: error must be an error-file record (message, traceback)")
+        return Exited(name=name, rank=_typed(raw, "rank", int, optional=True),
+                      code=_typed(raw, "code", int, optional=True), signal=_typed(raw, "signal", str, optional=True),
+                      time=float(when), error=error)
+    raise ProtocolError(f"unknown message kind {kind!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _typed(raw: Mapping[str, Any], key: str, kind: type, optional: bool = False) -> Any:
+    value = raw.get(key)
+    if value is None and optional:
         return None
-    return obj if isinstance(obj, dict) and "ev" in obj else None
+    ok = _is_int(value) if kind is int else isinstance(value, kind)
+    if not ok:
+        raise ProtocolError(f"{raw.get('ev')}: {key} must be {'an integer' if kind is int else kind.__name__}, "
+                            f"got {value!r:.60}")
+    return value
 
 
 def split_cpus(available: list[int], local_rank: int, local_size: int) -> tuple[int, ...]:

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from launcher.table import format_table
+
 TRACEBACK_LINES = 8
 
 
@@ -56,10 +58,7 @@ def format_failures(failures: Sequence[RankFailure], title: str = "job failed") 
         rows.append((mark, time.strftime("%H:%M:%S", time.localtime(f.time)), f.host,
                      f.name if f.rank is None else str(f.rank),
                      "-" if f.device_id is None else str(f.device_id), f.outcome(), f.log_path or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [f"{title}; root cause first:"]
-    for row in rows:
-        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    lines = [f"{title}; root cause first:", *format_table(rows)]
     root = ordered[0]
     if root.message or root.traceback_tail:
         lines.append(f"root cause ({root.host}, {root.name}):")

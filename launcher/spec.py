@@ -63,7 +63,15 @@ class ClusterSpec:
     env: tuple[tuple[str, str], ...] = ()
     train: tuple[tuple[str, Any], ...] = ()  # the trainer's own keys, validated by trainer.config
     scheduler_port: Optional[int] = None  # cpu backend; None = a free port at launch
+    command: tuple[str, ...] = ()  # the argv every rank runs; () = the built-in trainer with train:
+    cwd: Optional[str] = None  # a command's folder on every host; None = the folder launch runs in
+    console: Optional[tuple[int, ...]] = (0,)  # ranks whose every line the terminal shows; None = all
     source: str = "<cluster file>"  # the path it was read from, for messages
+
+    @property
+    def builtin_trainer(self) -> bool:
+        """Whether the ranks run mscluster's own trainer (no ``command:``)."""
+        return not self.command
 
     @property
     def world_size(self) -> int:

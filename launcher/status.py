@@ -2,9 +2,9 @@
 
 The launcher is the one place that sees every rank of every host (the job folders of remote hosts
 are their own disks), so its supervisor keeps the state file: ``StatusWriter`` gets each agent
-event (process started, a line of output, exit) and rewrites ``status.json`` atomically (temporary
-file + rename) whenever something a user would see changed. Progress comes from the lines the
-ranks print anyway (``trainer.monitor.format_plain``, the eval and checkpoint lines).
+message (process started, an event it sent, exit) and rewrites ``status.json`` atomically
+whenever something a user would see changed. Progress, evaluations and checkpoints come from the
+typed events ranks send with ``mscluster.rank.report*``; nothing is parsed from their output.
 
 ``read_status`` combines that file with ``result.json`` (written once, when the launcher is done)
 and whether the launcher process is still alive, so it answers while the job runs, after it
@@ -14,67 +14,44 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from launcher.errors import JobDirError
-from launcher.protocol import AgentSpec
+from mscluster.fsutil import write_json_atomic
+from launcher.protocol import AgentMessage, AgentSpec, Exited, Relayed, Started
+from launcher.table import format_table
+from mscluster import events, jobfiles
 
 logger = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
-RESULT_FILE = "result.json"  # written by launcher.launch at the very end
-VERSION = 1
-
-# the trainer's lines this module understands (trainer/monitor.py, trainer/train.py print them)
-PROGRESS_LINE = re.compile(r"^epoch=(\d+)/(\d+) step=(\d+)/(\d+) global_step=(\d+) loss=(\S+)"
-                           r"(?: lr=\S+)?(?: img/s=([\d.]+))?")
-EVAL_LINE = re.compile(r"^eval epoch=(\d+) top1=(\S+) loss=(\S+)")
-RESUMED_LINE = re.compile(r"^resumed from (\S+) epoch=(\d+) step=(\d+)")
-CHECKPOINT_LINE = re.compile(r"^checkpoint saved (\S+) epoch=(\d+) step=(\d+) global_step=(\d+)")
+STATUS_FILE = jobfiles.STATUS_FILE
+RESULT_FILE = jobfiles.RESULT_FILE  # written by launcher.launch at the very end
+VERSION = 2
 
 # process states
 PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, LOST = "pending", "running", "succeeded", "failed", "stopped", "lost"
 
-
-def _number(text: str) -> Optional[float]:
-    try:
-        return float(text)
-    except ValueError:
-        return None
+# scalars of a progress event that status shows in its own columns (the built-in trainer sends them)
+FIRST_METRICS = ("top1", "loss")  # an evaluation's metrics are shown in this order, then by name
+EPOCHS, STEP_IN_EPOCH, STEPS_PER_EPOCH, IMG_PER_S = "epochs", "step_in_epoch", "steps_per_epoch", "img_per_s"
 
 
-def parse_line(line: str) -> dict[str, Any]:
-    """What a rank's output line says about its progress (an empty dict for any other line)."""
-    m = PROGRESS_LINE.match(line)
-    if m:
-        out: dict[str, Any] = {"epoch": int(m.group(1)), "epochs": int(m.group(2)), "step": int(m.group(3)),
-                               "steps": int(m.group(4)), "global_step": int(m.group(5)), "loss": _number(m.group(6))}
-        if m.group(7):
-            out["img_per_s"] = float(m.group(7))
-        return out
-    m = EVAL_LINE.match(line)
-    if m:
-        return {"eval": {"epoch": int(m.group(1)), "top1": _number(m.group(2)), "loss": _number(m.group(3))}}
-    m = CHECKPOINT_LINE.match(line)
-    if m:
-        return {"checkpoint": m.group(1)}
-    m = RESUMED_LINE.match(line)
-    if m:
-        return {"resumed_from": m.group(1)}
-    return {}
+def progress_fields(event: events.Progress) -> dict[str, Any]:
+    """What one progress event sets in a process's status entry."""
+    scalars = dict(event.scalars)
 
+    def count(name: str) -> Optional[int]:
+        value = scalars.get(name)
+        return int(value) if value is not None and math.isfinite(value) else None
 
-def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.write("\n")
-    os.replace(tmp, path)
+    return {"global_step": event.step, "epoch": event.epoch, "loss": event.loss, "epochs": count(EPOCHS),
+            "step": count(STEP_IN_EPOCH), "steps": count(STEPS_PER_EPOCH), "img_per_s": scalars.get(IMG_PER_S),
+            "scalars": scalars, "progress_at": event.time}
 
 
 class StatusWriter:
@@ -82,9 +59,11 @@ class StatusWriter:
 
     The file: ``{"version", "launcher": {"pid", "host", "started_at"}, "attempt", "state" (this
     attempt's: running | succeeded | failed | interrupted), "attempt_started_at", "updated_at",
-    "world_size", "eval": {"epoch", "top1", "loss"}, "processes": {name: {"host", "rank", "state",
-    "pid", "epoch", "epochs", "step", "steps", "global_step", "loss", "img_per_s", "exit_code",
-    "signal", "log"}}}``. A later attempt of the same launcher keeps the last eval.
+    "world_size", "eval": {"epoch", <metric>: value}, "processes": {name: {"host", "rank", "state",
+    "pid", "global_step", "epoch", "epochs", "step", "steps", "loss", "img_per_s", "scalars",
+    "progress_at", "checkpoint", "checkpoint_step", "exit_code", "signal", "log"}}}``, every
+    field from the typed events the ranks send (``mscluster.events``): nothing is read from what
+    they print. A later attempt of the same launcher keeps the last eval.
 
     A failure to write is logged once and never stops the job.
     """
@@ -102,7 +81,7 @@ class StatusWriter:
         for host, spec in specs.items():
             for p in spec.processes:
                 processes[p.name] = {"host": host, "rank": p.rank, "state": PENDING, "pid": None,
-                                     "log": os.path.join("logs", _log_name(p.name))}
+                                     "log": os.path.join(jobfiles.LOGS_DIR, jobfiles.log_name(p.name))}
         self.data: dict[str, Any] = {
             "version": VERSION, "launcher": launcher, "attempt": attempt, "state": RUNNING,
             "attempt_started_at": now, "updated_at": now,
@@ -119,30 +98,33 @@ class StatusWriter:
                 logger.warning("%s: cannot write the job's status (%s); `mscluster status` will lag", self.path, exc)
                 self._warned = True
 
-    def on_event(self, host: str, ev: Mapping[str, Any], stopping: bool = False) -> None:
-        """One agent event (launcher/protocol.py); rewrites the file when it changed what status shows."""
-        kind = ev.get("ev")
-        proc = self.data["processes"].get(ev.get("name", ""))
-        if kind == "started" and proc is not None:
-            proc.update(state=RUNNING, pid=ev.get("pid"))
-        elif kind == "out" and proc is not None:
-            facts = parse_line(str(ev.get("line", "")))
-            if not facts:
-                return
-            evaluation = facts.pop("eval", None)
-            if evaluation is not None:
-                self.data["eval"] = evaluation
-            proc.update(facts)
-        elif kind == "exit" and proc is not None:
-            code, sig = ev.get("code"), ev.get("signal")
-            state = SUCCEEDED if code == 0 else (STOPPED if stopping else FAILED)
-            proc.update(state=state, exit_code=code, signal=sig)
-        elif kind in ("gone", "start_failed"):
-            for p in self.data["processes"].values():
-                if p["host"] == host and p["state"] in (PENDING, RUNNING):
-                    p["state"] = LOST
+    def on_message(self, host: str, msg: AgentMessage, stopping: bool = False) -> None:
+        """One agent message (launcher/protocol.py); rewrites the file when it changed what status shows."""
+        proc = self.data["processes"].get(getattr(msg, "name", ""))
+        if proc is None:
+            return
+        if isinstance(msg, Started):
+            proc.update(state=RUNNING, pid=msg.pid)
+        elif isinstance(msg, Relayed):
+            event = msg.event
+            if isinstance(event, events.Progress):
+                proc.update(progress_fields(event))
+            elif isinstance(event, events.Eval):
+                self.data["eval"] = {"epoch": event.epoch, **event.metrics}
+            elif isinstance(event, events.Checkpoint):
+                proc.update(checkpoint=event.path, checkpoint_step=event.step)
+        elif isinstance(msg, Exited):
+            state = SUCCEEDED if msg.code == 0 else (STOPPED if stopping else FAILED)
+            proc.update(state=state, exit_code=msg.code, signal=msg.signal)
         else:
             return
+        self.write()
+
+    def host_lost(self, host: str) -> None:
+        """The agent of ``host`` is gone: its processes that had not ended are lost."""
+        for p in self.data["processes"].values():
+            if p["host"] == host and p["state"] in (PENDING, RUNNING):
+                p["state"] = LOST
         self.write()
 
     def attempt_ended(self, ok: bool, interrupted: bool) -> None:
@@ -151,10 +133,6 @@ class StatusWriter:
             if p["state"] in (PENDING, RUNNING):
                 p["state"] = SUCCEEDED if ok else STOPPED
         self.write()
-
-
-def _log_name(name: str) -> str:
-    return "scheduler.log" if name == "scheduler" else f"rank_{name[4:]}.log" if name.startswith("rank") else f"{name}.log"
 
 
 def _load_json(path: str) -> Optional[dict[str, Any]]:
@@ -186,6 +164,7 @@ class RankStatus:
     img_per_s: Optional[float] = None
     exit_code: Optional[int] = None
     signal: Optional[str] = None
+    checkpoint: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -268,7 +247,7 @@ def read_status(job_dir: str) -> JobStatus:
             pid=_int_or_none(p.get("pid")), epoch=_int_or_none(p.get("epoch")), epochs=_int_or_none(p.get("epochs")),
             step=_int_or_none(p.get("step")), steps=_int_or_none(p.get("steps")),
             global_step=_int_or_none(p.get("global_step")), loss=p.get("loss"), img_per_s=p.get("img_per_s"),
-            exit_code=_int_or_none(p.get("exit_code")), signal=p.get("signal")))
+            exit_code=_int_or_none(p.get("exit_code")), signal=p.get("signal"), checkpoint=p.get("checkpoint")))
     evaluation = dict((live or {}).get("eval") or {})
     max_attempts = _max_attempts(job_dir)
     if result is not None:
@@ -317,15 +296,21 @@ def format_status(status: JobStatus, now: Optional[float] = None) -> str:
              + (f"; {status.detail}" if status.detail else "")]
     lead = status.lead
     if lead is not None and lead.global_step is not None:
-        lines.append(f"  progress:  epoch {_of(lead.epoch, lead.epochs)}, step {_of(lead.step, lead.steps)} "
-                     f"(global step {lead.global_step}), loss {_fmt(lead.loss, '.4f')}"
+        if lead.step is not None:
+            where = (f"epoch {_of(lead.epoch, lead.epochs)}, step {_of(lead.step, lead.steps)} "
+                     f"(global step {lead.global_step})")
+        else:
+            where = (f"epoch {_of(lead.epoch, lead.epochs)}, " if lead.epoch is not None else "") + \
+                f"step {lead.global_step}"
+        lines.append(f"  progress:  {where}" + (f", loss {lead.loss:.4f}" if lead.loss is not None else "")
                      + (f", {lead.img_per_s:.1f} img/s" if lead.img_per_s is not None else ""))
     else:
         lines.append("  progress:  no step reported yet")
     if status.eval:
-        e = status.eval
-        lines.append(f"  last eval: epoch {_fmt(e.get('epoch'))}, top1 {_fmt(e.get('top1'), '.4f')}, "
-                     f"loss {_fmt(e.get('loss'), '.4f')}")
+        metrics = {k: v for k, v in status.eval.items() if k != "epoch"}
+        shown = ", ".join(f"{k} {_fmt(v, '.4f')}" for k, v in sorted(metrics.items(),
+                                                                       key=lambda kv: (FIRST_METRICS.index(kv[0]) if kv[0] in FIRST_METRICS else len(FIRST_METRICS), kv[0])))
+        lines.append(f"  last eval: epoch {_fmt(status.eval.get('epoch'))}" + (f", {shown}" if shown else ""))
     else:
         lines.append("  last eval: none yet")
     if status.root_cause:
@@ -343,7 +328,5 @@ def format_status(status: JobStatus, now: Optional[float] = None) -> str:
                 state += f" ({r.signal or f'exit {r.exit_code}'})"
             rows.append(("sched" if r.rank is None else str(r.rank), r.host, state, _fmt(r.pid), _of(r.epoch, r.epochs),
                          _of(r.step, r.steps), _fmt(r.global_step), _fmt(r.loss, ".4f")))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        lines.extend(format_table(rows))
     return "\n".join(lines)

@@ -1,81 +1,160 @@
 """Run one attempt of a job: an agent per host, every line relayed, all stopped at the first failure.
 
-State of an attempt (torchelastic's WorkerState, reduced to what we need):
+An attempt's life (torchelastic's WorkerState, reduced to what we need):
 
-    STARTING -> RUNNING -> SUCCEEDED                 every process of every host exited 0
-                       \\-> STOPPING -> FAILED       a rank failed, a host's agent or SSH session
-                                                    ended early, or the user pressed Ctrl-C
+    STARTING --> RUNNING --> SUCCEEDED        every process of every host exited 0
+        |           |
+        +-----------+--> STOPPING --> FAILED        a rank failed, a host's agent or SSH session
+                                  \\-> INTERRUPTED   ended early / the user pressed Ctrl-C
 
-STOPPING closes every agent's stdin; each agent then stops its processes (TERM to the process
-group, a grace period, KILL) and exits. An agent that does not exit within its grace period plus
-a margin is cut off (its SSH channel closed, or its process group killed locally), which also
-makes it stop its ranks. The executors are passed in, so the same code runs local and SSH hosts.
+STARTING: agents are being started; RUNNING: every process of every host has started. STOPPING
+closes every agent's stdin; each agent then stops its processes (TERM to the process group, a
+grace period, KILL) and exits. An agent that does not exit within its grace period plus a margin
+is cut off (its SSH channel closed, or its process group killed locally), which also makes it
+stop its ranks. The executors are passed in, so the same code runs local and SSH hosts.
+
+What the ranks say reaches this module as typed messages (``launcher.protocol``), their events
+(``mscluster.events``) among them: progress and evaluations are never read from printed text.
 """
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Mapping, Optional, TextIO
+from typing import Callable, Deque, Mapping, Optional, TextIO, Union
 
 from launcher.executor import Executor, Session
-from launcher.protocol import AgentSpec, parse_event
+from launcher.protocol import (AgentMessage, AgentSpec, Done, Exited, Output, ProtocolError, Relayed, Started,
+                               decode_message)
 from launcher.report import RankFailure, traceback_tail
 from launcher.status import StatusWriter
+from mscluster import events, jobfiles
 
 logger = logging.getLogger(__name__)
 
-EVAL_LINE = re.compile(r"^eval epoch=(\d+) top1=([-\d.eE]+|nan) loss=([-\d.eE]+|nan|inf)")
 STOP_MARGIN_S = 15.0
 OUTPUT_TAIL = 30
+AGENT = "agent"  # the name of a host's agent in logs and failure tables
+
+
+class AttemptState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass
 class AttemptResult:
     """How one attempt ended."""
 
-    ok: bool
+    state: AttemptState
     failures: list[RankFailure] = field(default_factory=list)
     eval: dict[str, float] = field(default_factory=dict)
-    interrupted: bool = False
     started_at: float = 0.0
     ended_at: float = 0.0
 
+    @property
+    def ok(self) -> bool:
+        return self.state is AttemptState.SUCCEEDED
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state is AttemptState.INTERRUPTED
+
+
+# -- what reaches the loop besides agent messages ----------------------------------------------------
+
+@dataclass(frozen=True)
+class AgentStderr:
+    """A line the agent process itself (or the SSH session) wrote to stderr."""
+
+    line: str
+
+
+@dataclass(frozen=True)
+class AgentGone:
+    """The agent's session ended (after Done, or without it: a crash, a lost connection)."""
+
+    code: Optional[int]
+    message: str = ""
+
+
+HostItem = Union[AgentMessage, AgentStderr, AgentGone]
+
+NOTABLE = ("WARNING", "ERROR", "CRITICAL", "FATAL", "Traceback (most recent call last)", "Error:", "Exception:")
+
+
+MINDSPORE_LEVELS = ("[DEBUG]", "[INFO]", "[WARNING]", "[ERROR]", "[CRITICAL]")  # GLOG_v 0..4
+MINDSPORE_DEFAULT_LEVEL = 2  # what MindSpore logs when GLOG_v is not set: WARNING and worse
+
+
+def is_notable(line: str) -> bool:
+    """A line worth the terminal whatever the console setting: a warning, an error, a traceback."""
+    return any(word in line for word in NOTABLE)
+
+
+def mindspore_log_level(line: str) -> Optional[int]:
+    """The GLOG_v level of a line of MindSpore's own log (``[INFO] DISTRIBUTED(...) ...``), else None."""
+    if line.startswith("["):
+        for level, tag in enumerate(MINDSPORE_LEVELS):
+            if line.startswith(tag):
+                return level
+    return None
+
+
+def console_levels(specs: Mapping[str, AgentSpec]) -> dict[str, int]:
+    """Each process's GLOG_v (its environment in the plan), for keeping MindSpore's chatter off the console.
+
+    MindSpore prints some INFO lines at exit whatever GLOG_v says; the files keep them.
+    """
+    levels = {}
+    for spec in specs.values():
+        for p in spec.processes:
+            raw = dict(p.env).get("GLOG_v", "")
+            levels[p.name] = int(raw) if raw.isdigit() else MINDSPORE_DEFAULT_LEVEL
+    return levels
+
 
 class LogSink:
-    """Writes each process's lines to its log file, and as ``[host:rank] line`` to the console and ``all.log``.
+    """Each process's lines to its log file and to ``all.log``; the console gets a chosen part.
 
-    ``all.log`` holds every process's lines in the order the launcher received them: the job's
-    log merged by time (one clock, the launcher's), what ``mscluster logs JOB`` shows.
+    ``all.log`` holds every process's lines as ``[host:rank] line`` in the order the launcher
+    received them: the job's log merged by time (one clock, the launcher's), what ``mscluster
+    logs JOB`` shows. The console shows every line of the ranks in ``console_ranks`` (None: all
+    processes), and from every other process the lines ``is_notable`` picks out; MindSpore's own log lines below
+    the process's ``GLOG_v`` never reach it.
     """
 
-    ALL = "all.log"
-
-    def __init__(self, logs_dir: str, console: Optional[TextIO], attempt: int):
+    def __init__(self, logs_dir: str, console: Optional[TextIO], attempt: int,
+                 console_ranks: Optional[frozenset[int]] = frozenset({0}), levels: Mapping[str, int] = {}):
         self.logs_dir, self.console, self.attempt = logs_dir, console, attempt
+        self.console_ranks = console_ranks
+        self.levels = dict(levels)  # process name -> its GLOG_v: MindSpore's lines below it stay off the console
         self._files: dict[str, TextIO] = {}
         self._lock = threading.Lock()
         os.makedirs(logs_dir, exist_ok=True)
         self._all: Optional[TextIO] = None
 
-    @staticmethod
-    def file_name(name: str) -> str:
-        return "scheduler.log" if name == "scheduler" else f"rank_{name[4:]}.log" if name.startswith("rank") else f"{name}.log"
-
     def path(self, name: str) -> str:
-        return os.path.join(self.logs_dir, self.file_name(name))
+        return os.path.join(self.logs_dir, jobfiles.log_name(name))
+
+    def _separator(self) -> str:
+        return f"===== mscluster: attempt {self.attempt} (restart {self.attempt}) =====\n"
 
     def _handle(self, name: str) -> TextIO:
         handle = self._files.get(name)
         if handle is None:
             handle = self._files[name] = open(self.path(name), "a", encoding="utf-8")
             if self.attempt:
-                handle.write(f"===== mscluster: attempt {self.attempt} (restart {self.attempt}) =====\n")
+                handle.write(self._separator())
                 handle.flush()
         return handle
 
@@ -84,21 +163,35 @@ class LogSink:
         with self._lock:
             self._handle(name)
 
+    def shows(self, name: str, line: str) -> bool:
+        """Whether the console shows this line of process ``name``."""
+        level = mindspore_log_level(line)
+        if level is not None and level < self.levels.get(name, MINDSPORE_DEFAULT_LEVEL):
+            return False
+        if self.console_ranks is None:
+            return True
+        rank = jobfiles.rank_of(name)
+        return (rank is not None and rank in self.console_ranks) or is_notable(line)
+
     def write(self, host: str, name: str, line: str) -> None:
-        label = name[4:] if name.startswith("rank") else ("sched" if name == "scheduler" else name)
+        rank = jobfiles.rank_of(name)
+        label = str(rank) if rank is not None else ("sched" if name == jobfiles.SCHEDULER else name)
         with self._lock:
             handle = self._handle(name)
             handle.write(line + "\n")
             handle.flush()
             if self._all is None:
-                self._all = open(os.path.join(self.logs_dir, self.ALL), "a", encoding="utf-8")
+                self._all = open(os.path.join(self.logs_dir, jobfiles.ALL_LOG), "a", encoding="utf-8")
                 if self.attempt:
-                    self._all.write(f"===== mscluster: attempt {self.attempt} (restart {self.attempt}) =====\n")
+                    self._all.write(self._separator())
             self._all.write(f"[{host}:{label}] {line}\n")
             self._all.flush()
-            if self.console is not None:
-                self.console.write(f"[{host}:{label}] {line}\n")
-                self.console.flush()
+            if self.console is not None and self.shows(name, line):
+                try:
+                    self.console.write(f"[{host}:{label}] {line}\n")
+                    self.console.flush()
+                except (OSError, ValueError):  # a closed terminal or pipe: the files keep everything
+                    self.console = None
 
     def close(self) -> None:
         with self._lock:
@@ -115,6 +208,7 @@ class _Host:
     spec: AgentSpec
     executor: Executor
     session: Optional[Session] = None
+    started: set = field(default_factory=set)  # names of its processes that have started
     done: bool = False
     gone: bool = False
 
@@ -127,36 +221,43 @@ class Supervisor:
                  sink: LogSink, attempt: int = 0):
         self.hosts = {h: _Host(spec, executors[h]) for h, spec in specs.items()}
         self.agent_argv, self.agent_cwd, self.sink, self.attempt = agent_argv, agent_cwd, sink, attempt
-        self.events: "queue.Queue[tuple[str, dict]]" = queue.Queue()
-        self.tails: dict[str, Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=OUTPUT_TAIL))
-        self.stopping_since: Optional[float] = None
-        self.result = AttemptResult(ok=False, started_at=time.time())
+        self.items: "queue.Queue[tuple[str, HostItem]]" = queue.Queue()
+        self.tails: dict[tuple[str, str, str], Deque[str]] = collections.defaultdict(  # (host, name, stream)
+            lambda: collections.deque(maxlen=OUTPUT_TAIL))
+        self.state = AttemptState.STARTING
+        self.stopping_since: Optional[float] = None  # monotonic time STOPPING began (or the last cut-off)
+        self.result = AttemptResult(state=AttemptState.STARTING, started_at=time.time())
         self._proc_info = {(h, p.name): p for h, host in self.hosts.items() for p in host.spec.processes}
         # <job>/status.json for `mscluster status` (the sink's logs_dir is <job>/logs)
         self.status = StatusWriter(os.path.dirname(os.path.abspath(sink.logs_dir)), specs, attempt)
 
     # -- starting ----------------------------------------------------------------------------------
     def _start(self, name: str, host: _Host) -> None:
+        """One thread per host: start its agent, then turn each line it prints into a typed item."""
         try:
             # the job dir in the agent's environment lets anyone find every process of a job
             session = host.executor.start(self.agent_argv(name), env={"MSCLUSTER_JOB_DIR": host.spec.job_dir},
                                           cwd=self.agent_cwd(name),
-                                          on_stderr=lambda line, n=name: self.events.put((n, {"ev": "stderr", "line": line})))
+                                          on_stderr=lambda line, n=name: self.items.put((n, AgentStderr(line))))
             host.session = session
             session.write(host.spec.to_json() + "\n")
             if self.stopping_since is not None:  # stop() ran before this session existed
                 session.close_stdin()
         except Exception as exc:  # noqa: BLE001 - any failure to start is this host's failure, reported once
-            self.events.put((name, {"ev": "start_failed", "message": f"could not start the agent on {name}: {exc}"}))
+            self.items.put((name, AgentGone(None, f"could not start the agent on {name}: {exc}")))
             return
         for line in session.lines():
-            self.events.put((name, parse_event(line) or {"ev": "stderr", "line": line}))
-        self.events.put((name, {"ev": "gone", "code": session.wait(timeout=30)}))
+            try:
+                self.items.put((name, decode_message(line)))
+            except ProtocolError as exc:
+                self.items.put((name, AgentStderr(f"mscluster: a bad message from the agent on {name}: {exc}")))
+        self.items.put((name, AgentGone(session.wait(timeout=30))))
 
     # -- stopping ----------------------------------------------------------------------------------
     def stop(self, why: str) -> None:
         if self.stopping_since is not None:
             return
+        self.state = AttemptState.STOPPING
         self.stopping_since = time.monotonic()
         logger.warning("stopping every rank: %s", why)
         for host in self.hosts.values():
@@ -173,58 +274,65 @@ class Supervisor:
                 host.session.kill()
         self.stopping_since = time.monotonic()  # give the cut-off its own margin
 
-    # -- events ------------------------------------------------------------------------------------
-    def _on_exit(self, host: str, ev: dict) -> None:
-        name = ev["name"]
-        proc = self._proc_info.get((host, name))
-        if ev.get("code") == 0:
+    # -- items -------------------------------------------------------------------------------------
+    def _on_exit(self, host: str, msg: Exited) -> None:
+        if msg.code == 0:
             return
-        message, tb = traceback_tail(ev.get("error"), list(self.tails[f"{host}/{name}"]))
-        failure = RankFailure(host=host, name=name, rank=ev.get("rank"),
-                              device_id=proc.device_id if proc else None, exit_code=ev.get("code"),
-                              signal=ev.get("signal"), time=float(ev.get("time") or time.time()),
-                              log_path=self.sink.path(name), message=message, traceback_tail=tb,
-                              during_teardown=self.stopping_since is not None, attempt=self.attempt)
+        proc = self._proc_info.get((host, msg.name))
+        # a program that left no error file: the last lines of its stderr (else of its stdout)
+        tail = self.tails[(host, msg.name, "stderr")] or self.tails[(host, msg.name, "stdout")]
+        message, tb = traceback_tail(dict(msg.error) if msg.error else None, list(tail))
+        failure = RankFailure(host=host, name=msg.name, rank=msg.rank,
+                              device_id=proc.device_id if proc else None, exit_code=msg.code,
+                              signal=msg.signal, time=msg.time, log_path=self.sink.path(msg.name), message=message,
+                              traceback_tail=tb, during_teardown=self.stopping_since is not None,
+                              attempt=self.attempt)
         self.result.failures.append(failure)
-        self.stop(f"{name} on {host} ended with {failure.outcome()}")
+        self.stop(f"{msg.name} on {host} ended with {failure.outcome()}")
 
-    def _on_gone(self, host: str, ev: dict) -> None:
+    def _on_gone(self, host: str, item: AgentGone) -> None:
         state = self.hosts[host]
         state.gone = True
+        self.status.host_lost(host)
         if state.done:
             return
         stderr = state.session.stderr_tail(8) if state.session is not None else []
-        message = ev.get("message") or f"the agent on {host} ended without reporting (exit code {ev.get('code')})"
+        message = item.message or f"the agent on {host} ended without reporting (exit code {item.code})"
         self.result.failures.append(RankFailure(
-            host=host, name="agent", rank=None, device_id=None, exit_code=ev.get("code"), signal=None,
+            host=host, name=AGENT, rank=None, device_id=None, exit_code=item.code, signal=None,
             time=time.time(), log_path=None, message=message, traceback_tail=tuple(stderr),
             during_teardown=self.stopping_since is not None, attempt=self.attempt))
         self.stop(f"lost the agent on {host}")
 
-    def _handle(self, host: str, ev: dict) -> None:
-        kind = ev.get("ev")
-        self.status.on_event(host, ev, stopping=self.stopping_since is not None)
-        if kind == "out":
-            name, line = ev["name"], ev["line"]
-            self.tails[f"{host}/{name}"].append(line)
-            self.sink.write(host, name, line)
-            if name == "rank0":
-                match = EVAL_LINE.match(line)
-                if match:
-                    self.result.eval = {"epoch": int(match.group(1)), "top1": float(match.group(2)),
-                                        "loss": float(match.group(3))}
-        elif kind == "started":
-            self.sink.open(ev["name"])
-        elif kind == "exit":
-            self._on_exit(host, ev)
-        elif kind == "done":
+    def _handle(self, host: str, item: HostItem) -> None:
+        if isinstance(item, (Started, Output, Relayed, Exited)) and (host, item.name) not in self._proc_info:
+            self.sink.write(host, AGENT, f"mscluster: the agent on {host} spoke of an unknown process {item.name!r}")
+            return
+        if not isinstance(item, (AgentStderr, AgentGone)):
+            self.status.on_message(host, item, stopping=self.stopping_since is not None)
+        if isinstance(item, Output):
+            self.tails[(host, item.name, item.stream)].append(item.line)
+            self.sink.write(host, item.name, item.line)
+        elif isinstance(item, Relayed):
+            if isinstance(item.event, events.Eval):
+                self.result.eval = {"epoch": item.event.epoch, **item.event.metrics}
+        elif isinstance(item, Started):
+            self.sink.open(item.name)
+            h = self.hosts[host]
+            h.started.add(item.name)
+            if self.state is AttemptState.STARTING and all(
+                    len(x.started) == len(x.spec.processes) for x in self.hosts.values()):
+                self.state = AttemptState.RUNNING
+        elif isinstance(item, Exited):
+            self._on_exit(host, item)
+        elif isinstance(item, Done):
             self.hosts[host].done = True
-            if not ev.get("ok") and self.stopping_since is None:
+            if not item.ok and self.stopping_since is None:
                 self.stop(f"the agent on {host} reported a failure")
-        elif kind == "stderr":
-            self.sink.write(host, "agent", ev["line"])
-        elif kind in ("gone", "start_failed"):
-            self._on_gone(host, ev)
+        elif isinstance(item, AgentStderr):
+            self.sink.write(host, AGENT, item.line)
+        elif isinstance(item, AgentGone):
+            self._on_gone(host, item)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> AttemptResult:
@@ -232,16 +340,17 @@ class Supervisor:
                    for name, host in self.hosts.items()]
         for t in threads:
             t.start()
+        interrupted = False
         try:
             while not all(h.gone for h in self.hosts.values()):
                 self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
                 try:
-                    host, ev = self.events.get(timeout=0.5)
+                    host, item = self.items.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                self._handle(host, ev)
+                self._handle(host, item)
         except KeyboardInterrupt:
-            self.result.interrupted = True
+            interrupted = True
             self.stop("interrupted (Ctrl-C)")
             self._drain_after_interrupt()
         finally:
@@ -249,8 +358,13 @@ class Supervisor:
                 self.stop("the launcher is exiting")
             self.sink.close()
         self.result.ended_at = time.time()
-        self.result.ok = (not self.result.failures and not self.result.interrupted
-                          and all(h.done for h in self.hosts.values()))
+        if interrupted:
+            self.state = AttemptState.INTERRUPTED
+        elif not self.result.failures and all(h.done for h in self.hosts.values()):
+            self.state = AttemptState.SUCCEEDED
+        else:
+            self.state = AttemptState.FAILED
+        self.result.state = self.state
         self.status.attempt_ended(self.result.ok, self.result.interrupted)
         return self.result
 
@@ -258,7 +372,7 @@ class Supervisor:
         """After Ctrl-C: keep relaying until every agent has stopped its ranks (a second Ctrl-C cuts off)."""
         while not all(h.gone for h in self.hosts.values()):
             try:
-                host, ev = self.events.get(timeout=0.5)
+                host, item = self.items.get(timeout=0.5)
             except queue.Empty:
                 self._cut_off_stragglers()
                 continue
@@ -267,4 +381,4 @@ class Supervisor:
                     if h.session is not None and not h.gone:
                         h.session.kill()
                 continue
-            self._handle(host, ev)
+            self._handle(host, item)

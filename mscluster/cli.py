@@ -41,26 +41,18 @@ def _prepare_mindspore_process() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mscluster.rank import record
     from trainer import config
-    from trainer.errorfile import write_error_file
-    from trainer.errors import TrainerError
 
     cfg = config.load(args.config, flatten(args.set))
     _prepare_mindspore_process()
     from trainer.train import InjectedFault, train
 
     try:
-        train(cfg, os.environ)
+        record(train)(cfg, os.environ)  # an exception leaves the error file the launcher's table shows
     except InjectedFault as exc:
-        write_error_file(exc, os.environ, exc.exit_code)
         print(f"mscluster train: {exc}", file=sys.stderr)
         return exc.exit_code
-    except TrainerError as exc:
-        write_error_file(exc, os.environ, exc.exit_code)
-        raise
-    except BaseException as exc:
-        write_error_file(exc, os.environ, 1)
-        raise
     return 0
 
 
@@ -125,15 +117,23 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from launcher.errors import LauncherError
-    from trainer.errors import TrainerError
+    from mscluster.errors import MsclusterError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    program = None
+    if "--" in words:  # `mscluster launch c.yaml -- python train.py --lr 0.1`: the program is not ours to parse
+        cut = words.index("--")
+        words, program = words[:cut], words[cut + 1:]
+    args = parser.parse_args(words)
+    if program is not None and not hasattr(args, "program"):
+        parser.error(f"{args.command} takes no program after --")
+    if not hasattr(args, "program") or program is not None:
+        args.program = program
     _setup_logging(args.verbose)
     try:
         return args.func(args)
-    except (TrainerError, LauncherError) as exc:
+    except MsclusterError as exc:
         print(f"mscluster {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -11,27 +11,27 @@ from launcher.errors import ConfigError
 from trainer.overrides import flatten
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace):
     from launcher.config import load_cluster
-    from launcher.plan import format_plan, plan_ranks, rank_env, scheduler_env
+    from launcher.launch import console_pairs
 
-    cluster = load_cluster(args.cluster, flatten(args.set))
-    plan = plan_ranks(cluster)
-    job_dir = "<job dir>"
-    table = "<job dir>/rank_table.json" if cluster.backend == "ascend" else None
-    envs = {r.rank: rank_env(plan, r, job_dir=job_dir, rank_table_path=table, preview=True) for r in plan.ranks}
-    sched = scheduler_env(plan, job_dir=job_dir, preview=True) if plan.scheduler is not None else None
-    print(format_plan(plan, envs, sched))
+    pairs = tuple(flatten(args.set)) + console_pairs(getattr(args, "console", None))
+    return load_cluster(args.cluster, pairs, args.program)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from launcher.jobplan import build_job_plan, format_job_plan
+
+    print(format_job_plan(build_job_plan(_load(args), grace_period=5.0)))
     return 0
 
 
 def cmd_ranktable(args: argparse.Namespace) -> int:
-    from launcher.config import load_cluster
     from launcher.executor import executor_for
     from launcher.launch import make_rank_table
     from launcher.plan import plan_ranks
 
-    cluster = load_cluster(args.cluster, flatten(args.set))
+    cluster = _load(args)
     if cluster.backend != "ascend":
         raise ConfigError(f"{args.cluster}: backend: the rank table is for backend ascend (this file says {cluster.backend})")
     executors = {h.address: executor_for(h, cluster.ssh) for h in cluster.hosts}
@@ -42,14 +42,11 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
             ex.close()
     text = text if text.endswith("\n") else text + "\n"
     if args.output:
-        tmp = args.output + ".tmp"
+        from mscluster.fsutil import write_atomic
+
         try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, args.output)
+            write_atomic(args.output, text)
         except OSError as exc:
-            if os.path.exists(tmp):
-                os.remove(tmp)
             raise ConfigError(f"{args.output}: cannot write the rank table ({exc.strerror})") from None
         print(f"wrote {args.output}")
     else:
@@ -65,7 +62,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    request = LaunchRequest(args.cluster, tuple(flatten(args.set)), args.job_dir, args.grace_period)
+    request = LaunchRequest(args.cluster, tuple(flatten(args.set)), args.job_dir, args.grace_period,
+                            command=args.program, console=args.console)
     result = launch(request, console=None if args.quiet else sys.stdout)
     where = result.job_dir
     if result.status == "succeeded":
@@ -85,26 +83,36 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 
+CONSOLE_HELP = ("whose lines the terminal shows: all, or ranks such as 0,3 (default: the file's console:, "
+                "else rank 0); warnings and errors of every rank always show")
+
+
 def add_commands(sub, add_set: Callable[[argparse.ArgumentParser, str], None]) -> None:
-    p = sub.add_parser("plan", help="print the rank plan and each process's environment; starts nothing")
+    p = sub.add_parser("plan", help="print every process a launch would start (argv, folder, environment); "
+                                    "starts nothing", usage="mscluster plan CLUSTER.yaml [--set ...] [-- PROGRAM ARGS...]")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
+    p.add_argument("--console", help=CONSOLE_HELP)
     add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 restarts=1")
-    p.set_defaults(func=cmd_plan)
+    p.set_defaults(func=cmd_plan, program=None)
 
     p = sub.add_parser("ranktable", help="write the Ascend HCCL rank table (v1.0 JSON)")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
     p.add_argument("-o", "--output", help="file to write (default: print)")
     add_set(p, "cluster-file fields")
-    p.set_defaults(func=cmd_ranktable)
+    p.set_defaults(func=cmd_ranktable, program=None)
 
-    p = sub.add_parser("launch", help="run the job on every host and supervise it")
+    p = sub.add_parser("launch", help="run the job on every host and supervise it",
+                       usage="mscluster launch CLUSTER.yaml [options] [-- PROGRAM ARGS...]",
+                       description="Run the cluster file's job: the built-in trainer (train:), the file's "
+                                   "command:, or the PROGRAM given after --, on every rank.")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
+    p.add_argument("--console", help=CONSOLE_HELP)
     add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 restarts=1")
     p.add_argument("--job-dir", help="job folder (default: <workdir>/<name>-<time>); an existing one is "
                                       "refused unless train.resume is set")
     p.add_argument("--grace-period", type=float, default=5.0, help="seconds between TERM and KILL (default 5)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the ranks' output")
-    p.set_defaults(func=cmd_launch)
+    p.set_defaults(func=cmd_launch, program=None)
 
     from mscluster import monitor_cli  # status, logs, tensorboard
     monitor_cli.add_commands(sub, add_set)

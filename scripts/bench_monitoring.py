@@ -80,8 +80,8 @@ def bench_model(name: str, data_dir: str, tmp: str, steps: int) -> dict[str, Any
     lr = np.full(10 ** 6, 0.001, np.float32)
     sink = io.StringIO()  # both cases print the same plain lines; keep them off the terminal
     monitors = {
-        "off": StepMonitor(cfg, RankInfo(SINGLE), 10 ** 6, lr, None, 0, stream=sink),
-        "on": StepMonitor(cfg, RankInfo(SINGLE), 10 ** 6, lr, os.path.join(tmp, name, "tb"), 0, stream=sink),
+        "off": StepMonitor(cfg, RankInfo(), 10 ** 6, lr, None, 0, stream=sink),
+        "on": StepMonitor(cfg, RankInfo(), 10 ** 6, lr, os.path.join(tmp, name, "tb"), 0, stream=sink),
     }
 
     class Alternate(Callback):

@@ -108,7 +108,7 @@ class _ModelCase:
             from trainer.distributed import SINGLE, RankInfo
 
             cfg = TrainConfig(batch_size=batch)  # the trainer's defaults: a line every 10 steps, TensorBoard on
-            self.monitor = StepMonitor(cfg, RankInfo(SINGLE), 10 ** 6, np.full(1, 0.01, np.float32), monitor_dir, 0)
+            self.monitor = StepMonitor(cfg, RankInfo(), 10 ** 6, np.full(1, 0.01, np.float32), monitor_dir, 0)
             self.callbacks.append(self.monitor)
 
         class Ends(Callback):
@@ -153,7 +153,7 @@ def _worker_train(spec: dict[str, Any]) -> dict[str, Any]:
     from trainer.resnet import build_resnet
     from trainer.train import _decayed_params
 
-    init_backend(RankInfo(SINGLE), spec["mode"] == "graph")
+    init_backend(RankInfo(), spec["mode"] == "graph")
     size, batch = spec["size"], spec["batch"]
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
@@ -223,7 +223,7 @@ def _worker_isa(spec: dict[str, Any]) -> dict[str, Any]:
     from trainer.resnet import build_resnet
     from trainer.train import _decayed_params
 
-    init_backend(RankInfo(SINGLE), spec["mode"] == "graph")
+    init_backend(RankInfo(), spec["mode"] == "graph")
     size, batch, wd = spec["size"], spec["batch"], spec["weight_decay"]
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((batch, 3, size, size)).astype(np.float32))

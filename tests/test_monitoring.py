@@ -174,7 +174,7 @@ def test_eval_pictures_and_hparams_of_a_real_network(tmp_path, cifar_dir):
     cfg = from_dict({"data_dir": cifar_dir, "arch": "resnet18", "stem": "cifar", "width": 4, "image_size": 32,
                      "batch_size": 16, "epochs": 1})
     net = build_resnet("resnet18", num_classes=10, width=4, stem="cifar")
-    monitor = StepMonitor(cfg, RankInfo(SINGLE), 1, np.full(1, 0.1, np.float32), str(tmp_path / "tb"), 0)
+    monitor = StepMonitor(cfg, RankInfo(), 1, np.full(1, 0.1, np.float32), str(tmp_path / "tb"), 0)
     confusion = np.arange(100).reshape(10, 10)
     net.set_train(True)
     monitor.log_eval(1, {"top1": 0.25, "loss": 2.0}, confusion, net)

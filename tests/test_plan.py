@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from launcher.config import load_cluster, parse_cluster
-from launcher.plan import (PORT_AT_LAUNCH, format_plan, plan_ranks, rank_env, scheduler_env,
-                           with_scheduler_port)
+from launcher.jobplan import build_job_plan, format_job_plan
+from launcher.plan import PORT_AT_LAUNCH, plan_ranks, rank_env, scheduler_env, with_scheduler_port
 from launcher.spec import RankAssignment, SchedulerAssignment
 
 CONFIGS = Path(__file__).resolve().parent.parent / "cluster_configs"
@@ -122,33 +122,73 @@ def test_every_rank_gets_a_distinct_rank_id():
         assert all(isinstance(v, str) for e in envs for v in e.values())
 
 
-def test_format_plan_shows_ranks_scheduler_and_env():
-    plan = plan_ranks(shipped("local_cpu.yaml"))
-    envs = {r.rank: rank_env(plan, r, job_dir="runs/j", rank_table_path=None, preview=True) for r in plan.ranks}
-    text = format_plan(plan, envs, scheduler_env(plan, job_dir="runs/j", preview=True))
+def test_plan_output_shows_ranks_processes_and_env():
+    text = format_job_plan(build_job_plan(shipped("local_cpu.yaml"), launch_dir="/launch", local_python="/py"))
     lines = text.splitlines()
-    assert lines[0].startswith("local-cpu: backend cpu, 2 rank(s) on 1 host")
+    assert lines[0].startswith("local-cpu: backend cpu, 2 rank(s) on 1 host, built-in trainer")
     assert lines[1].split() == ["rank", "host", "slot", "local", "rank"]
     assert lines[2].split()[:3] == ["sched", "localhost", "-"]
     assert lines[2].endswith(f"port {PORT_AT_LAUNCH}")
     assert lines[3].split() == ["0", "localhost", "0", "0/2"]
     assert lines[4].split() == ["1", "localhost", "1", "1/2"]
-    common = lines[lines.index("environment of every process:") + 1:lines.index("environment per process:")]
-    assert "  MS_WORKER_NUM=2" in common and "  MS_TOPO_TIMEOUT=120" in common
+    assert "  sched   on localhost: /py -m trainer.scheduler   [in /launch]" in lines
+    assert ("  rank 1  on localhost: /py -m mscluster.cli train --config '<job dir>/train.attempt0.yaml'   "
+            "[in /launch]") in lines
+    common = lines[lines.index("environment of every process (on top of the host's own):") + 1:
+                   lines.index("environment per process:")]
+    for wanted in ("MS_WORKER_NUM=2", "MS_TOPO_TIMEOUT=120", "MSCLUSTER_RESTART_COUNT=0", "PYTHONUNBUFFERED=1",
+                   "MSCLUSTER_JOB_DIR='<job dir>'", "MSCLUSTER_EVENT_FD='<pipe fd>'"):
+        assert f"  {wanted}" in common, wanted
     per_process = lines[lines.index("environment per process:") + 1:]
-    assert per_process[0].split() == ["sched", "MS_ROLE=MS_SCHED"]
+    assert per_process[0].split()[0] == "sched" and "MS_ROLE=MS_SCHED" in per_process[0]
+    assert "MSCLUSTER_ERROR_FILE='<job dir>/errors/scheduler.attempt0.json'" in per_process[0]
     assert per_process[2].split()[:2] == ["rank", "1"]
     assert "MS_NODE_ID=1" in per_process[2] and "RANK_ID=1" in per_process[2]
 
 
-def test_format_plan_ascend_has_no_scheduler_row():
-    plan = plan_ranks(shipped("ascend_2x8.yaml"))
-    envs = {r.rank: rank_env(plan, r, job_dir="j", rank_table_path="j/rank_table.json") for r in plan.ranks}
-    text = format_plan(plan, envs)
+def test_plan_output_ascend_has_no_scheduler_row():
+    text = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml")))
     assert "sched" not in text
     assert text.splitlines()[1].split()[:3] == ["rank", "host", "npu"]
-    assert text.splitlines()[-1].split()[:2] == ["rank", "15"]
-    assert "DEVICE_ID=7" in text.splitlines()[-1]
+    per_process = text.splitlines()[text.splitlines().index("environment per process:") + 1:]
+    assert per_process[-3].split()[:2] == ["rank", "15"] and "DEVICE_ID=7" in per_process[-3]
+    assert "files written in the job folder of every host first: rank_table.json, train.attempt0.yaml" in text
+
+
+def _job(text: str, **kwargs):
+    return build_job_plan(parse_cluster(text, "t.yaml"), launch_dir="/launch", local_python="/py", **kwargs)
+
+
+CPU2 = "name: t\nbackend: cpu\nhosts: [{address: localhost, devices: 2}]\n"
+
+
+def test_a_command_runs_on_every_rank_with_the_hosts_python_and_the_launch_folder():
+    job = _job(CPU2 + "command: [python, train.py, --epochs, 2]\n", job_dir="/runs/j", scheduler_port=4000)
+    (host, sched), (_, rank0), (_, rank1) = job.processes()
+    assert sched.argv == ("/py", "-m", "trainer.scheduler")  # our scheduler, whatever the ranks run
+    assert rank0.argv == rank1.argv == ("/py", "train.py", "--epochs", "2")
+    assert rank0.cwd == rank1.cwd == "/launch"
+    assert job.agent("localhost").files == ()  # no trainer settings for a command
+    env = dict(rank1.env)
+    assert env["RANK_ID"] == "1" and env["MS_SCHED_PORT"] == "4000" and env["MSCLUSTER_JOB_DIR"] == "/runs/j"
+    assert env["MSCLUSTER_ERROR_FILE"] == "/runs/j/errors/rank1.attempt0.json" == rank1.error_file
+    assert "GLOG_v" not in env  # a user's program keeps MindSpore's own default log level
+    assert not job.preview
+
+
+def test_cwd_and_a_program_not_named_python():
+    job = _job(CPU2 + "command: [./run.sh, x]\ncwd: /shared/proj\n")
+    assert job.processes()[1][1].argv == ("./run.sh", "x") and job.processes()[1][1].cwd == "/shared/proj"
+    assert job.preview  # job dir and port are placeholders
+
+
+def test_a_restart_attempt_is_numbered_in_env_error_file_and_settings():
+    job = _job(CPU2, job_dir="/runs/j", scheduler_port=4000, attempt=2)
+    rank0 = job.processes()[1][1]
+    assert dict(rank0.env)["MSCLUSTER_RESTART_COUNT"] == "2"
+    assert rank0.argv[-1] == "/runs/j/train.attempt2.yaml"
+    (name, content), = job.agent("localhost").files
+    assert name == "train.attempt2.yaml" and "resume: auto" in content
 
 
 def test_unsorted_server_ids_are_warned_about(caplog):

@@ -1,8 +1,14 @@
 """Unit tests: the launcher<->agent protocol, core splitting, and the failure table."""
 from __future__ import annotations
 
-from launcher.protocol import AgentSpec, ProcessSpec, event, parse_event, split_cpus
+import math
+
+import pytest
+
+from launcher.protocol import (AgentSpec, Done, Exited, Output, ProcessSpec, ProtocolError, Relayed, Started,
+                               decode_message, encode_message, split_cpus)
 from launcher.report import RankFailure, format_failures, order_failures
+from mscluster import events
 
 
 def test_agent_spec_survives_the_wire():
@@ -14,11 +20,52 @@ def test_agent_spec_survives_the_wire():
     assert AgentSpec.from_json(spec.to_json()) == spec
 
 
-def test_events_parse_and_other_lines_do_not():
-    assert parse_event(event("exit", name="rank1", code=3)) == {"ev": "exit", "name": "rank1", "code": 3}
-    assert parse_event("Traceback (most recent call last):") is None
-    assert parse_event("{not json") is None
-    assert parse_event('{"no": "ev"}') is None
+def test_every_agent_message_survives_the_wire():
+    progress = events.Progress(step=7, time=1.5, epoch=2, loss=0.25, scalars={"img_per_s": 300.0})
+    for msg in (Started("rank0", 41, (0, 1)), Output("rank1", "hello {\"ev\": \"exit\"}", "stderr"),
+                Relayed("rank0", progress), Relayed("rank2", events.Eval(3, 2.0, {"top1": 0.9})),
+                Relayed("scheduler", events.Checkpoint("/c/x.ckpt", 9, 3.0)),
+                Exited("rank1", 1, None, "SIGKILL", 12.5), Done(True)):
+        assert decode_message(encode_message(msg)) == msg
+
+
+@pytest.mark.parametrize("line, why", [
+    ("Traceback (most recent call last):", "not a message"),
+    ('{"ev": "out", "name": "../../etc/passwd", "line": "x"}', "unknown process name"),
+    ('{"ev": "out", "name": "rank1", "line": 3}', "line must be str"),
+    ('{"ev": "started", "name": "rank1", "pid": "12"}', "pid must be an integer"),
+    ('{"ev": "exit", "name": "rank1", "rank": 1, "code": 1, "signal": null, "time": "now"}', "time"),
+    ('{"ev": "exit", "name": "rank1", "rank": 1, "code": 1, "signal": null, "time": 1, "error": "x"}', "error"),
+    ('{"ev": "event", "name": "rank1", "event": {"v": 1, "kind": "progress", "time": 1, "step": -1}}', "step"),
+    ('{"ev": "launch_missiles"}', "unknown message kind"),
+    ('[1, 2]', "not a message"),
+])
+def test_a_bad_agent_message_is_refused_with_the_reason(line, why):
+    with pytest.raises(ProtocolError, match=why):
+        decode_message(line)
+
+
+def test_rank_events_round_trip_and_keep_a_diverged_loss():
+    nan_loss = events.decode(events.encode(events.Progress(step=1, time=1.0, loss=float("nan"))))
+    assert math.isnan(nan_loss.loss) and nan_loss.step == 1 and nan_loss.scalars == {}
+    ev = events.Eval(epoch=4, time=2.0, metrics={"top1": 0.5, "loss": 1.25})
+    assert events.decode(events.encode(ev)) == ev
+
+
+@pytest.mark.parametrize("line, why", [
+    ('{"v": 1, "kind": "progress", "time": 1}', "step must be an integer"),
+    ('{"v": 2, "kind": "progress", "time": 1, "step": 1}', "unknown event version"),
+    ('{"v": 1, "kind": "progress", "time": 1, "step": 1, "scalars": {"bad name": 1}}', "not a valid name"),
+    ('{"v": 1, "kind": "progress", "time": 1, "step": 1, "scalars": {"x": "1"}}', "must be a number"),
+    ('{"v": 1, "kind": "progress", "time": 1, "step": 1, "extra": 1}', "unknown field"),
+    ('{"v": 1, "kind": "checkpoint", "time": 1, "step": 1, "path": ""}', "path"),
+    ('{"v": 1, "kind": "progress", "time": NaN, "step": 1}', "finite"),
+    ('{"v": 1, "kind": "', "not JSON"),
+    ("x" * 20000, "longer than"),
+])
+def test_a_bad_event_is_refused_with_the_reason(line, why):
+    with pytest.raises(events.EventError, match=why):
+        events.decode(line)
 
 
 def test_cores_split_evenly_and_never_overlap():

@@ -1,7 +1,7 @@
 """Feature: ``mscluster status`` and ``mscluster logs`` read a job's state and logs from its folder.
 
-Description: the launcher's StatusWriter is fed the agent events of a job (the protocol's own
-dicts) and writes a real status.json; read_status answers from that file, result.json and
+Description: the launcher's StatusWriter is fed the typed agent messages of a job (the ranks'
+events among them, as ``mscluster.rank.report*`` sends them) and writes a real status.json; read_status answers from that file, result.json and
 whether the launcher process lives; the logs reader follows a file another thread writes.
 (The same commands against real launched jobs are in test_monitoring.py.)
 Expectation: the right state at every stage (running, restarting, succeeded, failed, launcher
@@ -21,9 +21,9 @@ import pytest
 
 from launcher.errors import JobDirError
 from launcher.joblogs import follow, log_path
-from launcher.protocol import AgentSpec, ProcessSpec
-from launcher.status import STATUS_FILE, StatusWriter, format_status, parse_line, read_status
-from trainer.monitor import format_plain
+from launcher.protocol import AgentSpec, Exited, Output, ProcessSpec, Relayed, Started
+from launcher.status import STATUS_FILE, StatusWriter, format_status, read_status
+from mscluster import events
 
 
 def _specs() -> dict[str, AgentSpec]:
@@ -35,25 +35,51 @@ def _specs() -> dict[str, AgentSpec]:
 
 def _started(writer: StatusWriter) -> None:
     for pid, name in enumerate(("scheduler", "rank0", "rank1"), start=100):
-        writer.on_event("localhost", {"ev": "started", "name": name, "pid": pid})
+        writer.on_message("localhost", Started(name=name, pid=pid))
 
 
-def _out(writer: StatusWriter, name: str, line: str) -> None:
-    writer.on_event("localhost", {"ev": "out", "name": name, "line": line})
+def _progress(writer: StatusWriter, name: str, epoch: int, epochs: int, step: int, steps: int, global_step: int,
+              loss: float, img_per_s: float) -> None:
+    """What the built-in trainer's StepMonitor reports after a step."""
+    ev = events.Progress(step=global_step, time=time.time(), epoch=epoch, loss=loss,
+                         scalars={"epochs": epochs, "step_in_epoch": step, "steps_per_epoch": steps,
+                                  "img_per_s": img_per_s, "lr": 0.1})
+    writer.on_message("localhost", Relayed(name=name, event=ev))
+
+
+def _eval(writer: StatusWriter, name: str, epoch: int, top1: float, loss: float) -> None:
+    writer.on_message("localhost", Relayed(name=name, event=events.Eval(epoch, time.time(), {"top1": top1, "loss": loss})))
 
 
 def _exit(writer: StatusWriter, name: str, code, stopping=False, sig=None) -> None:
-    writer.on_event("localhost", {"ev": "exit", "name": name, "rank": None, "code": code, "signal": sig,
-                                  "time": time.time(), "error": None}, stopping=stopping)
+    writer.on_message("localhost", Exited(name=name, rank=None, code=code, signal=sig, time=time.time()),
+                      stopping=stopping)
 
 
-def test_progress_lines_the_trainer_prints_are_understood():
-    line = format_plain(2, 3, 5, 20, 45, 1.23456, 0.01, 117.4)
-    assert parse_line(line) == {"epoch": 2, "epochs": 3, "step": 5, "steps": 20, "global_step": 45,
-                                "loss": 1.2346, "img_per_s": 117.4}
-    assert parse_line("eval epoch=2 top1=0.5120 loss=1.3000") == {"eval": {"epoch": 2, "top1": 0.512, "loss": 1.3}}
-    assert math.isnan(parse_line(format_plain(1, 1, 1, 1, 1, float("nan"), 0.1, 1.0))["loss"])
-    assert parse_line("INFO trainer.distributed: joined") == {}
+def test_printed_lines_change_nothing_events_do(tmp_path):
+    writer = StatusWriter(str(tmp_path), _specs(), attempt=0)
+    _started(writer)
+    for line in ("epoch=1/2 step=4/4 global_step=4 loss=2.2500 lr=0.1 img/s=300.0",
+                 "eval epoch=1 top1=0.4200 loss=1.9000",
+                 events.encode(events.Eval(1, 1.0, {"top1": 0.99}))):  # byte for byte an event: still a line
+        writer.on_message("localhost", Output(name="rank0", line=line))
+    status = read_status(str(tmp_path))
+    assert status.lead.global_step is None and status.eval == {}
+    _progress(writer, "rank0", 1, 2, 4, 4, 4, 2.25, 300.0)
+    assert read_status(str(tmp_path)).lead.global_step == 4
+
+
+def test_a_program_reporting_plain_steps_shows_them(tmp_path):
+    writer = StatusWriter(str(tmp_path), _specs(), attempt=0)
+    _started(writer)
+    writer.on_message("localhost", Relayed(name="rank0", event=events.Progress(step=17, time=time.time(), loss=0.5)))
+    writer.on_message("localhost", Relayed(name="rank0", event=events.Checkpoint("/c/s17.ckpt", 17, time.time())))
+    _eval(writer, "rank0", 2, 0.8125, 0.4)
+    status = read_status(str(tmp_path))
+    text = format_status(status)
+    assert "progress:  step 17, loss 0.5000" in text
+    assert "last eval: epoch 2, top1 0.8125, loss 0.4000" in text
+    assert status.lead.checkpoint == "/c/s17.ckpt"
 
 
 def test_running_job_shows_progress_eval_and_each_rank(tmp_path):
@@ -64,9 +90,9 @@ def test_running_job_shows_progress_eval_and_each_rank(tmp_path):
     assert "no step reported yet" in format_status(status)
 
     _started(writer)
-    _out(writer, "rank0", format_plain(1, 2, 4, 4, 4, 2.25, 0.1, 300.0))
-    _out(writer, "rank1", format_plain(1, 2, 3, 4, 3, 2.5, 0.1, 300.0))
-    _out(writer, "rank0", "eval epoch=1 top1=0.4200 loss=1.9000")
+    _progress(writer, "rank0", 1, 2, 4, 4, 4, 2.25, 300.0)
+    _progress(writer, "rank1", 1, 2, 3, 4, 3, 2.5, 300.0)
+    _eval(writer, "rank0", 1, 0.42, 1.9)
     status = read_status(str(tmp_path))
     assert status.state == "running"
     lead = status.lead
@@ -86,7 +112,7 @@ def test_running_job_shows_progress_eval_and_each_rank(tmp_path):
 def test_failed_rank_then_restart_then_final_result(tmp_path):
     writer = StatusWriter(str(tmp_path), _specs(), attempt=0)
     _started(writer)
-    _out(writer, "rank0", "eval epoch=1 top1=0.3000 loss=2.0000")
+    _eval(writer, "rank0", 1, 0.3, 2.0)
     _exit(writer, "rank1", 3)
     _exit(writer, "rank0", None, stopping=True, sig="SIGTERM")
     writer.attempt_ended(ok=False, interrupted=False)

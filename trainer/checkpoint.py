@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
+from mscluster.fsutil import write_json_atomic
 from trainer.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -96,15 +97,6 @@ def _pause_torn(tmp: str, seconds: float) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + os.path.basename(path))
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def save(write: Callable[[str], None], directory: str, meta_fields: dict[str, Any],
          pause_mid_write: float = 0.0) -> tuple[str, CheckpointMeta]:
     """Write a checkpoint atomically and its sidecar after it.
@@ -131,7 +123,7 @@ def save(write: Callable[[str], None], directory: str, meta_fields: dict[str, An
     os.replace(tmp, final)
     _fsync(directory)
     meta = CheckpointMeta(file=name, size=size, sha256=digest, saved_at=time.time(), **meta_fields)
-    _write_json_atomic(sidecar_path(final), asdict(meta))
+    write_json_atomic(sidecar_path(final), asdict(meta), fsync=True)
     _fsync(directory)
     return final, meta
 

@@ -1,7 +1,9 @@
-"""The trainer's exception family: caught once at the CLI, printed as one line."""
+"""The trainer's branch of mscluster's exception family: caught once at the CLI, printed as one line."""
+
+from mscluster.errors import MsclusterError
 
 
-class TrainerError(Exception):
+class TrainerError(MsclusterError):
     """Base of every error the trainer reports to a user as one line."""
 
     exit_code = 2

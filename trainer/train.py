@@ -16,7 +16,8 @@ from typing import Any, Mapping, Optional
 
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
-from trainer.distributed import RankInfo, barrier, init_backend, rank_info_from_env
+from mscluster.rank import RankInfo, rank_info, report_checkpoint, report_eval
+from trainer.distributed import barrier, init_backend
 from trainer.errors import CheckpointError, ConfigError, DataError
 from trainer.output import emit
 
@@ -174,7 +175,7 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
     """
     from trainer.data import class_names, create_dataset, resolve_data_dir, validate_split
 
-    info = rank_info_from_env(environ)
+    info = rank_info(environ)
     if info.is_scheduler:  # MindSpore's scheduler serves the workers inside init(); nothing more to do
         init_backend(info, cfg.mode == "graph")
         return TrainResult(rank=-1, world_size=info.world_size)
@@ -246,6 +247,7 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
         logger.info("wrote %s in %.2f s", path, seconds)
         emit(f"checkpoint saved {path} epoch={meta.epoch} step={meta.step_in_epoch} "
              f"global_step={meta.global_step}")
+        report_checkpoint(path, meta.global_step)
 
     armed = _hooks_armed(cfg, info)
     writer = ckpt.CheckpointWriter(where["checkpoints"], cfg.keep_max, background=cfg.async_save,
@@ -313,6 +315,7 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
                 if is_chief:
                     monitor.log_eval(epoch + 1, metrics, scores.confusion, net)
                     emit(f"eval epoch={epoch + 1} top1={metrics['top1']:.4f} loss={metrics['loss']:.4f}")
+                    report_eval(epoch + 1, **metrics)
             if not is_chief:
                 continue
             if last or (cfg.save_every_epochs and (epoch + 1) % cfg.save_every_epochs == 0):

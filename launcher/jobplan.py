@@ -1,0 +1,210 @@
+"""The job model: one object that says exactly what a launch starts, built by one function.
+
+``build_job_plan`` turns a validated cluster file into a ``JobPlan``: for every host, the agent's
+spec, with every process (ranks and the scheduler) as its exact argv, environment (everything
+the launcher adds on top of the host's own) and folder, plus the files the agent writes first
+(the built-in trainer's settings, the rank table). ``mscluster plan`` prints it (with
+placeholders for what is fixed only at launch: the job folder, the scheduler port, the event
+pipe's number), ``launch`` runs it, and a test compares it with ``/proc`` of every process
+started. Pure: no I/O.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import yaml
+
+from launcher.plan import PORT_AT_LAUNCH, plan_ranks, rank_env, scheduler_env
+from launcher.protocol import AgentSpec, ProcessSpec
+from launcher.spec import ClusterSpec, HostSpec, Plan
+from launcher.table import format_table
+from mscluster import jobfiles
+from mscluster.rank import ERROR_FILE_ENV, EVENT_FD_ENV, HOST_ENV, RESTART_COUNT_ENV
+
+JOB_DIR_AT_LAUNCH = "<job dir>"
+EVENT_FD_AT_START = "<pipe fd>"  # the agent opens each process's event pipe and fills in its number
+RANK_TABLE_AT_LAUNCH = "<discovered at launch>"
+PYTHON_WORD = "python"
+QUIET_GLOG_V = "3"  # MindSpore's log level for the built-in trainer and the scheduler: errors only  # a command's first word that means the cluster's interpreter on that host
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything one attempt of a job starts, host by host, in the cluster file's host order."""
+
+    cluster: ClusterSpec
+    placement: Plan  # ranks on hosts and devices, and the scheduler
+    job_dir: str  # as the launcher sees it; JOB_DIR_AT_LAUNCH in a preview
+    attempt: int
+    agents: tuple[AgentSpec, ...]
+
+    @property
+    def preview(self) -> bool:
+        """Whether values fixed at launch are still placeholders (``mscluster plan``)."""
+        return self.job_dir == JOB_DIR_AT_LAUNCH or (
+            self.placement.scheduler is not None and self.placement.scheduler.port is None)
+
+    def agent(self, address: str) -> AgentSpec:
+        return next(a for a in self.agents if a.host == address)
+
+    def processes(self) -> list[tuple[str, ProcessSpec]]:
+        """(host, process) for every process of the job: each host's scheduler first, then ranks."""
+        return [(a.host, p) for a in self.agents for p in a.processes]
+
+
+# -- where things are on a host --------------------------------------------------------------------
+
+def host_job_dir(host: HostSpec, job_dir: str) -> str:
+    """The job folder as seen on ``host``: absolute for local hosts, as given (home-relative) on remote ones."""
+    if job_dir == JOB_DIR_AT_LAUNCH:
+        return job_dir
+    return os.path.abspath(job_dir) if host.is_local else job_dir
+
+
+def host_python(cluster: ClusterSpec, host: HostSpec, local_python: Optional[str] = None) -> str:
+    """The interpreter that runs the agent (and ``python`` in a command) on ``host``."""
+    return cluster.python or ((local_python or sys.executable) if host.is_local else "python3")
+
+
+def launch_folder(cluster: ClusterSpec, host: HostSpec, launch_dir: str) -> Optional[str]:
+    """The folder a host's processes run in.
+
+    A ``command:`` runs in ``cwd:`` or else in the folder launch was run in, on every host (the
+    shared-filesystem convention of pdsh and msrun). The built-in trainer runs in the launch
+    folder locally and in the login folder (None) remotely, where its relative job folder lives.
+    """
+    if cluster.command:
+        return os.path.join(launch_dir, cluster.cwd) if cluster.cwd else launch_dir
+    return launch_dir if host.is_local else None
+
+
+def program_argv(cluster: ClusterSpec, host: HostSpec, job_dir_on_host: str, attempt: int,
+                 local_python: Optional[str] = None) -> tuple[str, ...]:
+    """What every rank of ``host`` runs: the cluster's command, or the built-in trainer."""
+    python = host_python(cluster, host, local_python)
+    if cluster.command:
+        first, *rest = cluster.command
+        return (python if first == PYTHON_WORD else first, *rest)
+    settings = os.path.join(job_dir_on_host, jobfiles.settings_file_name(attempt))
+    return (python, "-m", "mscluster.cli", "train", "--config", settings)
+
+
+def scheduler_argv(cluster: ClusterSpec, host: HostSpec, local_python: Optional[str] = None) -> tuple[str, ...]:
+    """The dynamic cluster's scheduler: mscluster's own small program, whatever the ranks run."""
+    return (host_python(cluster, host, local_python), "-m", "trainer.scheduler")
+
+
+def train_settings(cluster: ClusterSpec, job_dir_on_host: str, attempt: int) -> dict[str, Any]:
+    """The built-in trainer's settings for one attempt: the ``train:`` section, its folder, resume."""
+    settings = cluster.train_dict()
+    settings["output_dir"] = job_dir_on_host
+    if attempt > 0:
+        settings["resume"] = "auto"  # a restart continues from the newest good checkpoint
+    return settings
+
+
+# -- the plan -----------------------------------------------------------------------------------
+
+def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
+                   scheduler_port: Optional[int] = None, attempt: int = 0, rank_table: Optional[str] = None,
+                   grace_period: float = 5.0, launch_dir: Optional[str] = None,
+                   local_python: Optional[str] = None) -> JobPlan:
+    """The complete plan of one attempt of ``cluster``.
+
+    Args:
+        job_dir: the job folder (as the launcher sees it); the default is a placeholder.
+        scheduler_port: cpu: the scheduler's port; None = the file's, else a placeholder.
+        rank_table: ascend: the rank table's JSON text; None = a placeholder.
+        launch_dir: the folder launch runs in (default: this process's).
+        local_python: the interpreter of local hosts (default: this one's).
+    """
+    placement = plan_ranks(cluster, scheduler_port)
+    preview = job_dir == JOB_DIR_AT_LAUNCH or (placement.scheduler is not None and placement.scheduler.port is None)
+    launch_dir = launch_dir or os.getcwd()
+    agents = []
+    for host in cluster.hosts:
+        jd = host_job_dir(host, job_dir)
+        cwd = launch_folder(cluster, host, launch_dir)
+        table_path = os.path.join(jd, jobfiles.RANK_TABLE_FILE) if cluster.backend == "ascend" else None
+
+        def launcher_env(name: str, ours: bool) -> dict[str, str]:
+            env = {RESTART_COUNT_ENV: str(attempt), ERROR_FILE_ENV: jobfiles.error_file(jd, name, attempt),
+                   HOST_ENV: host.address, EVENT_FD_ENV: EVENT_FD_AT_START, "PYTHONUNBUFFERED": "1"}
+            if ours and "GLOG_v" not in cluster.env_dict():
+                env["GLOG_v"] = QUIET_GLOG_V  # our programs log MindSpore's errors only, unless env: says
+            return env
+
+        procs = []
+        if placement.scheduler is not None and placement.scheduler.host == host.address:
+            env = {**scheduler_env(placement, job_dir=jd, preview=preview), **launcher_env(jobfiles.SCHEDULER, True)}
+            procs.append(ProcessSpec(jobfiles.SCHEDULER, scheduler_argv(cluster, host, local_python),
+                                     tuple(sorted(env.items())), cpus=(), cwd=cwd,
+                                     error_file=env[ERROR_FILE_ENV]))
+        argv = program_argv(cluster, host, jd, attempt, local_python)
+        for r in placement.ranks_on(host.address):
+            name = jobfiles.rank_name(r.rank)
+            env = {**rank_env(placement, r, job_dir=jd, rank_table_path=table_path, preview=preview),
+                   **launcher_env(name, cluster.builtin_trainer)}
+            procs.append(ProcessSpec(name, argv, tuple(sorted(env.items())), rank=r.rank, device_id=r.device_id,
+                                     cpus=None if cluster.bind_cores else (), local_rank=r.local_rank,
+                                     local_size=r.local_size, cwd=cwd, error_file=env[ERROR_FILE_ENV]))
+        files = []
+        if cluster.builtin_trainer:
+            files.append((jobfiles.settings_file_name(attempt),
+                          yaml.safe_dump(train_settings(cluster, jd, attempt), sort_keys=True)))
+        if table_path is not None:
+            files.append((jobfiles.RANK_TABLE_FILE, rank_table if rank_table is not None else RANK_TABLE_AT_LAUNCH))
+        agents.append(AgentSpec(host=host.address, job_dir=jd, processes=tuple(procs), files=tuple(files),
+                                grace_period=grace_period, attempt=attempt, bind_cores=cluster.bind_cores))
+    return JobPlan(cluster=cluster, placement=placement, job_dir=job_dir, attempt=attempt, agents=tuple(agents))
+
+
+# -- printing (mscluster plan) -----------------------------------------------------------------------
+
+def format_job_plan(job: JobPlan) -> str:
+    """The plan as ``mscluster plan`` prints it: ranks, then each process's argv, folder and environment."""
+    cluster, placement = job.cluster, job.placement
+    hosts = len(cluster.hosts)
+    program = "command" if cluster.command else "built-in trainer"
+    lines = [f"{cluster.name}: backend {cluster.backend}, {len(placement.ranks)} rank(s) on "
+             f"{hosts} host{'s' if hosts != 1 else ''}, {program} ({cluster.source})"]
+    unit = "npu" if cluster.backend == "ascend" else "slot"
+    rows = [("rank", "host", unit, "local rank")]
+    if placement.scheduler is not None:
+        port = placement.scheduler.port if placement.scheduler.port is not None else PORT_AT_LAUNCH
+        rows.append(("sched", placement.scheduler.host, "-", f"port {port}"))
+    for r in placement.ranks:
+        rows.append((str(r.rank), r.host, str(r.device_id), f"{r.local_rank}/{r.local_size}"))
+    lines.extend(format_table(rows, indent="  "))
+
+    procs = job.processes()
+    label = {p.name: ("sched" if p.rank is None else f"rank {p.rank}") for _, p in procs}
+    envs = [(label[p.name], dict(p.env)) for _, p in procs]
+    common = dict(envs[0][1]) if envs else {}
+    for _, env in envs[1:]:
+        common = {k: v for k, v in common.items() if env.get(k) == v}
+    width = max(len(v) for v in label.values()) if label else 0
+    lines += ["", "processes (argv, folder):"]
+    for host, p in procs:
+        where = p.cwd if p.cwd is not None else "~ (login folder)"
+        lines.append(f"  {label[p.name].ljust(width)}  on {host}: {shlex.join(p.argv)}   [in {where}]")
+    lines += ["", "environment of every process (on top of the host's own):"]
+    lines.extend(f"  {k}={_quote(v)}" for k, v in sorted(common.items()))
+    if len(envs) > 1:
+        lines.append("environment per process:")
+        for name, env in envs:
+            own = " ".join(f"{k}={_quote(v)}" for k, v in sorted(env.items()) if k not in common)
+            lines.append(f"  {name.ljust(width)}  {own}".rstrip())
+    files = sorted({rel for a in job.agents for rel, _ in a.files})
+    if files:
+        lines += ["", "files written in the job folder of every host first: " + ", ".join(files)]
+    return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    """Placeholders (``<job dir>``) print as they are; real values shell-quoted."""
+    return value if "<" in value and ">" in value and not set(value) & set("'\" $`") else shlex.quote(value)

@@ -1,0 +1,244 @@
+"""For programs that ``mscluster launch`` runs on every device: who am I, and tell the launcher.
+
+Imports neither the launcher nor MindSpore, so it costs nothing at import time. Outside a launch
+(a plain ``python train.py``) everything still works: ``rank_info()`` says rank 0 of 1, and the
+``report*`` functions do nothing.
+
+    from mscluster.rank import rank_info, record, report, report_eval, report_checkpoint
+
+    @record                         # an uncaught exception lands in the launcher's failure table
+    def main():
+        me = rank_info()            # rank, world_size, local_rank, device_id, job_dir, ...
+        for step in range(1, 101):
+            loss = train_one_step()
+            report(step, epoch=1, loss=loss, img_per_s=512.0)
+        report_eval(1, top1=0.91)
+
+The events travel on a pipe of their own (``MSCLUSTER_EVENT_FD``), never on stdout, in the
+schema of ``mscluster.events``; a write is one ``write(2)`` of a few hundred bytes.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, TypeVar
+
+from mscluster import events, jobfiles
+from mscluster.errors import RankEnvError
+
+EVENT_FD_ENV = "MSCLUSTER_EVENT_FD"
+ERROR_FILE_ENV = "MSCLUSTER_ERROR_FILE"
+JOB_DIR_ENV = "MSCLUSTER_JOB_DIR"
+HOST_ENV = "MSCLUSTER_HOST"
+RESTART_COUNT_ENV = "MSCLUSTER_RESTART_COUNT"
+
+SINGLE = "single"                    # one process, no launcher
+DYNAMIC_CLUSTER = "dynamic_cluster"  # MindSpore's scheduler + workers (MS_ROLE ...)
+HCCL = "hccl"                        # Ascend with a rank table (RANK_TABLE_FILE)
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """This process's place in the job, as its environment says."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device_id: int = 0
+    host: str = ""
+    backend: str = SINGLE  # single | dynamic_cluster | hccl
+    job_dir: Optional[str] = None
+    checkpoint_dir: Optional[str] = None  # <job>/checkpoints: where rank 0 keeps checkpoints
+    restart_count: int = 0  # 0 in the first attempt, k after the k-th automatic restart
+    is_scheduler: bool = False  # the dynamic cluster's scheduler process (not a rank)
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend != SINGLE
+
+    @property
+    def device_target(self) -> str:
+        return "Ascend" if self.backend == HCCL else "CPU"
+
+
+def _int(environ: Mapping[str, str], name: str, default: Optional[int] = None) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise RankEnvError(f"environment: {name} is not set")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RankEnvError(f"environment: {name}={raw!r} is not an integer") from None
+    if value < 0:
+        raise RankEnvError(f"environment: {name}={raw!r} must be >= 0")
+    return value
+
+
+def rank_info(environ: Optional[Mapping[str, str]] = None) -> RankInfo:
+    """This process's ``RankInfo``, read from ``environ`` (default: ``os.environ``).
+
+    Three cases, decided by the environment alone: ``RANK_TABLE_FILE`` set, Ascend with HCCL
+    (``RANK_ID``, ``RANK_SIZE``, ``DEVICE_ID``); ``MS_ROLE`` set, MindSpore's dynamic cluster
+    (``MS_WORKER_NUM``, ``MS_NODE_ID``); neither, one process, rank 0 of 1.
+
+    Raises:
+        RankEnvError: a variable is not an integer, or a rank is out of range.
+    """
+    env = os.environ if environ is None else environ
+    job_dir = env.get(JOB_DIR_ENV) or None
+    common: dict[str, Any] = {
+        "host": env.get(HOST_ENV) or socket.gethostname(),
+        "job_dir": job_dir,
+        "checkpoint_dir": jobfiles.checkpoints_dir(job_dir) if job_dir else None,
+        "restart_count": _int(env, RESTART_COUNT_ENV, 0),
+        "local_rank": _int(env, "LOCAL_RANK", 0),
+    }
+    if env.get("RANK_TABLE_FILE"):
+        size, rank = _int(env, "RANK_SIZE"), _int(env, "RANK_ID")
+        if rank >= size:
+            raise RankEnvError(f"environment: RANK_ID={rank} must be < RANK_SIZE={size}")
+        return RankInfo(rank=rank, world_size=size, device_id=_int(env, "DEVICE_ID", 0), backend=HCCL, **common)
+    role = env.get("MS_ROLE")
+    if role:
+        size = _int(env, "MS_WORKER_NUM")
+        if role == "MS_SCHED":
+            return RankInfo(world_size=size, backend=DYNAMIC_CLUSTER, is_scheduler=True, **common)
+        if role != "MS_WORKER":
+            raise RankEnvError(f"environment: MS_ROLE={role!r} is neither MS_SCHED nor MS_WORKER")
+        rank = _int(env, "MS_NODE_ID", _int(env, "RANK_ID", 0))
+        if rank >= size:
+            raise RankEnvError(f"environment: MS_NODE_ID={rank} must be < MS_WORKER_NUM={size}")
+        return RankInfo(rank=rank, world_size=size, device_id=_int(env, "DEVICE_ID", 0), backend=DYNAMIC_CLUSTER,
+                        **common)
+    return RankInfo(**common)
+
+
+# -- the error file ------------------------------------------------------------------------------
+
+def write_error_file(exc: BaseException, exit_code: int = 1,
+                     environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Write ``exc`` (type, message, traceback, time) as JSON to ``MSCLUSTER_ERROR_FILE``, if set.
+
+    The launcher's failure table shows its message and the tail of its traceback (torchelastic's
+    error file). Returns the path written, or None.
+    """
+    env = os.environ if environ is None else environ
+    path = env.get(ERROR_FILE_ENV)
+    if not path:
+        return None
+    record_ = {
+        "type": type(exc).__name__,
+        "message": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "timestamp": time.time(),
+        "pid": os.getpid(),
+        "exit_code": exit_code,
+    }
+    try:
+        from mscluster.fsutil import write_atomic
+
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_atomic(path, json.dumps(record_), mode=0o600)
+    except OSError:
+        return None
+    return path
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def record(fn: F) -> F:
+    """Decorate a rank's entry point: an uncaught exception writes the error file, then propagates.
+
+    ``SystemExit`` with code 0 or None and ``KeyboardInterrupt`` are not failures and write nothing.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                write_error_file(exc, exc.code if isinstance(exc.code, int) else 1)
+            raise
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            code = getattr(exc, "exit_code", 1)  # mscluster's own errors carry theirs (2: bad input)
+            write_error_file(exc, code if isinstance(code, int) else 1)
+            raise
+    return wrapper  # type: ignore[return-value]
+
+
+# -- the event channel ---------------------------------------------------------------------------
+
+class _Channel:
+    """The write end of this process's event pipe; silent when there is none (not under a launch)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: Optional[int] = None
+        self._pid: Optional[int] = None
+        self._dead = False
+
+    def _open(self) -> Optional[int]:
+        if self._pid != os.getpid():  # first use, or a forked child: look again
+            self._pid, self._fd, self._dead = os.getpid(), None, False
+            raw = os.environ.get(EVENT_FD_ENV, "")
+            if raw.isdigit():
+                fd = int(raw)
+                try:
+                    os.fstat(fd)
+                    os.set_inheritable(fd, False)  # programs this rank starts do not hold the pipe
+                    self._fd = fd
+                except OSError:
+                    self._dead = True
+            else:
+                self._dead = True
+        return None if self._dead else self._fd
+
+    def send(self, event: events.RankEvent) -> None:
+        data = (events.encode(event) + "\n").encode("utf-8")
+        with self._lock:
+            fd = self._open()
+            if fd is None:
+                return
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            except OSError:  # the agent is gone (the job is being stopped): nothing to tell anyone
+                self._dead = True
+
+
+_channel = _Channel()
+
+
+def report(step: int, *, epoch: Optional[int] = None, loss: Optional[float] = None, **scalars: float) -> None:
+    """Tell the launcher that step ``step`` is done (``mscluster status``, ``status.json``).
+
+    Args:
+        step: the program's step count, >= 0 (the built-in trainer: the global optimizer step).
+        epoch: the epoch the step belongs to, if the program has epochs.
+        loss: the step's loss.
+        scalars: any other numbers worth showing (``img_per_s=...``, ``lr=...``).
+    """
+    _channel.send(events.Progress(step=int(step), time=time.time(), epoch=None if epoch is None else int(epoch),
+                                  loss=None if loss is None else float(loss),
+                                  scalars={k: float(v) for k, v in scalars.items()}))
+
+
+def report_eval(epoch: int, **metrics: float) -> None:
+    """Tell the launcher an evaluation's results (``top1=0.91, loss=0.3``); the job's last one is kept."""
+    _channel.send(events.Eval(epoch=int(epoch), time=time.time(), metrics={k: float(v) for k, v in metrics.items()}))
+
+
+def report_checkpoint(path: str, step: int) -> None:
+    """Tell the launcher that a complete checkpoint of step ``step`` is at ``path``."""
+    _channel.send(events.Checkpoint(path=str(path), step=int(step), time=time.time()))
