@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mscluster-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install data clean-venv
+.PHONY: demo test test-fast install data clean-venv
 
 CHECK_PY := import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 9) <= v <= (3, 12) else "mscluster needs Python 3.9-3.12 (MindSpore 2.10 wheels); this is %d.%d: set PYTHON=python3.11 (and make clean-venv)" % v)
 
@@ -31,3 +31,7 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The unit tests alone: no MindSpore in the test process, no root, no sshd; under a minute.
+test-fast: $(STAMP)
+	MSCLUSTER_TEST_FAST=1 $(BIN)/python -m pytest -q -m "not integration and not ssh and not netns and not mindspore" $(PYTEST_ARGS)

@@ -109,8 +109,8 @@ def _outcome(ok: bool, exit_code: Optional[int], firsts: dict[int, float], end: 
 
 
 def run_ours(cluster: str, job_dir: str, cwd: str, host_label: str) -> dict[str, Any]:
-    """``mscluster launch``; first steps from its streamed ``[host:rank]`` lines."""
-    argv = [sys.executable, "-m", "mscluster.cli", "launch", cluster, "--job-dir", job_dir]
+    """``mscluster launch --console all``; first steps from its streamed ``[host:rank]`` lines."""
+    argv = [sys.executable, "-m", "mscluster.cli", "launch", cluster, "--job-dir", job_dir, "--console", "all"]
     firsts: dict[int, float] = {}
     milestones: dict[str, float] = {}
     lines: list[str] = []

@@ -18,6 +18,33 @@ from trainer.cpu import configure_cpu_backend  # noqa: E402  (needs REPO_ROOT on
 
 configure_cpu_backend()
 
+if os.environ.get("MSCLUSTER_TEST_FAST"):
+    # `make test-fast`: the unit tests, which must not need MindSpore; one that imports it fails loudly
+    import importlib.abc
+
+    class _NoMindSpore(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "mindspore":
+                raise ImportError("make test-fast imports no MindSpore: mark this test "
+                                  "@pytest.mark.mindspore (or integration)")
+            return None
+
+    sys.meta_path.insert(0, _NoMindSpore())
+
+# modules whose tests all run MindSpore in the test process
+MINDSPORE_MODULES = ("test_checkpoint.py", "test_resnet.py", "test_data.py")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """`make test-fast` leaves out the modules that need MindSpore to import."""
+    return bool(os.environ.get("MSCLUSTER_TEST_FAST")) and collection_path.name in MINDSPORE_MODULES or None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in MINDSPORE_MODULES:
+            item.add_marker(pytest.mark.mindspore)
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> str:

@@ -28,6 +28,7 @@ from typing import Iterator, List, Optional, Sequence
 import psutil
 import pytest
 
+from helpers import free_port
 from launcher.spec import SSHSpec
 
 SSHD = "/usr/sbin/sshd"
@@ -98,13 +99,6 @@ def keygen(path: Path, comment: str) -> Path:
         timeout=30,
     )
     return path
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on at ``address`` right now (reachable from this namespace)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 def _sshd_config(workdir: Path, address: str, port: int, host_key: Path, extra: Sequence[str]) -> Path:

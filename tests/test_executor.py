@@ -23,7 +23,8 @@ from launcher.errors import HostUnreachable
 from launcher.executor import (LocalExecutor, RunResult, SSHExecutor, check_host, command_line,
                                executor_for)
 from launcher.spec import HostSpec, SSHSpec
-from sshd_util import LineReader, free_port, keygen, sshd  # noqa: F401  (sshd is a fixture)
+from helpers import free_port, wait_for
+from sshd_util import LineReader, keygen, sshd  # noqa: F401  (sshd is a fixture)
 
 PY = sys.executable  # the filesystem is shared: the same interpreter serves "remote" hosts
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -52,15 +53,6 @@ def executor(request):
         ex = SSHExecutor(server.address, server.ssh_spec())
     yield ex
     ex.close()
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # --------------------------------------------------------------------------- command line

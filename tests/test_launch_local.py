@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from launch_helper import (job_processes, kill_group, launch_argv, only_job_dir, run_launch, wait_for,
+from helpers import (job_processes, kill_group, launch_argv, only_job_dir, run_launch, wait_for,
                            write_cluster)
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def succeeded(tmp_path_factory, cifar_dir):
     work = tmp_path_factory.mktemp("ok")
     cluster = write_cluster(str(work / "c.yaml"), cifar_dir, train={"epochs": 1, "eval_every_epochs": 1})
-    proc = run_launch(cluster, cwd=str(work))
+    proc = run_launch(cluster, cwd=str(work), console=None)  # the default console: rank 0 and warnings
     return proc, only_job_dir(str(work / "runs"))
 
 

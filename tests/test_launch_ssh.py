@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from launch_helper import job_processes, kill_group, launch_argv, only_job_dir, run_launch, wait_for, write_cluster
+from helpers import job_processes, kill_group, launch_argv, only_job_dir, run_launch, wait_for, write_cluster
 from sshd_util import keygen, running_sshd
 
 pytestmark = [pytest.mark.integration, pytest.mark.ssh]

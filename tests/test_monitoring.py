@@ -17,7 +17,6 @@ import os
 import pty
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from launch_helper import kill_group, launch_argv, run_launch, write_cluster
+from helpers import free_port, kill_group, launch_argv, run_launch, write_cluster
 from trainer.monitor import (CAPTION_H, TILE, EventWriter, SystemSampler, confusion_counts, confusion_image,
                              format_progress, prediction_grid, read_test_images)
 
@@ -151,6 +150,7 @@ def test_eval_pictures_have_their_documented_size():
     assert not ((right[..., 0] > 150) & (right[..., 1] < 80)).any()
 
 
+@pytest.mark.mindspore
 def test_first_test_images_are_those_the_eval_pipeline_reads_first(cifar_dir):
     from trainer.callbacks import sample_inputs
     from trainer.data import create_dataset
@@ -164,6 +164,7 @@ def test_first_test_images_are_those_the_eval_pipeline_reads_first(cifar_dir):
     assert np.array_equal(batch[0], inputs)  # the grid's predictions are made on what eval sees
 
 
+@pytest.mark.mindspore
 def test_eval_pictures_and_hparams_of_a_real_network(tmp_path, cifar_dir):
     """StepMonitor.log_eval on rank 0 of a one-epoch run: scalars, both pictures, then hparams."""
     from trainer.callbacks import StepMonitor, predict_classes, sample_inputs
@@ -199,12 +200,6 @@ def test_progress_line_fits_the_terminal():
 
 
 # -- real processes --------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mscluster.cli", *args], capture_output=True, text=True,
@@ -344,7 +339,7 @@ def test_tensorboard_command_serves_the_job_on_localhost(finished):
     import psutil
 
     _ok(finished)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mscluster.cli", "tensorboard", finished["job"], "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:

@@ -27,7 +27,7 @@ import threading
 import numpy as np
 import pytest
 
-from launch_helper import REPO_ROOT, job_processes, kill_group, launch_argv, write_cluster
+from helpers import REPO_ROOT, job_processes, kill_group, launch_argv, write_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -367,7 +367,8 @@ def test_no_restart_when_the_root_cause_is_bad_input():
 
 def test_ranks_that_would_start_at_different_steps_refuse(reference, tmp_path, cifar_dir):
     """Checkpoints not shared between hosts: rank 1 finds none while rank 0 finds step 18."""
-    from cluster_helper import free_port, trainer_command
+    from cluster_helper import trainer_command
+    from helpers import free_port
 
     _, ref_job = reference
     shutil.copytree(os.path.join(ref_job, "checkpoints"), tmp_path / "r0" / "checkpoints")

@@ -1,8 +1,13 @@
-"""Helpers for tests that run ``mscluster launch`` as a real process."""
+"""The tests' shared helpers: free ports, waiting, tiny settings, cluster files, launches, job processes.
+
+One module, so that every test waits, picks ports and finds a job's processes the same way.
+"""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +24,13 @@ TINY_TRAIN = {"arch": "resnet18", "stem": "cifar", "width": 8, "image_size": 32,
               "tensorboard": False}
 
 
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on at ``address`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
 def write_cluster(path: str, data_dir: str, hosts: Optional[list] = None, train: Optional[dict] = None,
                   **fields: Any) -> str:
     cluster = {"name": "t", "backend": "cpu", "workdir": os.path.join(os.path.dirname(path), "runs"),
@@ -31,12 +43,15 @@ def write_cluster(path: str, data_dir: str, hosts: Optional[list] = None, train:
     return path
 
 
-def launch_argv(cluster: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mscluster.cli", "launch", cluster, *extra]
+def launch_argv(cluster: str, *extra: str, console: Optional[str] = "all") -> list[str]:
+    """``mscluster launch CLUSTER``; by default with every rank's lines on the console (tests read them)."""
+    shown = ["--console", console] if console else []
+    return [sys.executable, "-m", "mscluster.cli", "launch", cluster, *shown, *extra]
 
 
-def run_launch(cluster: str, *extra: str, cwd: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(launch_argv(cluster, *extra), cwd=cwd, capture_output=True, text=True,
+def run_launch(cluster: str, *extra: str, cwd: str, timeout: float = 300,
+               console: Optional[str] = "all") -> subprocess.CompletedProcess:
+    return subprocess.run(launch_argv(cluster, *extra, console=console), cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -56,6 +71,7 @@ def job_processes(job_dir: str) -> list[psutil.Process]:
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """The first truthy value of ``predicate()`` within ``timeout`` seconds; AssertionError after that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -76,3 +92,17 @@ def kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def all_log(job_dir: str) -> str:
+    """Every process's lines of a job, as ``[host:rank] line`` (``logs/all.log``)."""
+    with open(os.path.join(job_dir, "logs", "all.log"), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def final_digests(job_dir: str, pattern: str = r"weights_sha256=(\w+)$") -> dict[str, str]:
+    """``[host:rank]`` label -> the weight digest that rank printed last (from ``logs/all.log``)."""
+    found = {}
+    for match in re.finditer(r"^\[([^\]]+)\] .*?" + pattern, all_log(job_dir), re.M):
+        found[match.group(1)] = match.group(2)
+    return found

@@ -1,0 +1,242 @@
+"""Feature: ``mscluster launch`` runs the user's own MindSpore program (``command:`` or ``-- PROGRAM``).
+
+Description: ``examples/mlp_digits.py`` (an MLP of its own on the digits stand-in, read with
+GeneratorDataset, sharded by rank, data parallel with ``mindspore.communication``, reporting with
+``mscluster.rank``) runs on 2 local ranks and on two network-namespace hosts over SSH; it is made
+to raise on rank 1 with and without ``@record``, and to print a line that is byte for byte an
+event. A sleeping program's processes are read from ``/proc`` and compared with ``mscluster plan``.
+Expectation: identical weights on every rank; its reports in ``mscluster status``; the failure
+table names rank 1 with the exception (``@record``) or its exit code and stderr tail (without);
+the printed event is logged, never taken; every process runs exactly the plan's argv, folder and
+environment; bad input is one line, a non-zero exit, no traceback, nothing started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import (REPO_ROOT, all_log, final_digests, job_processes, kill_group, launch_argv, only_job_dir,
+                     run_launch, wait_for)
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = os.path.join(REPO_ROOT, "examples", "mlp_digits.py")
+
+
+def _cluster(path, hosts=None, **fields) -> str:
+    data = {"name": "u", "backend": "cpu", "workdir": os.path.join(os.path.dirname(str(path)), "runs"),
+            "hosts": hosts or [{"address": "localhost", "devices": 2}], "env": {"MS_TOPO_TIMEOUT": "60"}, **fields}
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle)
+    return str(path)
+
+
+def _mlp(cifar_dir: str, *extra: str) -> list[str]:
+    return ["python", EXAMPLE, "--data-dir", cifar_dir, "--epochs", "1", "--steps-per-epoch", "6", *extra]
+
+
+def _cli(*args: str, cwd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mscluster.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def mlp_job(tmp_path_factory, cifar_dir):
+    """The example on 2 local ranks, from the cluster file's command:, printing a fake event line."""
+    work = tmp_path_factory.mktemp("mlp")
+    cluster = _cluster(work / "c.yaml", command=_mlp(cifar_dir, "--print-fake-event"))
+    proc = run_launch(cluster, cwd=str(work), console=None)
+    return proc, only_job_dir(str(work / "runs")), work
+
+
+def test_user_program_trains_one_model_on_two_ranks(mlp_job):
+    proc, job, _ = mlp_job
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    digests = final_digests(job)
+    assert sorted(digests) == ["localhost:0", "localhost:1"] and len(set(digests.values())) == 1, digests
+    result = json.load(open(os.path.join(job, "result.json")))
+    assert result["status"] == "succeeded"
+    assert 0.5 <= result["eval"]["top1"] <= 1.0 and result["eval"]["epoch"] == 1  # from report_eval, rank 0
+    assert job_processes(job) == []
+
+
+def test_its_reports_show_in_status(mlp_job):
+    _, job, work = mlp_job
+    status = _cli("status", job, "--json", cwd=str(work))
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    ranks = {r["name"]: r for r in data["ranks"]}
+    assert ranks["rank0"]["global_step"] == 6 and ranks["rank1"]["global_step"] == 6
+    assert ranks["rank0"]["epoch"] == 1 and ranks["rank0"]["loss"] is not None
+    assert ranks["rank0"]["checkpoint"].endswith("mlp_s6.ckpt") and os.path.isfile(ranks["rank0"]["checkpoint"])
+    text = _cli("status", job, cwd=str(work)).stdout
+    assert "state:     succeeded" in text and "epoch 1, step 6, loss" in text
+
+
+def test_a_printed_line_that_looks_like_an_event_is_only_a_line(mlp_job):
+    _, job, _ = mlp_job
+    result = json.load(open(os.path.join(job, "result.json")))
+    assert result["eval"]["epoch"] == 1 and result["eval"]["top1"] != 0.123  # not the fake epoch 99
+    log = all_log(job)
+    assert '[localhost:0] {"v":1,"kind":"eval","time":0.0,"epoch":99,"metrics":{"top1":0.123}}' in log
+
+
+def test_the_console_shows_rank_0_and_keeps_the_rest_in_files(mlp_job):
+    proc, job, _ = mlp_job
+    assert "[localhost:0] eval top1=" in proc.stdout
+    assert "[localhost:1]" not in proc.stdout
+    assert "[localhost:1] epoch 1 done" in all_log(job)
+
+
+def test_dash_dash_program_replaces_the_files_training(tmp_path, cifar_dir):
+    """A shipped-style file with train: runs the program given after -- instead (nothing of train: is used)."""
+    cluster = _cluster(tmp_path / "c.yaml", train={"epochs": 1}, hosts=[{"address": "localhost", "devices": 1}])
+    proc = subprocess.run(launch_argv(cluster, "--", *_mlp(cifar_dir)), cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job = only_job_dir(str(tmp_path / "runs"))
+    assert "localhost:0" in final_digests(job)
+    assert not [n for n in os.listdir(job) if n.startswith("train.attempt")]  # the built-in trainer never ran
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["with-record", "without-record"])
+def test_an_exception_on_rank_1_is_the_root_cause(tmp_path, cifar_dir, record):
+    extra = ["--fail-rank", "1", "--fail-step", "2"] + ([] if record else ["--no-record"])
+    cluster = _cluster(tmp_path / "c.yaml", command=_mlp(cifar_dir, *extra))
+    proc = run_launch(cluster, cwd=str(tmp_path), console=None, timeout=240)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = proc.stderr
+    root = next(line for line in table.splitlines() if line.strip().startswith("root cause "))
+    assert root.split()[2:6] == ["localhost", "1", "1", "exit"], table
+    assert "root cause (localhost, rank1):" in table
+    if record:  # the error file: the exception's message, then its traceback's tail
+        assert "  RuntimeError: rank 1 gives up at step 2 (asked to by --fail-rank)" in table
+    else:  # no error file: the tail of rank 1's stderr, which holds Python's own traceback
+        assert "  | RuntimeError: rank 1 gives up at step 2" in table
+    assert "| " in table and "mlp_digits.py" in table, table
+    job = only_job_dir(str(tmp_path / "runs"))
+    errors = os.listdir(os.path.join(job, "errors"))
+    assert ("rank1.attempt0.json" in errors) == record
+    assert job_processes(job) == []
+
+
+def _proc_facts(pid: int) -> tuple[list[str], dict[str, str], str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        argv = [a.decode() for a in handle.read().split(b"\0")[:-1]]
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        env = dict(item.decode().split("=", 1) for item in handle.read().split(b"\0") if b"=" in item)
+    return argv, env, os.readlink(f"/proc/{pid}/cwd")
+
+
+def test_every_process_runs_exactly_what_plan_shows(tmp_path):
+    from launcher.config import load_cluster
+    from launcher.jobplan import EVENT_FD_AT_START, build_job_plan
+
+    sleeper = ["python", "-c", "import time; time.sleep(60)"]
+    cluster = _cluster(tmp_path / "c.yaml", command=sleeper, env={"MS_TOPO_TIMEOUT": "90", "MY_SETTING": "a b'c"})
+    proc = subprocess.Popen(launch_argv(cluster, console=None), cwd=str(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        job = wait_for(lambda: os.path.isdir(tmp_path / "runs") and os.listdir(tmp_path / "runs")
+                       and only_job_dir(str(tmp_path / "runs")), 60, what="the job folder")
+
+        def started():
+            found = [p for p in job_processes(job) if "MSCLUSTER_ERROR_FILE" in p.environ()]  # not the agent
+            return found if len(found) == 3 else None
+
+        running = {p.environ()["MSCLUSTER_ERROR_FILE"]: p.pid for p in wait_for(started, 60, what="3 processes")}
+        facts = {path: _proc_facts(pid) for path, pid in running.items()}
+        port = int(next(iter(facts.values()))[1]["MS_SCHED_PORT"])
+        plan = build_job_plan(load_cluster(cluster), job_dir=job,
+                              scheduler_port=port, launch_dir=str(tmp_path))
+        assert not plan.preview
+        for host, spec in plan.processes():
+            argv, env, cwd = facts[spec.error_file]
+            assert argv == list(spec.argv), spec.name
+            assert cwd == spec.cwd, spec.name
+            for key, value in spec.env:
+                if value == EVENT_FD_AT_START:
+                    assert env[key].isdigit(), (spec.name, key)
+                else:
+                    assert env.get(key) == value, (spec.name, key, env.get(key), value)
+        # what plan prints is that plan, with the launch-time values left as placeholders
+        shown = _cli("plan", cluster, cwd=str(tmp_path)).stdout
+        assert "MY_SETTING='a b'\"'\"'c'" in shown and "MSCLUSTER_RESTART_COUNT=0" in shown
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            kill_group(proc)
+    assert job_processes(job) == []
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"command": "python train.py"}, ": command: expected a list of strings"),
+    ({"command": []}, "command: is empty"),
+    ({"command": ["python", {"a": 1}]}, "command[1]: expected a string, got a mapping"),
+    ({"command": ["python", "x.py"], "train": {"epochs": 1}}, "command: and train: exclude each other"),
+    ({"cwd": "/tmp"}, "cwd: only used with command:"),
+    ({"command": ["python", "x.py"], "console": [5]}, "console[0]: expected a rank 0..1, got 5"),
+])
+def test_bad_command_fields_are_one_line(tmp_path, fields, message):
+    cluster = _cluster(tmp_path / "c.yaml", **fields)
+    for verb in ("plan", "launch"):
+        proc = _cli(verb, cluster, cwd=str(tmp_path))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not os.path.exists(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("command, cwd, missing", [
+    (["python", "nope.py"], None, "no script {cwd}/nope.py"),
+    (["python", "-m", "no_such_module_here"], None, "no module no_such_module_here"),
+    (["./not-there.sh"], None, "no program {cwd}/./not-there.sh"),
+    (["no-such-program-xyz", "--x"], None, "no program no-such-program-xyz (not on PATH)"),
+    (["python", "-c", "pass"], "/nonexistent/folder", "no folder /nonexistent/folder (cwd)"),
+])
+def test_a_missing_program_or_folder_names_host_and_path_and_starts_nothing(tmp_path, command, cwd, missing):
+    fields = {"command": command, **({"cwd": cwd} if cwd else {})}
+    cluster = _cluster(tmp_path / "c.yaml", **fields)
+    proc = _cli("launch", cluster, cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("mscluster launch: error: host localhost: ")
+    assert missing.format(cwd=tmp_path) in lines[0] and lines[0].endswith("nothing was started")
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_nothing_after_dash_dash_is_one_line(tmp_path):
+    cluster = _cluster(tmp_path / "c.yaml", command=["python", "x.py"])
+    proc = _cli("launch", cluster, "--", cwd=str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"mscluster launch: error: {cluster}: nothing after --: give the program every rank runs, e.g. "
+        "-- python train.py"]
+
+
+@pytest.mark.ssh
+@pytest.mark.netns
+def test_user_program_on_two_namespace_hosts_over_ssh(netns_hosts, tmp_path, cifar_dir):
+    lab = netns_hosts
+    spec = lab.ssh_spec()
+    hosts = [{"address": h.address, "devices": 1} for h in lab.hosts[:2]]
+    cluster = _cluster(tmp_path / "c.yaml", hosts=hosts, python=sys.executable, command=_mlp(cifar_dir),
+                       ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": 5,
+                            "known_hosts": spec.known_hosts})
+    proc = run_launch(cluster, cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    job = only_job_dir(str(tmp_path / "runs"))
+    digests = final_digests(job)
+    a, b = lab.hosts[0].address, lab.hosts[1].address
+    assert sorted(digests) == sorted([f"{a}:0", f"{b}:1"]) and len(set(digests.values())) == 1, digests
+    status = json.loads(_cli("status", job, "--json", cwd=str(tmp_path)).stdout)
+    assert {r["name"]: r["global_step"] for r in status["ranks"] if r["rank"] is not None} == {"rank0": 6, "rank1": 6}
+    assert job_processes(job) == []
