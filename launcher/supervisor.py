@@ -163,10 +163,14 @@ class LogSink:
         with self._lock:
             self._handle(name)
 
+    def chatter(self, name: str, line: str) -> bool:
+        """Whether the line is MindSpore's own log below the process's GLOG_v (files only)."""
+        level = mindspore_log_level(line)
+        return level is not None and level < self.levels.get(name, MINDSPORE_DEFAULT_LEVEL)
+
     def shows(self, name: str, line: str) -> bool:
         """Whether the console shows this line of process ``name``."""
-        level = mindspore_log_level(line)
-        if level is not None and level < self.levels.get(name, MINDSPORE_DEFAULT_LEVEL):
+        if self.chatter(name, line):
             return False
         if self.console_ranks is None:
             return True
@@ -311,7 +315,8 @@ class Supervisor:
         if not isinstance(item, (AgentStderr, AgentGone)):
             self.status.on_message(host, item, stopping=self.stopping_since is not None)
         if isinstance(item, Output):
-            self.tails[(host, item.name, item.stream)].append(item.line)
+            if not self.sink.chatter(item.name, item.line):  # the failure table's tail: no exit chatter
+                self.tails[(host, item.name, item.stream)].append(item.line)
             self.sink.write(host, item.name, item.line)
         elif isinstance(item, Relayed):
             if isinstance(item.event, events.Eval):

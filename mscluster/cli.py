@@ -46,7 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config, flatten(args.set))
     _prepare_mindspore_process()
-    from trainer.train import InjectedFault, train
+    from trainer.faults import InjectedFault
+    from trainer.train import train
 
     try:
         record(train)(cfg, os.environ)  # an exception leaves the error file the launcher's table shows

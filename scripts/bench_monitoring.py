@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark what monitoring costs a training step: StepMonitor with TensorBoard on against off.
+"""Benchmark what monitoring costs a training step: TensorBoard on against off, and the event channel.
 
 Hardware this was written and first run on: 2 vCPUs (x86-64, AVX-512), 24 GiB, no GPU/NPU;
 mindspore 2.10.0 CPU, Python 3.11; other sessions were using the same 2 cores, which is why the
@@ -17,6 +17,11 @@ and its monitor's work), so each case's mean is the step time it would have on i
 ``direct`` figure is the time of the per-step TensorBoard calls alone (add_scalars + flush,
 10,000 times) as a share of the ``off`` median step: an upper bound free of scheduling noise.
 Target: < 2 %.
+
+The event channel (``mscluster.rank.report``, every step, as the trainer sends it): ``channel``
+times 20,000 reports in a child process writing to a real pipe, while this process reads them as
+the host's agent does (decode, validate, re-encode for the launcher); both sides' microseconds per
+event are given as a share of the ``off`` median step. Target: < 1 %.
 
 Usage: .venv/bin/python scripts/bench_monitoring.py [--model small|resnet50|both] [--steps N]
 Prints one JSON document. ``--model both`` takes about 3 minutes here.
@@ -57,6 +62,46 @@ def _direct_cost_us(tmp: str, rank0: bool = True, n: int = 10_000) -> float:
     elapsed = time.perf_counter() - t0
     writer.close()
     return elapsed / n * 1e6
+
+
+CHANNEL_CHILD = """
+import sys, time
+from mscluster.rank import report
+n = int(sys.argv[1])
+t0 = time.perf_counter()
+for step in range(1, n + 1):  # what trainer.callbacks.StepMonitor sends after every step
+    report(step, epoch=1, loss=2.3, lr=0.1, img_per_s=512.0, epochs=90, step_in_epoch=step, steps_per_epoch=1563)
+print(time.perf_counter() - t0)
+"""
+
+
+def _channel_cost_us(n: int = 20_000) -> dict[str, float]:
+    """Microseconds per event: the rank's report() into a pipe, and the agent's read + relay of it."""
+    import subprocess
+
+    from launcher.protocol import Relayed, encode_message
+    from mscluster import events
+
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen([sys.executable, "-c", CHANNEL_CHILD, str(n)], pass_fds=(write_end,),
+                             env={**os.environ, "MSCLUSTER_EVENT_FD": str(write_end), "PYTHONPATH": REPO_ROOT},
+                             stdout=subprocess.PIPE, text=True)
+    os.close(write_end)
+    got, pending, cpu0 = 0, b"", time.process_time()
+    while True:
+        chunk = os.read(read_end, 65536)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            encode_message(Relayed("rank0", events.decode(line)))
+            got += 1
+    agent_cpu = time.process_time() - cpu0
+    os.close(read_end)
+    rank_s = float(child.communicate()[0])
+    if got != n:
+        raise RuntimeError(f"the channel delivered {got} of {n} events")
+    return {"rank_us_per_event": round(rank_s / n * 1e6, 2), "agent_us_per_event": round(agent_cpu / n * 1e6, 2)}
 
 
 def bench_model(name: str, data_dir: str, tmp: str, steps: int) -> dict[str, Any]:
@@ -117,11 +162,15 @@ def bench_model(name: str, data_dir: str, tmp: str, steps: int) -> dict[str, Any
              for case, g in gaps.items()}
     off, on = statistics.fmean(gaps["off"]), statistics.fmean(gaps["on"])
     direct_us = _direct_cost_us(tmp)
+    channel = _channel_cost_us()
+    median_off_us = statistics.median(gaps["off"]) * 1e6
     return {"model": f"{arch} width {width} {stem} stem, {size}x{size}, batch {batch}", **stats,
             "steps_per_s_off": round(1 / off, 3), "steps_per_s_on": round(1 / on, 3),
             "overhead_pct": round(100 * (on - off) / off, 2),
             "direct_us_per_step": round(direct_us, 1),
-            "direct_pct": round(100 * direct_us / 1e6 / statistics.median(gaps["off"]), 3)}
+            "direct_pct": round(100 * direct_us / 1e6 / statistics.median(gaps["off"]), 3),
+            "channel": {**channel, "rank_pct": round(100 * channel["rank_us_per_event"] / median_off_us, 4),
+                        "agent_pct": round(100 * channel["agent_us_per_event"] / median_off_us, 4)}}
 
 
 def main() -> int:

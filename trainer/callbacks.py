@@ -1,4 +1,4 @@
-"""Callbacks for ``Model.train`` (progress and TensorBoard, checkpoints, fault injection) and the eval pictures."""
+"""Callbacks for ``Model.train`` (progress and TensorBoard, checkpoints) and the eval pictures."""
 from __future__ import annotations
 
 import logging
@@ -222,21 +222,6 @@ def predict_classes(net, inputs: np.ndarray) -> np.ndarray:
     finally:
         net.set_train(was_training)
     return logits.argmax(axis=1)
-
-
-class FaultInjector(Callback):
-    """Test-only: fail this rank at a given global step, as a crashing user script would."""
-
-    def __init__(self, monitor: StepMonitor, step: int, exit_code: int, rank: int):
-        super().__init__()
-        self.monitor, self.step, self.exit_code, self.rank = monitor, step, exit_code, rank
-
-    def on_train_step_end(self, run_context) -> None:
-        if self.monitor.global_step == self.step:
-            from trainer.train import InjectedFault
-
-            raise InjectedFault(f"debug_fail_step: rank {self.rank} fails at step {self.step} as asked",
-                                self.exit_code)
 
 
 class StepCheckpointer(Callback):

@@ -11,7 +11,7 @@ from mscluster.rank import DYNAMIC_CLUSTER, HCCL, SINGLE, RankInfo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DYNAMIC_CLUSTER", "HCCL", "SINGLE", "RankInfo", "init_backend", "barrier"]
+__all__ = ["DYNAMIC_CLUSTER", "HCCL", "SINGLE", "RankInfo", "init_backend"]
 
 
 def init_backend(info: RankInfo, graph_mode: bool) -> RankInfo:
@@ -39,14 +39,3 @@ def init_backend(info: RankInfo, graph_mode: bool) -> RankInfo:
                                  device_num=size)
     logger.info("joined %s as rank %d of %d", info.backend, rank, size)
     return dataclasses.replace(info, rank=rank, world_size=size)
-
-
-def barrier(info: RankInfo) -> None:
-    """Wait for every rank: a one-element AllReduce (the Barrier op has no CPU kernel in 2.10)."""
-    if not info.distributed or info.is_scheduler:
-        return
-    import numpy as np
-    import mindspore as ms
-    from mindspore import ops
-
-    ops.AllReduce()(ms.Tensor(np.ones(1, np.float32))).asnumpy()

@@ -70,38 +70,6 @@ def run_eval(net, dataset, num_classes: int,
                       np.rint(totals[3:]).astype(np.int64).reshape(num_classes, num_classes))
 
 
-def allreduce_sum(values: np.ndarray) -> np.ndarray:
-    """Sum a small float vector over every rank (one AllReduce; float32 on the wire)."""
-    import mindspore as ms
-    from mindspore import ops
-
-    return ops.AllReduce()(ms.Tensor(values.astype(np.float32))).asnumpy().astype(np.float64)
-
-
-def sync_batchnorm_stats(net, world_size: int) -> None:
-    """Average BatchNorm's moving mean/variance over the ranks (one AllReduce for all layers).
-
-    Each rank collects these statistics from its own shard; averaging them before evaluating and
-    saving makes every rank hold the same model (timm's ``distribute_bn(reduce=True)``), so the
-    accuracy printed in training is the one a reload of the checkpoint gives.
-    """
-    if world_size <= 1:
-        return
-    import mindspore as ms
-
-    stats = [p for p in net.get_parameters() if not p.requires_grad
-             and ("moving_mean" in p.name or "moving_variance" in p.name)]
-    if not stats:
-        return
-    flat = np.concatenate([p.asnumpy().astype(np.float32).ravel() for p in stats])
-    averaged = allreduce_sum(flat) / world_size
-    offset = 0
-    for p in stats:
-        size = int(np.prod(p.shape))
-        p.set_data(ms.Tensor(averaged[offset:offset + size].reshape(p.shape).astype(np.float32)))
-        offset += size
-
-
 @dataclass(frozen=True)
 class Prediction:
     image: str

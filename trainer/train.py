@@ -1,7 +1,9 @@
 """One data-parallel training process: the tutorial's pipeline, run on whatever rank the environment says.
 
-Sections in the order data flows: data, network, loss/optimizer, resume, the epoch loop (train,
-evaluate and checkpoint on rank 0), and the final barrier. Every rank builds the same initial
+``train`` reads top to bottom as named steps in data-flow order: the resume position; the model
+and optimizer; checkpointing; the epoch loop (which evaluates on every rank's shard and
+checkpoints on rank 0); and the final barrier. The collectives live in ``trainer.collectives``,
+the test-only fault hooks in ``trainer.faults``. Every rank builds the same initial
 weights from the same seed (MindSpore does not broadcast them) and reads a disjoint shard whose
 shuffle order is seeded per epoch (``seed + epoch``), so that a run resumed mid-epoch sees the
 same batches the uninterrupted run would have.
@@ -12,24 +14,18 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from trainer import checkpoint as ckpt
-from trainer.config import TrainConfig
 from mscluster.rank import RankInfo, rank_info, report_checkpoint, report_eval
-from trainer.distributed import barrier, init_backend
+from trainer import checkpoint as ckpt
+from trainer import faults
+from trainer.collectives import all_gather_counts, barrier, sync_batchnorm_stats
+from trainer.config import TrainConfig
+from trainer.distributed import init_backend
 from trainer.errors import CheckpointError, ConfigError, DataError
 from trainer.output import emit
 
 logger = logging.getLogger(__name__)
-
-
-class InjectedFault(Exception):
-    """Raised by the test-only ``debug_fail_*`` settings; the process exits with ``exit_code``."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -125,24 +121,10 @@ def _check_same_start(info: RankInfo, start: Position, ckpt_dir: str) -> None:
     Raises:
         CheckpointError: this rank's start differs from another's.
     """
-    if not info.distributed:
-        return
-    import numpy as np
-    import mindspore as ms
-    from mindspore import ops
-
-    # AllGather: the CPU AllReduce only sums; two float32 halves keep any step count exact
-    mine = ms.Tensor(np.array([start.global_step // 4096, start.global_step % 4096], np.float32))
-    halves = ops.AllGather()(mine).asnumpy().reshape(-1, 2).astype(np.int64)
-    steps = [int(high) * 4096 + int(low) for high, low in halves]
+    steps = all_gather_counts(info, start.global_step)
     if len(set(steps)) > 1:
         raise CheckpointError(f"{ckpt_dir}: the ranks would start at different global steps ({steps}, by rank); every "
                               f"rank must read the checkpoints rank 0 writes (a shared folder, or a copy on each host)")
-
-
-def _hooks_armed(cfg: TrainConfig, info: RankInfo) -> bool:
-    """Whether the test-only debug_* hooks fire in this attempt of the job."""
-    return cfg.debug_fail_attempt is None or cfg.debug_fail_attempt == info.restart_count
 
 
 FROM_SETTINGS = ("learning_rate", "momentum")  # optimizer parameters the settings give, not the checkpoint
@@ -166,52 +148,48 @@ def _load_state(train_network, path: str) -> None:
         raise CheckpointError(f"{path}: holds no value for {', '.join(missing[:5])}")
 
 
-def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
-    """Run this process's part of the job and return what it did.
+@dataclass
+class _Run:
+    """What the model-and-optimizer step builds and the later steps use."""
 
-    Raises:
-        ConfigError, DataError, CheckpointError: bad settings, data or checkpoint (one line).
-        InjectedFault: the test-only fault hook fired.
+    net: Any
+    model: Any
+    lr: Any  # the per-step learning rate (numpy array)
+    per_epoch: int
+    epoch_dataset: Callable[[int], Any]
+    data_dir: str
+    class_names: list
+
+
+def _resume_position(cfg: TrainConfig, info: RankInfo, ckpt_dir: str,
+                     fingerprint: Mapping[str, Any]) -> tuple[Optional[str], Position]:
+    """Step 1: the checkpoint to resume from (or None) and where training starts, the same on every rank.
+
+    Decided before anything is built, so an incompatible checkpoint changes nothing.
     """
-    from trainer.data import class_names, create_dataset, resolve_data_dir, validate_split
-
-    info = rank_info(environ)
-    if info.is_scheduler:  # MindSpore's scheduler serves the workers inside init(); nothing more to do
-        init_backend(info, cfg.mode == "graph")
-        return TrainResult(rank=-1, world_size=info.world_size)
-    data_dir = resolve_data_dir(cfg.data_dir)
-    validate_split(data_dir, training=True)
-    validate_split(data_dir, training=False)
-
-    import mindspore as ms
-
-    info = init_backend(info, cfg.mode == "graph")
-
-    from mindspore import nn
-    from mindspore.train import Model
-
-    from trainer.evaluate import allreduce_sum, run_eval, sync_batchnorm_stats
-    from trainer.callbacks import FaultInjector, StepCheckpointer, StepMonitor
-    from trainer.resnet import build_resnet
-    from trainer.schedule import lr_per_step
-
-    where = paths(cfg, info.rank)
-    is_chief = info.rank == 0
-    fingerprint = cfg.fingerprint(info.world_size)
-    names = class_names(data_dir)
-
-    # -- resume: decided before anything is built, so an incompatible checkpoint changes nothing
-    resume = resolve_resume(cfg, where["checkpoints"])
+    resume = resolve_resume(cfg, ckpt_dir)
     start = Position()
+    path = None
     if resume is not None:
         path, meta = resume
         diff = ckpt.fingerprint_mismatch(meta.fingerprint, fingerprint)
         if diff:
             raise CheckpointError(f"{path}: incompatible with the current settings: {'; '.join(diff)}")
         start = Position(meta.epoch, meta.step_in_epoch, meta.global_step)
-    _check_same_start(info, start, where["checkpoints"])
+    _check_same_start(info, start, ckpt_dir)
+    return path, start
 
-    # -- network, loss, optimizer: identical initial weights on every rank from one seed
+
+def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start: Position) -> _Run:
+    """Step 2: the network (identical initial weights on every rank, from one seed), loss, schedule, optimizer."""
+    import mindspore as ms
+    from mindspore import nn
+    from mindspore.train import Model
+
+    from trainer.data import class_names, create_dataset
+    from trainer.resnet import build_resnet
+    from trainer.schedule import lr_per_step
+
     ms.set_seed(cfg.seed)
     net = build_resnet(cfg.arch, num_classes=cfg.num_classes, width=cfg.width, stem=cfg.stem)
 
@@ -237,97 +215,141 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
 
         extra["loss_scale_manager"] = FixedLossScaleManager(cfg.loss_scale, drop_overflow_update=False)
     model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=cfg.amp_level, **extra)
-    train_network = model.train_network
+    return _Run(net, model, lr, per_epoch, epoch_dataset, data_dir, class_names(data_dir))
 
-    if resume is not None:
-        _load_state(train_network, resume[0])
-        emit(f"resumed from {resume[0]} epoch={start.epoch} step={start.step_in_epoch}")
 
-    def on_saved(path: str, meta: ckpt.CheckpointMeta, seconds: float) -> None:
+class _Checkpointing:
+    """Step 3: rank 0's checkpoints (atomic, in the background), each reported to the launcher."""
+
+    def __init__(self, cfg: TrainConfig, info: RankInfo, run: _Run, ckpt_dir: str, fingerprint: Mapping[str, Any]):
+        self.cfg, self.info, self.run, self.fingerprint = cfg, info, run, fingerprint
+        self.writer = ckpt.CheckpointWriter(ckpt_dir, cfg.keep_max, background=cfg.async_save,
+                                            pause_mid_write=faults.save_pause_s(cfg, info), on_saved=self._saved)
+
+    @staticmethod
+    def _saved(path: str, meta: ckpt.CheckpointMeta, seconds: float) -> None:
         logger.info("wrote %s in %.2f s", path, seconds)
         emit(f"checkpoint saved {path} epoch={meta.epoch} step={meta.step_in_epoch} "
              f"global_step={meta.global_step}")
         report_checkpoint(path, meta.global_step)
 
-    armed = _hooks_armed(cfg, info)
-    writer = ckpt.CheckpointWriter(where["checkpoints"], cfg.keep_max, background=cfg.async_save,
-                                   pause_mid_write=cfg.debug_pause_in_save if armed else 0.0, on_saved=on_saved)
+    def save(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict[str, float]) -> str:
+        import mindspore as ms
 
-    def save(epoch: int, step_in_epoch: int, global_step: int, metrics: dict[str, float]) -> str:
+        cfg, cell = self.cfg, self.run.model.train_network
         fields = dict(epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step,
-                      dataset_seed=cfg.seed, fingerprint=fingerprint, config=cfg.to_dict(),
-                      class_names=names, metrics=metrics)
+                      dataset_seed=cfg.seed, fingerprint=self.fingerprint, config=cfg.to_dict(),
+                      class_names=self.run.class_names, metrics=metrics)
         append = {"epoch": epoch, "step_in_epoch": step_in_epoch, "dataset_seed": cfg.seed,
-                  "fingerprint": TrainConfig.fingerprint_hash(fingerprint)}
+                  "fingerprint": TrainConfig.fingerprint_hash(self.fingerprint)}
         t0 = time.perf_counter()
-        source = _snapshot(train_network) if cfg.async_save else train_network
-        path = writer.submit(lambda p: ms.save_checkpoint(source, p, append_dict=append), fields)
+        source = _snapshot(cell) if cfg.async_save else cell
+        path = self.writer.submit(lambda p: ms.save_checkpoint(source, p, append_dict=append), fields)
         logger.info("checkpoint at global step %d: training stalled %.1f ms", global_step,
                     (time.perf_counter() - t0) * 1000.0)
         return path
 
-    monitor = StepMonitor(cfg, info, per_epoch, lr, where["tensorboard"] if cfg.tensorboard else None,
-                          start.global_step)
-    callbacks: list = [monitor]
-    if cfg.debug_fail_step is not None and cfg.debug_fail_rank in (None, info.rank) and armed:
-        callbacks.append(FaultInjector(monitor, cfg.debug_fail_step, cfg.debug_fail_exit_code, info.rank))
-    def save_mid_epoch(epoch: int, step_in_epoch: int, global_step: int, metrics: dict[str, float]) -> Optional[str]:
-        # every rank: rank 0 saves the BatchNorm statistics every rank then holds, so that a run
-        # resumed from here continues with each rank's statistics exactly as they were
-        sync_batchnorm_stats(net, info.world_size)
-        return save(epoch, step_in_epoch, global_step, metrics) if is_chief else None
+    def save_mid_epoch(self, epoch: int, step_in_epoch: int, global_step: int,
+                       metrics: dict[str, float]) -> Optional[str]:
+        """On every rank: rank 0 saves the BatchNorm statistics every rank then holds, so that a run
+        resumed from here continues with each rank's statistics exactly as they were."""
+        sync_batchnorm_stats(self.run.net, self.info.world_size)
+        return self.save(epoch, step_in_epoch, global_step, metrics) if self.info.rank == 0 else None
 
-    if cfg.save_every_steps:
-        callbacks.append(StepCheckpointer(monitor, cfg.save_every_steps, per_epoch, save_mid_epoch))
 
+def _evaluate(cfg: TrainConfig, info: RankInfo, run: _Run, epoch: int, eval_ds, monitor) -> tuple[dict, Any]:
+    """Step 5: every rank evaluates its shard of the test set; the counts are summed over the ranks.
+
+    Returns the metrics (empty when no evaluation is due) and the evaluation dataset (built once).
+    """
+    from trainer.collectives import allreduce_sum
+    from trainer.data import create_dataset
+    from trainer.evaluate import run_eval
+
+    last = epoch + 1 == cfg.epochs
+    if not cfg.eval_every_epochs or not ((epoch + 1) % cfg.eval_every_epochs == 0 or last):
+        return {}, eval_ds
+    if eval_ds is None:
+        eval_ds = create_dataset(run.data_dir, training=False, image_size=cfg.image_size, batch_size=cfg.batch_size,
+                                 rank=info.rank, rank_size=info.world_size, num_parallel_workers=cfg.num_parallel_workers)
+    scores = run_eval(run.net, eval_ds, cfg.num_classes, allreduce_sum if info.distributed else None)
+    metrics = scores.metrics()
+    if info.rank == 0:
+        monitor.log_eval(epoch + 1, metrics, scores.confusion, run.net)
+        emit(f"eval epoch={epoch + 1} top1={metrics['top1']:.4f} loss={metrics['loss']:.4f}")
+        report_eval(epoch + 1, **metrics)
+    return metrics, eval_ds
+
+
+def _epoch_loop(cfg: TrainConfig, info: RankInfo, run: _Run, start: Position, saver: _Checkpointing,
+                monitor, callbacks: list) -> TrainResult:
+    """Step 4: the epochs from the resume position; per epoch: train, BatchNorm sync, evaluate, checkpoint."""
     result = TrainResult(rank=info.rank, world_size=info.world_size, global_step=start.global_step)
     eval_ds = None
+    for epoch in range(start.epoch, cfg.epochs):
+        skip = start.step_in_epoch if epoch == start.epoch else 0
+        dataset = run.epoch_dataset(epoch).take(run.per_epoch)
+        if skip:
+            dataset = dataset.skip(skip)
+        monitor.begin_epoch(epoch, skip)
+        if skip < run.per_epoch:
+            with faults.dying_as_asked(cfg):
+                run.model.train(epoch + 1, dataset, callbacks=callbacks, dataset_sink_mode=False, initial_epoch=epoch)
+        result.epochs_done, result.global_step, result.last_loss = epoch + 1, monitor.global_step, monitor.last_loss
+        # every rank: one BatchNorm statistics, then each evaluates its shard of the test set
+        sync_batchnorm_stats(run.net, info.world_size)
+        metrics, eval_ds = _evaluate(cfg, info, run, epoch, eval_ds, monitor)
+        if metrics:
+            result.eval = metrics
+        last = epoch + 1 == cfg.epochs
+        if info.rank == 0 and (last or (cfg.save_every_epochs and (epoch + 1) % cfg.save_every_epochs == 0)):
+            result.checkpoint = saver.save(epoch + 1, 0, monitor.global_step, metrics)
+    return result
+
+
+def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
+    """Run this process's part of the job and return what it did.
+
+    Raises:
+        ConfigError, DataError, CheckpointError: bad settings, data or checkpoint (one line).
+        InjectedFault: the test-only fault hook fired.
+    """
+    from trainer.data import resolve_data_dir, validate_split
+
+    info = rank_info(environ)
+    if info.is_scheduler:  # MindSpore's scheduler serves the workers inside init(); nothing more to do
+        init_backend(info, cfg.mode == "graph")
+        return TrainResult(rank=-1, world_size=info.world_size)
+    data_dir = resolve_data_dir(cfg.data_dir)
+    validate_split(data_dir, training=True)
+    validate_split(data_dir, training=False)
+    info = init_backend(info, cfg.mode == "graph")
+    where = paths(cfg, info.rank)
+    fingerprint = cfg.fingerprint(info.world_size)
+
+    resume_path, start = _resume_position(cfg, info, where["checkpoints"], fingerprint)
+    run = _model_and_optimizer(cfg, info, data_dir, start)
+    if resume_path is not None:
+        _load_state(run.model.train_network, resume_path)
+        emit(f"resumed from {resume_path} epoch={start.epoch} step={start.step_in_epoch}")
+    saver = _Checkpointing(cfg, info, run, where["checkpoints"], fingerprint)
+
+    from trainer.callbacks import StepCheckpointer, StepMonitor
+
+    monitor = StepMonitor(cfg, info, run.per_epoch, run.lr, where["tensorboard"] if cfg.tensorboard else None,
+                          start.global_step)
+    callbacks: list = [monitor, *faults.fault_callbacks(cfg, info, monitor)]
+    if cfg.save_every_steps:
+        callbacks.append(StepCheckpointer(monitor, cfg.save_every_steps, run.per_epoch, saver.save_mid_epoch))
     try:
-        for epoch in range(start.epoch, cfg.epochs):
-            skip = start.step_in_epoch if epoch == start.epoch else 0
-            dataset = epoch_dataset(epoch).take(per_epoch)
-            if skip:
-                dataset = dataset.skip(skip)
-            monitor.begin_epoch(epoch, skip)
-            if skip < per_epoch:
-                try:
-                    model.train(epoch + 1, dataset, callbacks=callbacks, dataset_sink_mode=False,
-                                initial_epoch=epoch)
-                except InjectedFault:
-                    if cfg.debug_fail_signal:  # die as a killed process does: no cleanup, no error file
-                        os.kill(os.getpid(), cfg.debug_fail_signal)
-                    raise
-            result.epochs_done, result.global_step = epoch + 1, monitor.global_step
-            result.last_loss = monitor.last_loss
-            last = epoch + 1 == cfg.epochs
-            # every rank: one BatchNorm statistics, then each evaluates its shard of the test set
-            sync_batchnorm_stats(net, info.world_size)
-            metrics: dict[str, float] = {}
-            if cfg.eval_every_epochs and ((epoch + 1) % cfg.eval_every_epochs == 0 or last):
-                if eval_ds is None:
-                    eval_ds = create_dataset(data_dir, training=False, image_size=cfg.image_size,
-                                             batch_size=cfg.batch_size, rank=info.rank,
-                                             rank_size=info.world_size,
-                                             num_parallel_workers=cfg.num_parallel_workers)
-                scores = run_eval(net, eval_ds, cfg.num_classes, allreduce_sum if info.distributed else None)
-                metrics = scores.metrics()
-                result.eval = metrics
-                if is_chief:
-                    monitor.log_eval(epoch + 1, metrics, scores.confusion, net)
-                    emit(f"eval epoch={epoch + 1} top1={metrics['top1']:.4f} loss={metrics['loss']:.4f}")
-                    report_eval(epoch + 1, **metrics)
-            if not is_chief:
-                continue
-            if last or (cfg.save_every_epochs and (epoch + 1) % cfg.save_every_epochs == 0):
-                result.checkpoint = save(epoch + 1, 0, monitor.global_step, metrics)
-        writer.wait()  # the final checkpoint is complete (renamed, sidecar written) before the rank ends
-        # rank 0 may still be evaluating; leaving before it would break its last collective
-        barrier(info)
+        result = _epoch_loop(cfg, info, run, start, saver, monitor, callbacks)
+        saver.writer.wait()  # the final checkpoint is complete (renamed, sidecar written) before the rank ends
+        barrier(info)  # rank 0 may still be evaluating; leaving before it would break its last collective
     finally:
         monitor.close()
     # every rank prints the digest of its weights: equal digests prove the ranks trained one model
     emit(f"final rank={info.rank} global_step={result.global_step} loss={result.last_loss} "
-         f"weights_sha256={weights_digest(net)}")
+         f"weights_sha256={weights_digest(run.net)}")
     return result
 
 
