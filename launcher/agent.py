@@ -27,7 +27,7 @@ from typing import BinaryIO, Optional
 
 from launcher.protocol import (AgentMessage, AgentSpec, Done, Exited, Output, ProcessSpec, Relayed, Started,
                                encode_message, split_cpus)
-from mscluster import events
+from mscluster import events, jobfiles
 from mscluster.fsutil import write_atomic
 from mscluster.rank import EVENT_FD_ENV
 
@@ -78,12 +78,14 @@ class Agent:
 
     # -- start -------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        os.makedirs(self.spec.job_dir, exist_ok=True)
-        os.makedirs(os.path.join(self.spec.job_dir, "errors"), exist_ok=True)
+        """The job folder on this host (0700: logs and error files can hold secrets) and its files (0600)."""
+        for folder in (self.spec.job_dir, os.path.join(self.spec.job_dir, jobfiles.ERRORS_DIR)):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
         for rel, content in self.spec.files:
-            path = os.path.join(self.spec.job_dir, rel)
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            write_atomic(path, content)
+            if os.path.isabs(rel) or ".." in rel.split("/"):
+                raise ValueError(f"a job file outside the job folder: {rel!r}")
+            write_atomic(os.path.join(self.spec.job_dir, rel), content, mode=0o600)
 
     def _cpus(self, p: ProcessSpec) -> Optional[tuple[int, ...]]:
         if p.cpus is not None:

@@ -27,6 +27,7 @@ The format (see cluster_configs/ for commented examples)::
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import fields
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -36,6 +37,7 @@ import yaml
 from launcher.errors import ConfigError
 from launcher.plan import is_reserved_env
 from launcher.spec import ClusterSpec, HostSpec, SSHSpec, is_ipv4
+from mscluster import safeyaml
 from trainer import config as train_config
 from trainer.errors import ConfigError as TrainConfigError
 from trainer.overrides import OverrideError, merge, parse_pairs
@@ -48,9 +50,16 @@ SSH_KEYS = tuple(f.name for f in fields(SSHSpec))
 HOST_KEYS = ("address", "devices", "device_ips")
 TRAIN_KEYS = tuple(f.name for f in fields(train_config.TrainConfig))
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names job folders on every host
-_ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:%-]*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# every pattern is used with fullmatch: ``$`` would accept a trailing newline
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # it names job folders on every host
+_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}")
+_HOST_PORT = re.compile(r"[^:]+:[0-9]+")  # one colon and digits: a port, not IPv6
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+_PYTHON = re.compile(r"[A-Za-z0-9._/+~-]{1,4096}")
+_USER = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._@-]{0,255}")
+MAX_DEVICES_PER_HOST = 256  # one process per device: more on one host is a typo, not a machine
+MAX_RESTARTS = 100
+MAX_CONNECT_TIMEOUT_S = 600
 
 Path = tuple  # field path: str keys and int list indices, e.g. ("hosts", 1, "devices", 2)
 
@@ -59,6 +68,8 @@ def format_path(path: Path) -> str:
     """``("hosts", 1, "devices", 2)`` -> ``hosts[1].devices[2]``."""
     text = ""
     for part in path:
+        if isinstance(part, str) and not part.isprintable():
+            part = repr(part)  # a key with a newline or NUL must not break the one-line message
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 
@@ -98,7 +109,7 @@ def load_cluster(path: str, set_pairs: Sequence[str] = (), command: Optional[Seq
     """
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            text = handle.read(safeyaml.MAX_BYTES + 1)  # a larger file is refused without reading it all
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such cluster file") from None
     except IsADirectoryError:
@@ -137,22 +148,32 @@ def parse_cluster(text: str, source: str, set_pairs: Sequence[str] = (),
 
 
 def _compose(text: str, source: str) -> tuple[Any, dict[Path, int]]:
-    """Parse YAML, keeping the line of every mapping key and list item."""
-    loader = yaml.SafeLoader(text)
+    """Parse YAML (within ``mscluster.safeyaml``'s bounds), keeping the line of every mapping key and list item."""
     try:
-        node = loader.get_single_node()
+        node, loader = safeyaml.compose(text)
+    except safeyaml.YAMLLimitError as exc:
+        mark = exc.problem_mark
+        raise ConfigError(f"{source}:{f'{mark.line + 1}:' if mark is not None else ''} refused: {exc.problem} "
+                          f"(a cluster file is small and plain)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(source, exc)) from None
+    try:
         lines: dict[Path, int] = {}
         if node is not None:
             _record_lines(node, (), lines, source, set())
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        line = f"{mark.line + 1}:" if mark is not None else ""
-        raise ConfigError(f"{source}:{line} not valid YAML: {problem}") from None
+        raise ConfigError(_yaml_error(source, exc)) from None
     finally:
         loader.dispose()
     return data, lines
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    line = f"{mark.line + 1}:" if mark is not None else ""
+    return f"{source}:{line} not valid YAML: {problem}"
 
 
 def _record_lines(node: yaml.Node, path: Path, lines: dict[Path, int], source: str,
@@ -195,7 +216,7 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         if required not in data:
             raise where.error((required,), "missing (required)")
     name = _string(data["name"], ("name",), where)
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise where.error(("name",), f"use letters, digits, '.', '_' or '-' (it names job folders), got {name!r}")
     backend = _string(data.get("backend", "cpu"), ("backend",), where)
     if backend not in BACKENDS:
@@ -205,11 +226,16 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
     if scheduler_port is not None and backend != "cpu":
         raise where.error(("scheduler_port",), "only used by the cpu backend (ascend uses the rank table)")
     restarts = _integer(data.get("restarts", 0), ("restarts",), where)
-    if restarts < 0:
-        raise where.error(("restarts",), f"must be >= 0, got {restarts}")
+    if not 0 <= restarts <= MAX_RESTARTS:
+        raise where.error(("restarts",), f"must be 0..{MAX_RESTARTS} (each restart relaunches every rank), "
+                          f"got {restarts}")
     python = data.get("python")
     if python is not None:
         python = _string(python, ("python",), where)
+        if not _PYTHON.fullmatch(python):
+            # the one word of a remote command line: no shell may read anything else into it
+            raise where.error(("python",), "an interpreter path of letters, digits and . _ / + ~ - only, "
+                              f"got {python!r}")
     command = _command(data.get("command"), where)
     if command and data.get("train") is not None:
         raise where.error(("command",), "command: and train: exclude each other: train: sets up the built-in "
@@ -223,7 +249,7 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         name=name,
         backend=backend,
         hosts=hosts,
-        workdir=_string(data.get("workdir", "runs"), ("workdir",), where),
+        workdir=_path_text(data.get("workdir", "runs"), ("workdir",), where),
         python=python,
         ssh=_ssh(data.get("ssh"), where),
         restarts=restarts,
@@ -285,7 +311,9 @@ def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
     address = _string(raw["address"], path + ("address",), where)
     if "@" in address:
         raise where.error(path + ("address",), f"{address!r}: write the user under ssh.user, not in the address")
-    if not _ADDRESS.match(address):
+    if _HOST_PORT.fullmatch(address):
+        raise where.error(path + ("address",), f"{address!r}: write the port under ssh.port, not in the address")
+    if not _ADDRESS.fullmatch(address):
         raise where.error(path + ("address",), f"not a host name or IP address: {address!r}")
 
     devices_path = path + ("devices",)
@@ -293,17 +321,23 @@ def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
     if isinstance(raw_devices, int) and not isinstance(raw_devices, bool):
         if raw_devices <= 0:
             raise where.error(devices_path, f"must be > 0 (a count) or a list of device ids, got {raw_devices}")
+        if raw_devices > MAX_DEVICES_PER_HOST:
+            raise where.error(devices_path, f"at most {MAX_DEVICES_PER_HOST} per host (one process each), "
+                              f"got {raw_devices}")
         devices = tuple(range(raw_devices))
     elif isinstance(raw_devices, list):
         if not raw_devices:
             raise where.error(devices_path, "must list at least one device id")
+        if len(raw_devices) > MAX_DEVICES_PER_HOST:
+            raise where.error(devices_path, f"at most {MAX_DEVICES_PER_HOST} per host (one process each), "
+                              f"got {len(raw_devices)}")
         ids: list[int] = []
         for index, item in enumerate(raw_devices):
             item_path = devices_path + (index,)
             if isinstance(item, bool) or not isinstance(item, int):
                 raise where.error(item_path, f"expected a device id (an integer), got {_describe(item)}")
-            if item < 0:
-                raise where.error(item_path, f"device ids are >= 0, got {item}")
+            if not 0 <= item < 65536:
+                raise where.error(item_path, f"device ids are 0..65535, got {item}")
             if item in ids:
                 raise where.error(item_path, f"duplicate device id {item}")
             ids.append(item)
@@ -354,13 +388,16 @@ def _ssh(raw: Any, where: _Where) -> SSHSpec:
     values: dict[str, Any] = {}
     for key in ("user", "key_file", "known_hosts"):
         value = raw.get(key)
-        values[key] = None if value is None else _string(value, ("ssh", key), where)
+        values[key] = None if value is None else _path_text(value, ("ssh", key), where)
+    if values["user"] is not None and not _USER.fullmatch(values["user"]):
+        raise where.error(("ssh", "user"), f"not a user name: {values['user']!r}")
     values["port"] = _port(raw.get("port", defaults.port), ("ssh", "port"), where, optional=False)
     timeout = raw.get("connect_timeout", defaults.connect_timeout)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
         raise where.error(("ssh", "connect_timeout"), f"expected a number of seconds, got {_describe(timeout)}")
-    if timeout <= 0:
-        raise where.error(("ssh", "connect_timeout"), f"must be > 0, got {timeout}")
+    if not 0 < timeout <= MAX_CONNECT_TIMEOUT_S:
+        raise where.error(("ssh", "connect_timeout"), f"must be > 0 and at most {MAX_CONNECT_TIMEOUT_S} s "
+                          f"(every host is checked within it before anything starts), got {timeout}")
     values["connect_timeout"] = float(timeout)
     values["strict_host_keys"] = _boolean(raw.get("strict_host_keys", defaults.strict_host_keys),
                                           ("ssh", "strict_host_keys"), where)
@@ -375,13 +412,16 @@ def _env(raw: Any, where: _Where) -> tuple[tuple[str, str], ...]:
     pairs = []
     for name, value in raw.items():
         path = ("env", str(name))
-        if not isinstance(name, str) or not _ENV_NAME.match(name):
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
             raise where.error(path, f"not a valid environment variable name: {name!r}")
         if is_reserved_env(name):
             raise where.error(path, "set by the launcher for each process; it cannot be overridden")
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (
+                isinstance(value, float) and not math.isfinite(value)):
             raise where.error(path, f"expected a string or a number, got {_describe(value)} "
                               "(quote true/false/null to pass them as text)")
+        if "\x00" in str(value):
+            raise where.error(path, "holds a NUL character, which no environment can carry")
         pairs.append((name, str(value)))
     return tuple(pairs)
 
@@ -409,8 +449,9 @@ def _command(raw: Any, where: _Where) -> tuple[str, ...]:
 
 def _path_text(value: Any, path: Path, where: _Where) -> str:
     text = _string(value, path, where)
-    if any(ch in text for ch in "\x00\n\r"):
-        raise where.error(path, "a path may not hold NUL or line breaks")
+    bad = next((ch for ch in text if ord(ch) < 32 or ord(ch) == 127), None)
+    if bad is not None:
+        raise where.error(path, f"holds a control character ({bad!r}): a path or name may not")
     return text
 
 

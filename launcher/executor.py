@@ -36,7 +36,6 @@ from __future__ import annotations
 import codecs
 import collections
 import errno
-import io
 import logging
 import os
 import queue
@@ -50,7 +49,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Callable, Deque, Iterator, List, Mapping, Optional, Protocol, Sequence, cast
 
-from launcher.errors import HostUnreachable, ProgramNotFound
+from launcher.errors import ConfigError, HostUnreachable, ProgramNotFound
 from launcher.spec import HostSpec, SSHSpec
 
 logger = logging.getLogger(__name__)
@@ -82,8 +81,9 @@ class Executor(Protocol):
         timeout: float,
         env: Mapping[str, str] = {},
         cwd: Optional[str] = None,
+        input: str = "",
     ) -> RunResult:
-        """Run a short command to completion (stdin is empty).
+        """Run a short command to completion, ``input`` on its stdin (then EOF).
 
         Raises:
             HostUnreachable: the host cannot be reached, or the command ran past ``timeout``
@@ -416,14 +416,15 @@ class LocalExecutor:
         timeout: float,
         env: Mapping[str, str] = {},
         cwd: Optional[str] = None,
+        input: str = "",
     ) -> RunResult:
         try:
-            proc = self._popen(argv, env, cwd, subprocess.DEVNULL)
+            proc = self._popen(argv, env, cwd, subprocess.PIPE if input else subprocess.DEVNULL)
         except OSError as exc:
             code, message = _spawn_failure(argv, cwd, exc)
             return RunResult(code, "", message + "\n")
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(input.encode("utf-8") if input else None, timeout=timeout)
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -513,7 +514,7 @@ class SSHExecutor:
         self.host = host
         self.ssh = ssh
         self.user = ssh.user or _local_user()
-        self.known_hosts = os.path.expanduser(ssh.known_hosts or "~/.ssh/known_hosts")
+        self.known_hosts = os.path.expanduser(ssh.known_hosts or USER_KNOWN_HOSTS)
         self.label = f"{host}:{ssh.port}"
         self._conn = None
         self._lock = threading.Lock()
@@ -549,15 +550,13 @@ class SSHExecutor:
         client = conn.client
         if ssh.strict_host_keys:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            try:
-                client.load_system_host_keys(self.known_hosts)  # read-only: never written back
-            except FileNotFoundError:
-                if ssh.known_hosts:
-                    message = f"host {self.label}: known_hosts file {self.known_hosts} does not exist"
-                    raise HostUnreachable(message) from None
-            except OSError as exc:
-                message = f"host {self.label}: cannot read known_hosts file {self.known_hosts}: {exc}"
-                raise HostUnreachable(message) from None
+            if ssh.known_hosts and not os.path.exists(self.known_hosts):
+                raise HostUnreachable(f"host {self.label}: known_hosts file {self.known_hosts} does not exist")
+            for path in known_hosts_files(ssh):  # read-only: never written back
+                try:
+                    client.load_system_host_keys(path)
+                except OSError as exc:
+                    raise HostUnreachable(f"host {self.label}: cannot read known_hosts file {path}: {exc}") from None
         else:
             logger.warning("host %s: host key not checked (ssh.strict_host_keys is false)", self.label)
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # nothing saved: no file loaded
@@ -599,27 +598,40 @@ class SSHExecutor:
         env: Mapping[str, str] = {},
         cwd: Optional[str] = None,
     ) -> RunResult:
-        from invoke.exceptions import CommandTimedOut, ThreadException
         import paramiko
 
         line = command_line(argv, env, cwd)
         conn = self.connect()
         try:
-            result = conn.run(
-                line,
-                warn=True,
-                hide=True,
-                pty=False,
-                in_stream=io.StringIO(""),  # EOF on stdin at once, as subprocess.DEVNULL locally
-                timeout=timeout,
-                encoding="utf-8",
-            )
-        except CommandTimedOut:
-            raise HostUnreachable(_timed_out(self.label, argv, timeout)) from None
-        except (paramiko.SSHException, OSError, EOFError, ThreadException) as exc:
+            # the channel calls invoke's runner makes, without its byte-by-byte copy of stdin
+            channel = conn.create_session()
+            channel.exec_command(line)
+            if input:
+                channel.sendall(input.encode("utf-8"))
+            channel.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while True:
+                busy = False
+                while channel.recv_ready():
+                    out += channel.recv(_READ_SIZE)
+                    busy = True
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(_READ_SIZE)
+                    busy = True
+                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    channel.close()
+                    raise HostUnreachable(_timed_out(self.label, argv, timeout))
+                if not busy:
+                    time.sleep(0.002)
+            code = channel.recv_exit_status()
+            channel.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
             message = f"host {self.label}: connection lost while running `{shlex.join(argv)}`: {exc}"
             raise HostUnreachable(message) from exc
-        return RunResult(int(result.exited), result.stdout, result.stderr)
+        return RunResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
     def start(
         self,
@@ -648,6 +660,55 @@ class SSHExecutor:
                 self._conn = None
 
 
+GLOBAL_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"  # OpenSSH's GlobalKnownHostsFile
+USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+
+def known_hosts_files(ssh: SSHSpec) -> list[str]:
+    """The files host keys are checked against, as OpenSSH reads them: the given file alone, or
+    else the user's and the system-wide one (those of them that exist)."""
+    if ssh.known_hosts:
+        return [os.path.expanduser(ssh.known_hosts)]
+    return [p for p in (os.path.expanduser(USER_KNOWN_HOSTS), GLOBAL_KNOWN_HOSTS) if os.path.isfile(p)]
+
+
+def check_ssh_files(ssh: SSHSpec, source: str) -> None:
+    """Before any connection: the key file and the known_hosts files are there, readable and parse.
+
+    Raises:
+        ConfigError: one line naming the cluster file's field and the file.
+    """
+    from paramiko.hostkeys import HostKeyEntry
+
+    def readable(field: str, path: str) -> bytes:
+        try:
+            with open(path, "rb") as handle:
+                return handle.read(1 << 22)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: ssh.{field}: {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{source}: ssh.{field}: {path} is a folder, not a file") from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: ssh.{field}: cannot read {path} ({exc.strerror})") from None
+
+    if ssh.key_file:
+        readable("key_file", os.path.expanduser(ssh.key_file))
+    if not ssh.strict_host_keys:
+        return
+    for path in known_hosts_files(ssh):
+        text = readable("known_hosts", path).decode("utf-8", "replace")
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                entry = HostKeyEntry.from_line(line, number)
+            except Exception:  # noqa: BLE001 - paramiko raises several kinds for a bad key blob
+                entry = None
+            if entry is None and not line.lstrip().startswith("@"):  # @cert-authority / @revoked: OpenSSH's own
+                raise ConfigError(f"{source}: ssh.known_hosts: {path} line {number} does not parse as a "
+                                  f"known_hosts entry")
+
+
 def _local_user() -> str:
     import getpass
 
@@ -673,43 +734,6 @@ class ProgramCheck:
     python_first: bool = False  # argv[0] is the host's interpreter: then look for the script or module
 
 
-# What every host's interpreter must have: our packages, MindSpore where needed (found, not imported:
-# 1 s saved), and a command's folder and program. It prints one line and exits 3 for what is missing.
-PREFLIGHT_SCRIPT = """\
-import importlib.util, json, os, shutil, sys
-import launcher.agent, mscluster.rank
-spec = json.loads(sys.argv[1])
-if spec["mindspore"] and not importlib.util.find_spec("mindspore"):
-    sys.exit("mindspore is not installed for this interpreter")
-if spec["builtin"]:
-    import mscluster.cli, trainer.config
-prog = spec["program"]
-def missing(what):
-    sys.stderr.write("MSCLUSTER-MISSING " + what + "\\n")
-    sys.exit(3)
-if prog:
-    folder = prog["folder"] or os.path.expanduser("~")
-    if not os.path.isdir(folder):
-        missing("folder " + folder + " (cwd)")
-    argv = prog["argv"]
-    if prog["python_first"] and len(argv) > 1:
-        if argv[1] == "-m" and len(argv) > 2:
-            sys.path.insert(0, folder)
-            if importlib.util.find_spec(argv[2]) is None:
-                missing("module " + argv[2] + " (python -m, from " + folder + ")")
-        elif not argv[1].startswith("-") and not os.path.isfile(os.path.join(folder, argv[1])):
-            missing("script " + os.path.join(folder, argv[1]))
-    elif not prog["python_first"]:
-        first = argv[0]
-        if "/" in first:
-            path = os.path.join(folder, first)
-            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-                missing("program " + path + " (not an executable file)")
-        elif shutil.which(first) is None:
-            missing("program " + first + " (not on PATH)")
-"""
-
-
 def check_host(
     executor: Executor,
     python: str,
@@ -729,15 +753,18 @@ def check_host(
     """
     import json
 
+    from launcher import probe
+
     name = getattr(executor, "label", executor.host)
     spec = {"mindspore": needs_mindspore, "builtin": program is None,
             "program": None if program is None else {"folder": program.folder, "argv": list(program.argv),
                                                      "python_first": program.python_first}}
-    result = executor.run([python, "-c", PREFLIGHT_SCRIPT, json.dumps(spec)], timeout=timeout, env=env, cwd=cwd)
+    result = executor.run([python, "-m", "launcher.probe"], timeout=timeout, env=env, cwd=cwd,
+                          input=json.dumps({"check": spec}))
     if result.exit_code == 0:
         return
     last = next((ln.strip() for ln in reversed(result.stderr.splitlines()) if ln.strip()), "")
-    if result.exit_code == 3 and last.startswith("MSCLUSTER-MISSING "):
+    if result.exit_code == probe.MISSING_EXIT and last.startswith(probe.MISSING + " "):
         raise ProgramNotFound(f"host {name}: no {last.split(' ', 1)[1]}; nothing was started")
     if result.exit_code in (126, 127):
         raise HostUnreachable(f"host {name}: python interpreter {python} not found or not executable ({last})")

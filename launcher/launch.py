@@ -12,12 +12,13 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from launcher.config import load_cluster, resolved_yaml
 from launcher.errors import HostUnreachable, JobDirError
-from launcher.executor import Executor, ProgramCheck, check_host, executor_for
+from launcher.executor import Executor, ProgramCheck, check_host, check_ssh_files, executor_for
+from launcher.joblock import JobLock
 from launcher.jobplan import PYTHON_WORD, JobPlan, build_job_plan, host_python, launch_folder, program_argv
 from launcher.plan import plan_ranks
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
@@ -46,6 +47,33 @@ class LaunchRequest:
     console: Optional[str] = None  # ``--console``: all, or ranks "0,3"
 
 
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt of a job as ``result.json`` lists it."""
+
+    attempt: int
+    ok: bool
+    started_at: Optional[float] = None
+    ended_at: Optional[float] = None
+    interrupted: bool = False
+    root_cause: Optional[dict[str, Any]] = None  # the first failure's RankFailure.to_dict()
+    lost: bool = False  # the launcher died during it: known only from its settings file
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(raw: Any) -> Optional["AttemptRecord"]:
+        """A record from an earlier ``result.json``; None for an entry that is not one."""
+        if not isinstance(raw, dict) or isinstance(raw.get("attempt"), bool) or not isinstance(raw.get("attempt"), int):
+            return None
+        number = lambda key: raw.get(key) if isinstance(raw.get(key), (int, float)) else None  # noqa: E731
+        return AttemptRecord(attempt=raw["attempt"], ok=raw.get("ok") is True, started_at=number("started_at"),
+                             ended_at=number("ended_at"), interrupted=raw.get("interrupted") is True,
+                             root_cause=raw.get("root_cause") if isinstance(raw.get("root_cause"), dict) else None,
+                             lost=raw.get("lost") is True)
+
+
 @dataclass
 class JobResult:
     """How the whole job ended (what ``result.json`` holds)."""
@@ -56,12 +84,13 @@ class JobResult:
     restarts: int = 0
     eval: dict[str, float] = field(default_factory=dict)
     failures: list[RankFailure] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[AttemptRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "exit_code": self.exit_code, "job_dir": self.job_dir,
                 "restarts": self.restarts, "eval": self.eval,
-                "failures": [f.to_dict() for f in order_failures(self.failures)], "attempts": self.attempts}
+                "failures": [f.to_dict() for f in order_failures(self.failures)],
+                "attempts": [a.to_dict() for a in self.attempts]}
 
 
 # -- pure helpers ----------------------------------------------------------------------------------
@@ -138,8 +167,8 @@ def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_di
 def pick_scheduler_port(cluster: ClusterSpec, executor: Executor) -> int:
     """A free TCP port on the first host (asked of that host, which may be remote)."""
     host = cluster.hosts[0]
-    code = "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])"
-    result = executor.run([host_python(cluster, host), "-c", code], timeout=cluster.ssh.connect_timeout + 20.0)
+    result = executor.run([host_python(cluster, host), "-m", "launcher.probe"], input='{"free_port": true}',
+                          timeout=cluster.ssh.connect_timeout + 20.0, cwd=os.getcwd() if host.is_local else None)
     try:
         return int(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -166,10 +195,19 @@ def create_job_dir(path: str, resume: bool) -> None:
         if not any(os.path.exists(os.path.join(path, marker)) for marker in (jobfiles.CLUSTER_FILE, jobfiles.STATUS_FILE)):
             raise JobDirError(f"{path}: not an mscluster job folder (no cluster.yaml); refusing to write into it")
     try:
-        os.makedirs(os.path.join(path, "logs"), exist_ok=True)
-        os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
+        for folder in (path, *(os.path.join(path, sub) for sub in JOB_SUBDIRS)):
+            make_private_dir(folder)
     except OSError as exc:
         raise JobDirError(f"{path}: cannot create the job folder ({exc.strerror})") from None
+
+
+JOB_SUBDIRS = (jobfiles.LOGS_DIR, jobfiles.CHECKPOINTS_DIR, jobfiles.ERRORS_DIR)
+
+
+def make_private_dir(path: str) -> None:
+    """A folder only its owner can enter (0700): logs and error files can hold secrets from env:."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def _say(console: Optional[TextIO], text: str) -> None:
@@ -193,47 +231,58 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
     resume = wants_resume(cluster)
     if request.job_dir is None and os.path.exists(job_dir):
         job_dir = f"{job_dir}-{os.getpid()}"
+    lock = None
     if os.path.exists(job_dir):
         create_job_dir(job_dir, resume)  # an existing folder is checked before connecting anywhere
+        lock = JobLock(job_dir).acquire()  # ... and refused while another launcher runs it
+    if not all(h.is_local for h in cluster.hosts):
+        check_ssh_files(cluster.ssh, cluster.source)
     executors = {h.address: make_executor(h, cluster.ssh) for h in cluster.hosts}
     try:
         preflight(cluster, executors, launch_dir)
-        port = cluster.scheduler_port
-        if cluster.backend == "cpu" and port is None:
-            port = pick_scheduler_port(cluster, executors[cluster.hosts[0].address])
         rank_table = None
         if cluster.backend == "ascend":
             rank_table = make_rank_table(plan_ranks(cluster), executors)
         create_job_dir(job_dir, resume)
-        write_atomic(os.path.join(job_dir, jobfiles.CLUSTER_FILE), resolved_yaml(cluster))
+        if lock is None:
+            lock = JobLock(job_dir).acquire()
+        write_atomic(os.path.join(job_dir, jobfiles.CLUSTER_FILE), resolved_yaml(cluster), mode=0o600)
         if rank_table is not None:
-            write_atomic(os.path.join(job_dir, jobfiles.RANK_TABLE_FILE), rank_table)
+            write_atomic(os.path.join(job_dir, jobfiles.RANK_TABLE_FILE), rank_table, mode=0o600)
 
         def plan_attempt(attempt: int) -> JobPlan:
+            # cpu: a free port chosen afresh for every attempt, just before it starts, so a port
+            # taken since the last attempt (or in the moment before MindSpore binds it) costs one
+            # restart, not the job
+            port = cluster.scheduler_port
+            if cluster.backend == "cpu" and port is None:
+                port = pick_scheduler_port(cluster, executors[cluster.hosts[0].address])
             return build_job_plan(cluster, job_dir=job_dir, scheduler_port=port, attempt=attempt,
                                   rank_table=rank_table, grace_period=request.grace_period, launch_dir=launch_dir)
 
-        first = plan_attempt(0)
-        _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {len(first.placement.ranks)} rank(s) on "
+        _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}")
         return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep)
     finally:
         for ex in executors.values():
             ex.close()
+        if lock is not None:
+            lock.release()
 
 
-def previous_attempts(job_dir: str) -> list[dict[str, Any]]:
+def previous_attempts(job_dir: str) -> list[AttemptRecord]:
     """The attempts an earlier launch of this job folder recorded (a job continued by hand)."""
     try:
         with open(os.path.join(job_dir, RESULT_FILE), encoding="utf-8") as handle:
-            attempts = json.load(handle).get("attempts", [])
+            raw = json.load(handle).get("attempts", [])
     except (OSError, ValueError, AttributeError):
-        attempts = []
+        raw = []
+    attempts = [a for a in map(AttemptRecord.from_dict, raw if isinstance(raw, list) else []) if a is not None]
     numbers = [n for n in (jobfiles.settings_attempt(name) for name in _listdir(job_dir)) if n is not None]
     if numbers and (not attempts or max(numbers) >= len(attempts)):
         # the launcher died before result.json: count the attempts by their settings files
-        known = {a.get("attempt") for a in attempts}
-        attempts = attempts + [{"attempt": n, "ok": False, "lost": True} for n in sorted(numbers) if n not in known]
+        known = {a.attempt for a in attempts}
+        attempts += [AttemptRecord(attempt=n, ok=False, lost=True) for n in sorted(numbers) if n not in known]
     return attempts
 
 
@@ -251,7 +300,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
     result = JobResult(status="failed", exit_code=1, job_dir=os.path.abspath(job_dir))
     # a job continued by hand goes on numbering its attempts: logs get a separator, nothing is overwritten
     result.attempts = previous_attempts(job_dir)
-    first = max((int(a.get("attempt", -1)) for a in result.attempts), default=-1) + 1
+    first = max((a.attempt for a in result.attempts), default=-1) + 1
     attempt_result: Optional[AttemptResult] = None
     for attempt in range(first, first + cluster.restarts + 1):
         if attempt > first:
@@ -264,20 +313,31 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
             except KeyboardInterrupt:
                 result.status, result.exit_code = "interrupted", 130
                 break
-        job = plan_attempt(attempt)
+        try:
+            job = plan_attempt(attempt)
+        except HostUnreachable as exc:  # the first host went away between attempts
+            if attempt == first:
+                raise
+            result.failures.append(RankFailure(host=cluster.hosts[0].address, name="agent", rank=None, device_id=None,
+                                               exit_code=None, signal=None, time=time.time(), log_path=None,
+                                               message=str(exc), attempt=attempt))
+            result.attempts.append(AttemptRecord(attempt=attempt, ok=False, root_cause=result.failures[-1].to_dict()))
+            break
         sink = LogSink(os.path.join(job_dir, jobfiles.LOGS_DIR), console, attempt,
                        None if cluster.console is None else frozenset(cluster.console),
                        console_levels({a.host: a for a in job.agents}))
         supervisor = Supervisor({a.host: a for a in job.agents}, executors,
                                 agent_argv=lambda h: [host_python(cluster, by_host[h]), "-m", "launcher.agent"],
                                 agent_cwd=lambda h: launch_dir if by_host[h].is_local else None,
+                                # a remote line carries no user data: the job folder travels in the spec
+                                agent_env=lambda h: {"MSCLUSTER_JOB_DIR": job.agent(h).job_dir} if by_host[h].is_local else {},
                                 sink=sink, attempt=attempt)
         attempt_result = supervisor.run()
         result.failures.extend(attempt_result.failures)
-        result.attempts.append({"attempt": attempt, "ok": attempt_result.ok, "started_at": attempt_result.started_at,
-                                "ended_at": attempt_result.ended_at, "interrupted": attempt_result.interrupted,
-                                "root_cause": (order_failures(attempt_result.failures)[0].to_dict()
-                                               if attempt_result.failures else None)})
+        root = order_failures(attempt_result.failures)[0].to_dict() if attempt_result.failures else None
+        result.attempts.append(AttemptRecord(attempt=attempt, ok=attempt_result.ok, started_at=attempt_result.started_at,
+                                             ended_at=attempt_result.ended_at, interrupted=attempt_result.interrupted,
+                                             root_cause=root))
         result.restarts = attempt - first
         if attempt_result.eval:
             result.eval = attempt_result.eval
@@ -295,5 +355,5 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 break
     if result.status == "failed" and attempt_result is not None and not restart_can_help(attempt_result.failures):
         result.exit_code = TrainerError.exit_code  # bad input (settings, data, checkpoint): exit 2, as documented
-    write_json_atomic(os.path.join(job_dir, jobfiles.RESULT_FILE), result.to_dict())
+    write_json_atomic(os.path.join(job_dir, jobfiles.RESULT_FILE), result.to_dict(), mode=0o600)
     return result

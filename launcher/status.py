@@ -92,7 +92,7 @@ class StatusWriter:
     def write(self) -> None:
         self.data["updated_at"] = self.clock()
         try:
-            write_json_atomic(self.path, self.data)
+            write_json_atomic(self.path, self.data, mode=0o600)
         except OSError as exc:
             if not self._warned:
                 logger.warning("%s: cannot write the job's status (%s); `mscluster status` will lag", self.path, exc)

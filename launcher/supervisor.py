@@ -152,7 +152,7 @@ class LogSink:
     def _handle(self, name: str) -> TextIO:
         handle = self._files.get(name)
         if handle is None:
-            handle = self._files[name] = open(self.path(name), "a", encoding="utf-8")
+            handle = self._files[name] = _open_log(self.path(name))
             if self.attempt:
                 handle.write(self._separator())
                 handle.flush()
@@ -185,7 +185,7 @@ class LogSink:
             handle.write(line + "\n")
             handle.flush()
             if self._all is None:
-                self._all = open(os.path.join(self.logs_dir, jobfiles.ALL_LOG), "a", encoding="utf-8")
+                self._all = _open_log(os.path.join(self.logs_dir, jobfiles.ALL_LOG))
                 if self.attempt:
                     self._all.write(self._separator())
             self._all.write(f"[{host}:{label}] {line}\n")
@@ -207,6 +207,14 @@ class LogSink:
                 self._all = None
 
 
+def _open_log(path: str) -> TextIO:
+    """A log to append to, created 0600, never through a symlink (one planted there is removed)."""
+    if os.path.islink(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return open(fd, "a", encoding="utf-8")
+
+
 @dataclass
 class _Host:
     spec: AgentSpec
@@ -222,9 +230,10 @@ class Supervisor:
 
     def __init__(self, specs: Mapping[str, AgentSpec], executors: Mapping[str, Executor],
                  agent_argv: Callable[[str], list[str]], agent_cwd: Callable[[str], Optional[str]],
-                 sink: LogSink, attempt: int = 0):
+                 sink: LogSink, attempt: int = 0, agent_env: Callable[[str], Mapping[str, str]] = lambda h: {}):
         self.hosts = {h: _Host(spec, executors[h]) for h, spec in specs.items()}
         self.agent_argv, self.agent_cwd, self.sink, self.attempt = agent_argv, agent_cwd, sink, attempt
+        self.agent_env = agent_env
         self.items: "queue.Queue[tuple[str, HostItem]]" = queue.Queue()
         self.tails: dict[tuple[str, str, str], Deque[str]] = collections.defaultdict(  # (host, name, stream)
             lambda: collections.deque(maxlen=OUTPUT_TAIL))
@@ -239,8 +248,7 @@ class Supervisor:
     def _start(self, name: str, host: _Host) -> None:
         """One thread per host: start its agent, then turn each line it prints into a typed item."""
         try:
-            # the job dir in the agent's environment lets anyone find every process of a job
-            session = host.executor.start(self.agent_argv(name), env={"MSCLUSTER_JOB_DIR": host.spec.job_dir},
+            session = host.executor.start(self.agent_argv(name), env=self.agent_env(name),
                                           cwd=self.agent_cwd(name),
                                           on_stderr=lambda line, n=name: self.items.put((n, AgentStderr(line))))
             host.session = session

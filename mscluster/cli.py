@@ -7,11 +7,30 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Optional, Sequence
 
 from trainer.overrides import flatten
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``mscluster launch: error: ...``), exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (``--grace-period``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 3600, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -78,7 +97,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mscluster", description="Train image classifiers with MindSpore across a cluster.")
+    parser = _Parser(prog="mscluster", description="Train image classifiers with MindSpore across a cluster.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -27,13 +27,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_ranktable(args: argparse.Namespace) -> int:
-    from launcher.executor import executor_for
+    from launcher.executor import check_ssh_files, executor_for
     from launcher.launch import make_rank_table
     from launcher.plan import plan_ranks
 
     cluster = _load(args)
     if cluster.backend != "ascend":
         raise ConfigError(f"{args.cluster}: backend: the rank table is for backend ascend (this file says {cluster.backend})")
+    if not all(h.is_local for h in cluster.hosts):
+        check_ssh_files(cluster.ssh, cluster.source)
     executors = {h.address: executor_for(h, cluster.ssh) for h in cluster.hosts}
     try:
         text = make_rank_table(plan_ranks(cluster), executors)
@@ -71,7 +73,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print("mscluster: job succeeded" + (f", top1={top1:.4f}" if top1 is not None else "")
               + (f" after {result.restarts} restart(s)" if result.restarts else ""))
     else:
-        last = result.attempts[-1]["attempt"] if result.attempts else 0
+        last = result.attempts[-1].attempt if result.attempts else 0
         failures = [f for f in result.failures if f.attempt == last] or result.failures
         print(format_failures(failures, f"mscluster: job {result.status}"
                               + (f" after {result.restarts} restart(s)" if result.restarts else "")), file=sys.stderr)
@@ -110,7 +112,9 @@ def add_commands(sub, add_set: Callable[[argparse.ArgumentParser, str], None]) -
     add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 restarts=1")
     p.add_argument("--job-dir", help="job folder (default: <workdir>/<name>-<time>); an existing one is "
                                       "refused unless train.resume is set")
-    p.add_argument("--grace-period", type=float, default=5.0, help="seconds between TERM and KILL (default 5)")
+    from mscluster.cli import seconds
+
+    p.add_argument("--grace-period", type=seconds, default=5.0, help="seconds between TERM and KILL (default 5)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the ranks' output")
     p.set_defaults(func=cmd_launch, program=None)
 

@@ -149,11 +149,15 @@ def test_a_kill_mid_write_leaves_the_previous_checkpoint_the_newest_good_one(tra
     done = threading.Event()
     worker = threading.Thread(target=lambda: (_save(cell, tmp_path, global_step=4, pause=3.0), done.set()))
     worker.start()
-    tmp = tmp_path / (ckpt.TMP_PREFIX + "ckpt_e0000_s000000004.ckpt")
+    def torn():  # the temporary has a fresh, unpredictable name: ".tmp-ckpt_e0000_s000000004.<random>.ckpt"
+        found = list(tmp_path.glob(ckpt.TMP_PREFIX + "ckpt_e0000_s000000004.*.ckpt"))
+        return found[0] if found and found[0].stat().st_size < os.path.getsize(previous) // 2 + 10 else None
+
     deadline = time.monotonic() + 30
-    while not (tmp.exists() and tmp.stat().st_size < os.path.getsize(previous) // 2 + 10):
+    while not torn():
         assert time.monotonic() < deadline, "the save never reached its pause"
         time.sleep(0.05)
+    tmp = torn()
     # the torn temporary is on disk now: a resume at this moment takes the previous checkpoint
     assert ckpt.list_checkpoints(str(tmp_path)) == [previous]
     assert ckpt.latest_good(str(tmp_path))[0] == previous

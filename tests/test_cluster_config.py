@@ -110,7 +110,7 @@ BAD_FILES = [
         name: a
         hosts:
           - {address: localhost, devices: [0, -1]}
-        """, 3, "hosts[0].devices[1]", "device ids are >= 0"),
+        """, 3, "hosts[0].devices[1]", "device ids are 0..65535, got -1"),
     ("device count zero", """
         name: a
         hosts:
@@ -236,7 +236,7 @@ BAD_FILES = [
         hosts:
           - {address: localhost, devices: 1}
         restarts: -1
-        """, 4, "restarts", "must be >= 0"),
+        """, 4, "restarts", "must be 0..100"),
     ("restarts not an integer", """
         name: a
         hosts:
@@ -429,7 +429,7 @@ def test_set_pairs_apply_before_validation(tmp_path):
 
 
 @pytest.mark.parametrize("pair,field,reason", [
-    ("restarts=-1", "restarts", "must be >= 0"),
+    ("restarts=-1", "restarts", "must be 0..100"),
     ("train.epochs=0", "train.epochs", "must be > 0"),
     ("ssh.port=99999", "ssh.port", "1..65535"),
     ("restart=1", "restart", "did you mean 'restarts'"),

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -152,6 +153,8 @@ def test_every_process_runs_exactly_what_plan_shows(tmp_path):
             return found if len(found) == 3 else None
 
         running = {p.environ()["MSCLUSTER_ERROR_FILE"]: p.pid for p in wait_for(started, 60, what="3 processes")}
+        agents = [p for p in job_processes(job) if "MSCLUSTER_ERROR_FILE" not in p.environ()]
+        assert len(agents) == 1 and len(os.listdir(f"/proc/{agents[0].pid}/task")) == 1  # no threads: preexec_fn is safe
         facts = {path: _proc_facts(pid) for path, pid in running.items()}
         port = int(next(iter(facts.values()))[1]["MS_SCHED_PORT"])
         plan = build_job_plan(load_cluster(cluster), job_dir=job,
@@ -176,6 +179,20 @@ def test_every_process_runs_exactly_what_plan_shows(tmp_path):
         finally:
             kill_group(proc)
     assert job_processes(job) == []
+
+
+def test_an_exit_is_seen_even_when_a_child_keeps_the_output_open(tmp_path):
+    """waitpid, not EOF: the rank exits 3 while a child it started still holds its stdout and stderr."""
+    code = "import subprocess, sys; subprocess.Popen(['sleep', '120']); print('bye', flush=True); sys.exit(3)"
+    cluster = _cluster(tmp_path / "c.yaml", command=["python", "-c", code], hosts=[{"address": "localhost", "devices": 1}])
+    t0 = time.monotonic()
+    proc = run_launch(cluster, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert time.monotonic() - t0 < 60
+    root = next(line for line in proc.stderr.splitlines() if line.strip().startswith("root cause "))
+    assert root.split()[3:7] == ["localhost", "0", "0", "exit"] and root.split()[7] == "3", proc.stderr
+    job = only_job_dir(str(tmp_path / "runs"))
+    assert job_processes(job) == []  # the sleeping child went with its rank's process group
 
 
 @pytest.mark.parametrize("fields, message", [

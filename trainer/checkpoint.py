@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -113,7 +114,9 @@ def save(write: Callable[[str], None], directory: str, meta_fields: dict[str, An
     os.makedirs(directory, exist_ok=True)
     name = checkpoint_name(meta_fields["epoch"], meta_fields["step_in_epoch"], meta_fields["global_step"])
     final = os.path.join(directory, name)
-    tmp = os.path.join(directory, TMP_PREFIX + name)
+    # created exclusively under a fresh name: nothing planted at a predictable name is followed
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + name[:-len(".ckpt")] + ".", suffix=".ckpt", dir=directory)
+    os.close(fd)
     write(tmp)
     _fsync(tmp)
     if pause_mid_write:
@@ -134,23 +137,88 @@ def verify(path: str) -> CheckpointMeta:
     Raises:
         CheckpointError: no such file, no sidecar, an unreadable sidecar, or a size/SHA-256 mismatch.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    side = sidecar_path(path)
-    if not os.path.isfile(side):
-        raise CheckpointError(f"{path}: no sidecar {os.path.basename(side)} (incomplete or not written by mscluster)")
-    try:
-        with open(side, encoding="utf-8") as handle:
-            raw = json.load(handle)
-        meta = CheckpointMeta(**raw)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{side}: unreadable sidecar ({exc})") from None
+    meta = verify_sidecar_only(path)
     size = os.path.getsize(path)
     if size != meta.size:
         raise CheckpointError(f"{path}: size {size} bytes differs from the sidecar's {meta.size} (truncated?)")
     if _sha256(path) != meta.sha256:
         raise CheckpointError(f"{path}: SHA-256 differs from the sidecar's (corrupt)")
     return meta
+
+
+# the sidecar's fields and the JSON types each must have (bool is not an int here)
+_SIDECAR_TYPES = {"file": str, "size": int, "sha256": str, "epoch": int, "step_in_epoch": int, "global_step": int,
+                  "dataset_seed": int, "fingerprint": dict, "config": dict, "class_names": list, "metrics": dict,
+                  "saved_at": (int, float)}
+
+
+def read_sidecar(side: str) -> CheckpointMeta:
+    """The sidecar at ``side``, every field type-checked.
+
+    Raises:
+        CheckpointError: unreadable, not JSON, a field missing or unknown, or of the wrong type.
+    """
+    try:
+        with open(side, encoding="utf-8") as handle:
+            raw = json.loads(handle.read(1 << 24))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{side}: unreadable sidecar ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{side}: unreadable sidecar (not a JSON object)")
+    unknown = sorted(set(raw) - set(_SIDECAR_TYPES))
+    missing = sorted(k for k in ("file", "size", "sha256", "epoch", "step_in_epoch", "global_step", "dataset_seed",
+                                 "fingerprint", "config") if k not in raw)
+    if unknown or missing:
+        raise CheckpointError(f"{side}: unreadable sidecar ({'unknown' if unknown else 'missing'} field "
+                              f"{(unknown or missing)[0]!r})")
+    for key, value in raw.items():
+        kind = _SIDECAR_TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and value < 0):
+            raise CheckpointError(f"{side}: unreadable sidecar ({key} has the wrong type: {type(value).__name__})")
+    if not re.fullmatch(r"[0-9a-f]{64}", raw["sha256"]):
+        raise CheckpointError(f"{side}: unreadable sidecar (sha256 is not a hex digest)")
+    return CheckpointMeta(**raw)
+
+
+def load_verified(path: str) -> tuple[dict, CheckpointMeta]:
+    """Read ``path`` once, check those bytes against its sidecar, and load exactly those bytes.
+
+    The bytes go to a private copy (in a 0700 folder, in memory where ``/dev/shm`` exists) that
+    MindSpore then reads: a file swapped on disk between the check and the load is never loaded.
+
+    Raises:
+        CheckpointError: as ``verify``.
+    """
+    import tempfile
+
+    meta = verify_sidecar_only(path)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if len(data) != meta.size:
+        raise CheckpointError(f"{path}: size {len(data)} bytes differs from the sidecar's {meta.size} (truncated?)")
+    if hashlib.sha256(data).hexdigest() != meta.sha256:
+        raise CheckpointError(f"{path}: SHA-256 differs from the sidecar's (corrupt)")
+    # a private copy (0700 folder, in memory where /dev/shm exists): MindSpore reads it by name
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="mscluster-load-", dir=shm) as private:
+        copy = os.path.join(private, os.path.basename(path))
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        del data
+        import mindspore as ms  # only now: a bad file is refused without loading MindSpore
+
+        return ms.load_checkpoint(copy), meta
+
+
+def verify_sidecar_only(path: str) -> CheckpointMeta:
+    """The checkpoint's type-checked sidecar (the file's bytes are checked by the caller)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    side = sidecar_path(path)
+    if not os.path.isfile(side):
+        raise CheckpointError(f"{path}: no sidecar {os.path.basename(side)} (incomplete or not written by mscluster)")
+    return read_sidecar(side)
 
 
 def list_checkpoints(directory: str) -> list[str]:

@@ -8,11 +8,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from mscluster import safeyaml
 
 from trainer.errors import ConfigError
 from trainer.overrides import OverrideError, merge, parse_pairs
@@ -102,6 +105,21 @@ NON_NEGATIVE = {"warmup_epochs", "momentum", "weight_decay", "seed", "save_every
                 "debug_fail_signal", "debug_fail_attempt", "debug_pause_in_save"}
 
 
+# upper bounds of counts, with why: a typo here would otherwise run for days or exhaust memory
+UPPER = {
+    "image_size": (1024, "a ResNet batch at 1024x1024 already needs tens of GB"),
+    "batch_size": (65536, "per device"),
+    "epochs": (100000, "CIFAR-10 recipes use 90 to 200"),
+    "steps_per_epoch": (10 ** 8, "steps of one epoch"),
+    "width": (1024, "the first stage's channels; the zoo's ResNet-50 uses 64"),
+    "num_parallel_workers": (64, "dataset worker threads per rank"),
+    "num_classes": (100000, "classes of the head"),
+    "keep_max": (100000, "checkpoints kept"),
+    "log_every_steps": (10 ** 8, "steps"),
+    "debug_pause_in_save": (3600, "seconds"),
+}
+
+
 def _check_type(name: str, hint: Any, value: Any) -> Any:
     """Return ``value`` converted to ``hint``'s type, or raise ConfigError naming ``name``."""
     optional = get_origin(hint) is Union and type(None) in get_args(hint)
@@ -118,10 +136,16 @@ def _check_type(name: str, hint: Any, value: Any) -> Any:
             return value
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
             return float(value)
     elif base is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+            text = str(value)
+            bad = next((ch for ch in text if ord(ch) < 32 or ord(ch) == 127), None)
+            if bad is not None:
+                raise ConfigError(f"{name}: holds a control character ({bad!r})")
+            return text
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
     raise ConfigError(f"{name}: expected {expected}, got {value!r}")
 
@@ -151,6 +175,8 @@ def from_dict(values: Mapping[str, Any], source: str = "settings") -> TrainConfi
                     raise ConfigError(f"{key}: must be > 0, got {value!r}")
                 if key in NON_NEGATIVE and value < 0:
                     raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+                if key in UPPER and value > UPPER[key][0]:
+                    raise ConfigError(f"{key}: at most {UPPER[key][0]} ({UPPER[key][1]}), got {value!r}")
                 if key == "momentum" and value >= 1:
                     raise ConfigError(f"momentum: must be < 1, got {value!r}")
         except ConfigError as exc:
@@ -176,7 +202,7 @@ def load(path: Optional[str] = None, set_pairs: tuple[str, ...] | list[str] = ()
             raise ConfigError(f"{path}: no such file")
         try:
             with open(path, encoding="utf-8") as handle:
-                loaded = yaml.safe_load(handle)
+                loaded = safeyaml.safe_load(handle.read(safeyaml.MAX_BYTES + 1))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({_yaml_where(exc)})") from None
         except (OSError, UnicodeDecodeError) as exc:

@@ -87,18 +87,17 @@ def load_network(path: str):
     Raises:
         CheckpointError: missing, corrupt, or not loadable into the network its sidecar describes.
     """
+    try:
+        params, meta = ckpt.load_verified(path)  # the very bytes whose SHA-256 the sidecar vouches for
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: MindSpore cannot read it ({str(exc).splitlines()[0]})") from None
     import mindspore as ms
 
     from trainer.resnet import build_resnet
 
-    meta = ckpt.verify(path)
     cfg = from_dict(meta.config, source=ckpt.sidecar_path(path))
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
     net = build_resnet(cfg.arch, num_classes=cfg.num_classes, width=cfg.width, stem=cfg.stem)
-    try:
-        params = ms.load_checkpoint(path, net=None)
-    except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: MindSpore cannot read it ({str(exc).splitlines()[0]})") from None
     weights = {k: v for k, v in params.items() if not k.startswith("moments.")}
     missing, _ = ms.load_param_into_net(net, weights)
     if missing:
@@ -135,12 +134,11 @@ def read_image(path: str) -> np.ndarray:
 
 def predict(path: str, images: Sequence[str]) -> list[Prediction]:
     """The most likely class of each image, with its softmax probability."""
-    import mindspore as ms
-
     from trainer.data import eval_transform_image
 
     arrays = [read_image(image) for image in images]  # fail on a bad image before loading the net
     net, meta = load_network(path)
+    import mindspore as ms
     cfg = from_dict(meta.config)
     names = meta.class_names or [str(i) for i in range(cfg.num_classes)]
     batch = np.stack([eval_transform_image(a, cfg.image_size) for a in arrays])

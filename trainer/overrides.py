@@ -9,6 +9,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from mscluster import safeyaml
+
 
 class OverrideError(ValueError):
     """A ``--set`` pair is not of the form ``key=value``."""
@@ -17,7 +19,7 @@ class OverrideError(ValueError):
 def parse_value(text: str) -> Any:
     """Read one value as a YAML scalar: ``3`` -> 3, ``0.1`` -> 0.1, ``true`` -> True, ``null`` -> None."""
     try:
-        value = yaml.safe_load(text)
+        value = safeyaml.safe_load(text)
     except yaml.YAMLError:
         return text
     return text if value is None and text.strip() not in ("null", "~", "None", "") else value

@@ -139,7 +139,7 @@ def _load_state(train_network, path: str) -> None:
     """
     import mindspore as ms
 
-    params = ms.load_checkpoint(path)
+    params, _ = ckpt.load_verified(path)  # the very bytes whose SHA-256 the sidecar vouches for
     for key in FROM_SETTINGS + NOT_PARAMETERS:
         params.pop(key, None)
     not_loaded, _ = ms.load_param_into_net(train_network, params, strict_load=True)
