@@ -597,6 +597,7 @@ class SSHExecutor:
         timeout: float,
         env: Mapping[str, str] = {},
         cwd: Optional[str] = None,
+        input: str = "",
     ) -> RunResult:
         import paramiko
 
