@@ -18,6 +18,7 @@ import ctypes
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Optional
 
-from launcher.protocol import (AgentMessage, AgentSpec, Done, Exited, Output, ProcessSpec, Relayed, Started,
-                               encode_message, split_cpus)
+from launcher.protocol import (STACKS_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output, ProcessSpec, Relayed,
+                               Stacks, Started, encode_message, split_cpus)
 from mscluster import events, jobfiles
 from mscluster.fsutil import write_atomic
 from mscluster.rank import EVENT_FD_ENV
@@ -238,7 +239,7 @@ class Agent:
         return 0 if self.ok else 1
 
     def _read_stdin(self) -> None:
-        """EOF (or a "stop" line) on stdin: the launcher is done with us, or gone."""
+        """EOF (or a "stop" line) on stdin: the launcher is done with us, or gone; "stacks": dump them."""
         try:
             data = os.read(self.stdin_fd, 4096)  # type: ignore[arg-type]
         except BlockingIOError:
@@ -248,6 +249,37 @@ class Agent:
         if not data or b"stop" in data:
             self.stop_requested = True
             self.selector.unregister(self.stdin_fd)
+        elif STACKS_REQUEST.encode() in data:
+            self.dump_stacks()
+
+    def dump_stacks(self) -> None:
+        """Every live process's Python stack (``py-spy dump``, all at once, 10 s at most), each written
+        to ``errors/stacks-attempt<k>/`` of this host and sent to the launcher."""
+        folder = jobfiles.stacks_dir(self.spec.job_dir, self.spec.attempt)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        spy = shutil.which("py-spy", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+        running = [r for r in self.running if not r.reported and r.proc.poll() is None]
+        dumps = {}
+        if spy:
+            for r in running:  # --nonblocking: read the memory without stopping it (works on a frozen one too)
+                dumps[r.spec.name] = subprocess.Popen([spy, "dump", "--nonblocking", "--pid", str(r.proc.pid)],
+                                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                      stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10.0
+        for r in running:
+            dump = dumps.get(r.spec.name)
+            if dump is None:
+                text, method = "py-spy is not installed for this interpreter: no stack", "none"
+            else:
+                try:
+                    out, _ = dump.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+                    text, method = out.decode("utf-8", "replace"), "py-spy"
+                except subprocess.TimeoutExpired:
+                    dump.kill()
+                    dump.communicate()
+                    text, method = "py-spy did not answer within 10 s", "none"
+            write_atomic(os.path.join(folder, jobfiles.stack_file_name(r.spec.name)), text, mode=0o600)
+            self.emit(Stacks(name=r.spec.name, text=text[-65536:], method=method))
 
 
 def _read_error_file(path: Optional[str]) -> Optional[dict]:

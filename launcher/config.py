@@ -23,6 +23,7 @@ The format (see cluster_configs/ for commented examples)::
     train: {epochs: 1, image_size: 32}     # the built-in trainer's settings, or instead:
     command: [python, my_train.py, --epochs, "2"]   # the program every rank runs
     cwd: /shared/project      # its folder on every host (default: the folder launch runs in)
+    watchdog: {stall_timeout: 300, startup_timeout: 900, beat_interval: 5}   # or: false
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import yaml
 
 from launcher.errors import ConfigError
 from launcher.plan import is_reserved_env
-from launcher.spec import ClusterSpec, HostSpec, SSHSpec, is_ipv4
+from launcher.spec import ClusterSpec, HostSpec, SSHSpec, WatchdogSpec, is_ipv4
 from mscluster import safeyaml
 from trainer import config as train_config
 from trainer.errors import ConfigError as TrainConfigError
@@ -45,7 +46,7 @@ from trainer.overrides import OverrideError, merge, parse_pairs
 BACKENDS = ("cpu", "ascend")
 ASCEND_MAX_DEVICES = 8  # NPUs per Ascend server; device ids 0..7
 TOP_KEYS = ("name", "backend", "workdir", "python", "ssh", "hosts", "scheduler_port", "restarts",
-            "bind_cores", "env", "console", "train", "command", "cwd")
+            "bind_cores", "env", "console", "train", "command", "cwd", "watchdog")
 SSH_KEYS = tuple(f.name for f in fields(SSHSpec))
 HOST_KEYS = ("address", "devices", "device_ips")
 TRAIN_KEYS = tuple(f.name for f in fields(train_config.TrainConfig))
@@ -260,6 +261,7 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         command=command,
         cwd=cwd,
         console=_console(data.get("console", [0]), sum(len(h.devices) for h in hosts), where),
+        watchdog=_watchdog(data.get("watchdog"), where),
         source=where.source,
     )
 
@@ -402,6 +404,38 @@ def _ssh(raw: Any, where: _Where) -> SSHSpec:
     values["strict_host_keys"] = _boolean(raw.get("strict_host_keys", defaults.strict_host_keys),
                                           ("ssh", "strict_host_keys"), where)
     return SSHSpec(**values)
+
+
+WATCHDOG_KEYS = tuple(f.name for f in fields(WatchdogSpec))
+WATCHDOG_BOUNDS = {"stall_timeout": (5.0, 86400.0), "startup_timeout": (5.0, 86400.0), "beat_interval": (0.2, 600.0)}
+
+
+def _watchdog(raw: Any, where: _Where) -> WatchdogSpec:
+    if raw is None:
+        return WatchdogSpec()
+    if raw is False:
+        return WatchdogSpec(enabled=False)
+    if not isinstance(raw, dict):
+        raise where.error(("watchdog",), f"expected a mapping (stall_timeout, startup_timeout, beat_interval, "
+                          f"enabled) or false, got {_describe(raw)}")
+    _check_keys(raw, WATCHDOG_KEYS, ("watchdog",), where)
+    values: dict[str, Any] = {}
+    if "enabled" in raw:
+        values["enabled"] = _boolean(raw["enabled"], ("watchdog", "enabled"), where)
+    for key, (low, high) in WATCHDOG_BOUNDS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise where.error(("watchdog", key), f"expected a number of seconds, got {_describe(value)}")
+        if not low <= value <= high:
+            raise where.error(("watchdog", key), f"must be {low:g}..{high:g} s, got {value:g}")
+        values[key] = float(value)
+    spec = WatchdogSpec(**values)
+    if spec.beat_interval * 3 >= spec.stall_timeout:
+        raise where.error(("watchdog", "beat_interval"), f"must be under a third of stall_timeout "
+                          f"({spec.stall_timeout:g} s), so a frozen rank is told from a slow one")
+    return spec
 
 
 def _env(raw: Any, where: _Where) -> tuple[tuple[str, str], ...]:
@@ -559,6 +593,7 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         "bind_cores": spec.bind_cores,
         "env": spec.env_dict(),
         "console": "all" if spec.console is None else list(spec.console),
+        "watchdog": {f.name: getattr(spec.watchdog, f.name) for f in fields(WatchdogSpec)},
     }
     if spec.command:
         data["command"] = list(spec.command)

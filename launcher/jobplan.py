@@ -23,12 +23,13 @@ from launcher.protocol import AgentSpec, ProcessSpec
 from launcher.spec import ClusterSpec, HostSpec, Plan
 from launcher.table import format_table
 from mscluster import jobfiles
-from mscluster.rank import ERROR_FILE_ENV, EVENT_FD_ENV, HOST_ENV, RESTART_COUNT_ENV
+from mscluster.rank import BEAT_INTERVAL_ENV, ERROR_FILE_ENV, EVENT_FD_ENV, HOST_ENV, RESTART_COUNT_ENV
 
 JOB_DIR_AT_LAUNCH = "<job dir>"
 EVENT_FD_AT_START = "<pipe fd>"  # the agent opens each process's event pipe and fills in its number
 RANK_TABLE_AT_LAUNCH = "<discovered at launch>"
 PYTHON_WORD = "python"
+BACKEND_MARGIN_S = 30  # the backend's timeouts exceed the watchdog's by this much
 QUIET_GLOG_V = "3"  # MindSpore's log level for the built-in trainer and the scheduler: errors only  # a command's first word that means the cluster's interpreter on that host
 
 
@@ -107,6 +108,27 @@ def train_settings(cluster: ClusterSpec, job_dir_on_host: str, attempt: int) -> 
     return settings
 
 
+def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
+    """The backend's own timeouts, from the watchdog's, so the backend never waits longer than we do.
+
+    cpu: the dynamic cluster's heartbeat (``MS_NODE_TIMEOUT``, 30 s by default) and message wait
+    (``MS_RECEIVE_MSG_TIMEOUT``); ascend: HCCL's collective wait (``HCCL_EXEC_TIMEOUT``, 1836 s by
+    default) and link set-up (``HCCL_CONNECT_TIMEOUT``, 120 s; CANN takes 120..7200). Each is the
+    watchdog's stall (or startup) timeout plus a margin, so the watchdog names the culprit first;
+    a value the cluster file's ``env:`` gives wins.
+    """
+    if not cluster.watchdog.enabled:
+        return {}
+    stall = int(cluster.watchdog.stall_timeout) + BACKEND_MARGIN_S
+    if cluster.backend == "ascend":
+        wanted = {"HCCL_EXEC_TIMEOUT": str(min(stall, 17340)),
+                  "HCCL_CONNECT_TIMEOUT": str(min(max(int(cluster.watchdog.startup_timeout), 120), 7200))}
+    else:
+        wanted = {"MS_NODE_TIMEOUT": str(stall), "MS_RECEIVE_MSG_TIMEOUT": str(stall)}
+    given = cluster.env_dict()
+    return {k: v for k, v in wanted.items() if k not in given}
+
+
 # -- the plan -----------------------------------------------------------------------------------
 
 def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
@@ -134,6 +156,12 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
         def launcher_env(name: str, ours: bool) -> dict[str, str]:
             env = {RESTART_COUNT_ENV: str(attempt), ERROR_FILE_ENV: jobfiles.error_file(jd, name, attempt),
                    HOST_ENV: host.address, EVENT_FD_ENV: EVENT_FD_AT_START, "PYTHONUNBUFFERED": "1"}
+            if "MS_COMPILER_CACHE_ENABLE" not in cluster.env_dict():
+                # MindSpore's graph compile cache, shared by every attempt: a restart compiles less
+                env.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=jobfiles.compile_cache_dir(jd))
+            if cluster.watchdog.enabled:
+                env[BEAT_INTERVAL_ENV] = f"{cluster.watchdog.beat_interval:g}"
+            env.update(backend_timeouts(cluster))
             if ours and "GLOG_v" not in cluster.env_dict():
                 env["GLOG_v"] = QUIET_GLOG_V  # our programs log MindSpore's errors only, unless env: says
             return env

@@ -6,6 +6,7 @@ good checkpoint), up to N times, after a short back-off. ``result.json`` records
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -58,6 +59,13 @@ class AttemptRecord:
     interrupted: bool = False
     root_cause: Optional[dict[str, Any]] = None  # the first failure's RankFailure.to_dict()
     lost: bool = False  # the launcher died during it: known only from its settings file
+    # goodput: seconds from the root cause to the teardown, and to the next attempt's first step;
+    # steps done after the last checkpoint (redone by the next attempt); rank 0's seconds in steps
+    detect_s: Optional[float] = None
+    recover_s: Optional[float] = None
+    steps_lost: Optional[int] = None
+    first_step_at: Optional[float] = None
+    step_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +79,9 @@ class AttemptRecord:
         return AttemptRecord(attempt=raw["attempt"], ok=raw.get("ok") is True, started_at=number("started_at"),
                              ended_at=number("ended_at"), interrupted=raw.get("interrupted") is True,
                              root_cause=raw.get("root_cause") if isinstance(raw.get("root_cause"), dict) else None,
-                             lost=raw.get("lost") is True)
+                             lost=raw.get("lost") is True, detect_s=number("detect_s"), recover_s=number("recover_s"),
+                             steps_lost=raw.get("steps_lost") if isinstance(raw.get("steps_lost"), int) else None,
+                             first_step_at=number("first_step_at"), step_seconds=number("step_seconds") or 0.0)
 
 
 @dataclass
@@ -90,7 +100,28 @@ class JobResult:
         return {"status": self.status, "exit_code": self.exit_code, "job_dir": self.job_dir,
                 "restarts": self.restarts, "eval": self.eval,
                 "failures": [f.to_dict() for f in order_failures(self.failures)],
-                "attempts": [a.to_dict() for a in self.attempts]}
+                "attempts": [a.to_dict() for a in self.attempts], "goodput": goodput(self.attempts)}
+
+
+def goodput(attempts: Sequence[AttemptRecord]) -> dict[str, Any]:
+    """The job's effective-training-time ratio: seconds in steps that count over wall time.
+
+    Steps lost (done after the last checkpoint of a failed attempt) do not count; their time is
+    estimated from that attempt's mean step time.
+    """
+    timed = [a for a in attempts if a.started_at is not None and a.ended_at is not None]
+    if not timed:
+        return {"effective_training_ratio": None}
+    wall = max(a.ended_at for a in timed) - min(a.started_at for a in timed)  # type: ignore[type-var]
+    counted = 0.0
+    for a in timed:
+        seconds = a.step_seconds
+        if a.steps_lost and a.root_cause is not None:
+            steps = max((a.root_cause.get("last_step") or 0), 1)
+            seconds = max(seconds - seconds * a.steps_lost / steps, 0.0)
+        counted += seconds
+    return {"effective_training_ratio": round(counted / wall, 4) if wall > 0 else None,
+            "wall_s": round(wall, 2), "training_s": round(counted, 2)}
 
 
 # -- pure helpers ----------------------------------------------------------------------------------
@@ -331,13 +362,26 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                 agent_cwd=lambda h: launch_dir if by_host[h].is_local else None,
                                 # a remote line carries no user data: the job folder travels in the spec
                                 agent_env=lambda h: {"MSCLUSTER_JOB_DIR": job.agent(h).job_dir} if by_host[h].is_local else {},
-                                sink=sink, attempt=attempt)
+                                sink=sink, attempt=attempt, watch=cluster.watchdog)
         attempt_result = supervisor.run()
         result.failures.extend(attempt_result.failures)
-        root = order_failures(attempt_result.failures)[0].to_dict() if attempt_result.failures else None
+        ordered = order_failures(attempt_result.failures)
+        root = ordered[0].to_dict() if ordered else None
+        detect = lost = None
+        if ordered and attempt_result.stopped_at is not None:
+            detect = round(max(attempt_result.stopped_at - ordered[0].time, 0.0), 3)
+        if root is not None and attempt_result.last_step is not None:
+            lost = max(attempt_result.last_step - (attempt_result.last_checkpoint_step or 0), 0)
+            root["last_step"] = attempt_result.last_step
+        if result.attempts and result.attempts[-1].root_cause and attempt_result.first_step_at is not None:
+            before = result.attempts[-1]  # this attempt's first step ends the previous one's recovery
+            failed_at = float(before.root_cause.get("time") or 0.0)
+            result.attempts[-1] = dataclasses.replace(before, recover_s=round(attempt_result.first_step_at - failed_at, 3))
         result.attempts.append(AttemptRecord(attempt=attempt, ok=attempt_result.ok, started_at=attempt_result.started_at,
                                              ended_at=attempt_result.ended_at, interrupted=attempt_result.interrupted,
-                                             root_cause=root))
+                                             root_cause=root, detect_s=detect, steps_lost=lost,
+                                             first_step_at=attempt_result.first_step_at,
+                                             step_seconds=round(attempt_result.step_seconds, 3)))
         result.restarts = attempt - first
         if attempt_result.eval:
             result.eval = attempt_result.eval

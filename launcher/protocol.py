@@ -1,7 +1,8 @@
 """What the launcher and a host's agent say to each other: one JSON object per line, typed both ways.
 
-Launcher -> agent (stdin): the first line is an ``AgentSpec``; then nothing. EOF on the agent's
-stdin (the launcher closed it, died, or the SSH connection dropped) means: stop every process now.
+Launcher -> agent (stdin): the first line is an ``AgentSpec``; then only the line ``stacks``
+(dump every process's Python stack, for the stall watchdog). EOF on the agent's stdin (the
+launcher closed it, died, or the SSH connection dropped) means: stop every process now.
 
 Agent -> launcher (stdout): one message a line, each a frozen dataclass here:
 
@@ -11,6 +12,7 @@ Agent -> launcher (stdout): one message a line, each a frozen dataclass here:
                                                            (``mscluster.events``; never its output)
     Exited   {"ev": "exit", "name", "rank", "code", "signal", "time", "error"}
                                                            it ended; error = its error file, if any
+    Stacks   {"ev": "stacks", "name", "text", "method"}    its Python stack, asked for by a "stacks" line
     Done     {"ev": "done", "ok"}                          every process of this host has ended
 
 ``decode_message`` checks every field's type and that a process name is one the launcher gave
@@ -26,7 +28,9 @@ from typing import Any, Mapping, Optional, Union
 from mscluster import events
 from mscluster.jobfiles import SCHEDULER, is_process_name
 
-__all__ = ["SCHEDULER", "ProcessSpec", "AgentSpec", "Started", "Output", "Relayed", "Exited", "Done",
+STACKS_REQUEST = "stacks"
+
+__all__ = ["SCHEDULER", "ProcessSpec", "AgentSpec", "Started", "Output", "Relayed", "Exited", "Stacks", "Done",
            "AgentMessage", "ProtocolError", "encode_message", "decode_message", "split_cpus"]
 
 MAX_MESSAGE_BYTES = 1 << 20  # an Output line is capped by the agent at 64 KiB; an error file at 256 KiB
@@ -115,12 +119,22 @@ class Exited:
 
 
 @dataclass(frozen=True)
+class Stacks:
+    """A process's Python stack, captured on the launcher's request (the watchdog)."""
+
+    name: str
+    text: str
+    method: str  # py-spy | none
+    ev = "stacks"
+
+
+@dataclass(frozen=True)
 class Done:
     ok: bool
     ev = "done"
 
 
-AgentMessage = Union[Started, Output, Relayed, Exited, Done]
+AgentMessage = Union[Started, Output, Relayed, Exited, Stacks, Done]
 
 
 class ProtocolError(ValueError):
@@ -152,7 +166,7 @@ def decode_message(line: str) -> AgentMessage:
     if not isinstance(raw, dict):
         raise ProtocolError(f"not a message: {line[:120]!r}")
     kind = raw.get("ev")
-    if kind not in ("done", "started", "out", "event", "exit"):
+    if kind not in ("done", "started", "out", "event", "exit", "stacks"):
         raise ProtocolError(f"unknown message kind {str(kind)[:40]!r}")
     if kind == "done":
         return Done(ok=_typed(raw, "ok", bool))
@@ -174,6 +188,11 @@ def decode_message(line: str) -> AgentMessage:
             return Relayed(name=name, event=events.from_dict(raw.get("event")))
         except events.EventError as exc:
             raise ProtocolError(f"event: {exc}") from None
+    if kind == "stacks":
+        method = raw.get("method")
+        if method not in ("py-spy", "none"):
+            raise ProtocolError(f"stacks: unknown method {method!r}")
+        return Stacks(name=name, text=_typed(raw, "text", str), method=method)
     if kind == "exit":
         when = raw.get("time")
         if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):

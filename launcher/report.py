@@ -29,8 +29,11 @@ class RankFailure:
     traceback_tail: tuple[str, ...] = ()
     during_teardown: bool = False  # stopped by us after the root cause, not a cause itself
     attempt: int = 0
+    reason: Optional[str] = None  # what happened when it is not an exit: "stalled"
 
     def outcome(self) -> str:
+        if self.reason:
+            return self.reason
         if self.signal:
             return self.signal
         return f"exit {self.exit_code}" if self.exit_code is not None else "lost"
@@ -39,7 +42,7 @@ class RankFailure:
         return {"host": self.host, "name": self.name, "rank": self.rank, "device_id": self.device_id,
                 "exit_code": self.exit_code, "signal": self.signal, "time": self.time,
                 "log": self.log_path, "message": self.message, "traceback_tail": list(self.traceback_tail),
-                "during_teardown": self.during_teardown, "attempt": self.attempt}
+                "during_teardown": self.during_teardown, "attempt": self.attempt, "reason": self.reason}
 
 
 def order_failures(failures: Sequence[RankFailure]) -> list[RankFailure]:

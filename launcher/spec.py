@@ -33,6 +33,21 @@ class SSHSpec:
 
 
 @dataclass(frozen=True)
+class WatchdogSpec:
+    """When a rank counts as stalled, and how often ranks say they are alive (seconds)."""
+
+    enabled: bool = True
+    stall_timeout: float = 300.0  # no step for this long after the first step
+    startup_timeout: float = 900.0  # no first step for this long after the attempt began
+    beat_interval: float = 5.0  # a liveness beat from each rank's background thread
+
+    @property
+    def frozen_after(self) -> float:
+        """Seconds without a beat after which a rank counts as frozen (three beats missed)."""
+        return 3 * self.beat_interval + 1.0
+
+
+@dataclass(frozen=True)
 class HostSpec:
     """One host of the cluster and the devices (NPUs, or CPU worker slots) it runs ranks on."""
 
@@ -66,6 +81,7 @@ class ClusterSpec:
     command: tuple[str, ...] = ()  # the argv every rank runs; () = the built-in trainer with train:
     cwd: Optional[str] = None  # a command's folder on every host; None = the folder launch runs in
     console: Optional[tuple[int, ...]] = (0,)  # ranks whose every line the terminal shows; None = all
+    watchdog: WatchdogSpec = field(default_factory=WatchdogSpec)
     source: str = "<cluster file>"  # the path it was read from, for messages
 
     @property

@@ -107,6 +107,8 @@ class StatusWriter:
             proc.update(state=RUNNING, pid=msg.pid)
         elif isinstance(msg, Relayed):
             event = msg.event
+            if isinstance(event, events.Beat):
+                return  # liveness is the watchdog's; status shows steps
             if isinstance(event, events.Progress):
                 proc.update(progress_fields(event))
             elif isinstance(event, events.Eval):

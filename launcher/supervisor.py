@@ -29,15 +29,18 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, Mapping, Optional, TextIO, Union
 
 from launcher.executor import Executor, Session
-from launcher.protocol import (AgentMessage, AgentSpec, Done, Exited, Output, ProtocolError, Relayed, Started,
-                               decode_message)
+from launcher import watchdog
+from launcher.protocol import (STACKS_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output, ProtocolError, Relayed,
+                               Stacks, Started, decode_message)
 from launcher.report import RankFailure, traceback_tail
+from launcher.spec import WatchdogSpec
 from launcher.status import StatusWriter
 from mscluster import events, jobfiles
 
 logger = logging.getLogger(__name__)
 
 STOP_MARGIN_S = 15.0
+STACKS_WAIT_S = 12.0  # how long a stall waits for every process's stack before it reports
 OUTPUT_TAIL = 30
 AGENT = "agent"  # the name of a host's agent in logs and failure tables
 
@@ -60,6 +63,11 @@ class AttemptResult:
     eval: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0
     ended_at: float = 0.0
+    first_step_at: Optional[float] = None  # wall time the first step of any rank arrived
+    last_step: Optional[int] = None  # the highest step rank 0 reported
+    last_checkpoint_step: Optional[int] = None  # the step of the last complete checkpoint reported
+    stopped_at: Optional[float] = None  # wall time the teardown began (None: it ended by itself)
+    step_seconds: float = 0.0  # wall time between rank 0's first and last step of this attempt
 
     @property
     def ok(self) -> bool:
@@ -230,10 +238,19 @@ class Supervisor:
 
     def __init__(self, specs: Mapping[str, AgentSpec], executors: Mapping[str, Executor],
                  agent_argv: Callable[[str], list[str]], agent_cwd: Callable[[str], Optional[str]],
-                 sink: LogSink, attempt: int = 0, agent_env: Callable[[str], Mapping[str, str]] = lambda h: {}):
+                 sink: LogSink, attempt: int = 0, agent_env: Callable[[str], Mapping[str, str]] = lambda h: {},
+                 watch: WatchdogSpec = WatchdogSpec(enabled=False)):
         self.hosts = {h: _Host(spec, executors[h]) for h, spec in specs.items()}
         self.agent_argv, self.agent_cwd, self.sink, self.attempt = agent_argv, agent_cwd, sink, attempt
         self.agent_env = agent_env
+        self.watch = watch
+        self.started_mono = time.monotonic()
+        self.liveness = {(h, p.name): watchdog.Liveness(p.name, h, p.rank)
+                         for h, host in self.hosts.items() for p in host.spec.processes if p.rank is not None}
+        self.stall_since: Optional[float] = None  # a stall was found; stacks are being gathered
+        self.stacks: dict[str, str] = {}
+        self.exited: set = set()
+        self._rank0_first_step_at: Optional[float] = None
         self.items: "queue.Queue[tuple[str, HostItem]]" = queue.Queue()
         self.tails: dict[tuple[str, str, str], Deque[str]] = collections.defaultdict(  # (host, name, stream)
             lambda: collections.deque(maxlen=OUTPUT_TAIL))
@@ -271,6 +288,7 @@ class Supervisor:
             return
         self.state = AttemptState.STOPPING
         self.stopping_since = time.monotonic()
+        self.result.stopped_at = time.time()
         logger.warning("stopping every rank: %s", why)
         for host in self.hosts.values():
             if host.session is not None:
@@ -317,7 +335,7 @@ class Supervisor:
         self.stop(f"lost the agent on {host}")
 
     def _handle(self, host: str, item: HostItem) -> None:
-        if isinstance(item, (Started, Output, Relayed, Exited)) and (host, item.name) not in self._proc_info:
+        if isinstance(item, (Started, Output, Relayed, Exited, Stacks)) and (host, item.name) not in self._proc_info:
             self.sink.write(host, AGENT, f"mscluster: the agent on {host} spoke of an unknown process {item.name!r}")
             return
         if not isinstance(item, (AgentStderr, AgentGone)):
@@ -327,8 +345,18 @@ class Supervisor:
                 self.tails[(host, item.name, item.stream)].append(item.line)
             self.sink.write(host, item.name, item.line)
         elif isinstance(item, Relayed):
+            live = self.liveness.get((host, item.name))
+            if live is not None and isinstance(item.event, (events.Beat, events.Progress)):
+                live.last_beat = time.monotonic()  # any word from it: it is alive
+                if isinstance(item.event, events.Progress):
+                    live.last_step, live.last_progress = item.event.step, live.last_beat
+                    self._count_step(live.rank, item.event.step)
+            if isinstance(item.event, events.Checkpoint):
+                self.result.last_checkpoint_step = item.event.step
             if isinstance(item.event, events.Eval):
                 self.result.eval = {"epoch": item.event.epoch, **item.event.metrics}
+        elif isinstance(item, Stacks):
+            self.stacks[item.name] = item.text
         elif isinstance(item, Started):
             self.sink.open(item.name)
             h = self.hosts[host]
@@ -337,6 +365,7 @@ class Supervisor:
                     len(x.started) == len(x.spec.processes) for x in self.hosts.values()):
                 self.state = AttemptState.RUNNING
         elif isinstance(item, Exited):
+            self.exited.add((host, item.name))
             self._on_exit(host, item)
         elif isinstance(item, Done):
             self.hosts[host].done = True
@@ -346,6 +375,70 @@ class Supervisor:
             self.sink.write(host, AGENT, item.line)
         elif isinstance(item, AgentGone):
             self._on_gone(host, item)
+
+    def _count_step(self, rank: int, step: int) -> None:
+        """Goodput bookkeeping: when steps began to arrive, how far rank 0 got, and in what time."""
+        now = time.time()
+        if self.result.first_step_at is None:
+            self.result.first_step_at = now
+        if rank == 0:
+            if self._rank0_first_step_at is None:
+                self._rank0_first_step_at = now
+            self.result.last_step = step
+            self.result.step_seconds = now - self._rank0_first_step_at
+
+    # -- the stall watchdog ------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Find a stall; then gather every process's stack, name the culprit, and stop the job."""
+        if self.stopping_since is not None or not self.watch.enabled:
+            return
+        now = time.monotonic()
+        if self.stall_since is None:
+            if not watchdog.stalled(list(self.liveness.values()), now, self.started_mono, self.watch):
+                return
+            self.stall_since = now
+            logger.warning("a rank has stalled: capturing every rank's stack before stopping the job")
+            for host in self.hosts.values():
+                if host.session is not None and not host.gone:
+                    try:
+                        host.session.write(STACKS_REQUEST + "\n")
+                    except BrokenPipeError:
+                        pass
+            return
+        alive = [n for (h, n) in self._proc_info if (h, n) not in self.exited and not self.hosts[h].gone]
+        if now - self.stall_since < STACKS_WAIT_S and not all(n in self.stacks for n in alive):
+            return
+        self._report_stall(now)
+
+    def _report_stall(self, now: float) -> None:
+        ranks = list(self.liveness.values())
+        culprit = watchdog.choose_culprit(ranks, self.stacks, now, self.watch)
+        stalled = watchdog.stalled(ranks, self.stall_since or now, self.started_mono, self.watch)
+        longest = max((watchdog.idle_seconds(r, self.stall_since or now, self.started_mono) for r in stalled),
+                      default=0.0)
+        summary = f"stalled: no step for {longest:.0f} s (stall_timeout {self.watch.stall_timeout:g} s)"
+        if culprit.name is not None:
+            live = next(r for r in ranks if r.name == culprit.name and r.host == culprit.host)
+            proc = self._proc_info.get((culprit.host, culprit.name))
+            frames = watchdog.main_thread_frames(self.stacks.get(culprit.name, ""))[:watchdog.TOP_FRAMES]
+            step = "no step yet" if live.last_step is None else f"last step {live.last_step}"
+            # its time is when it last made progress (or began): the table and detect_s say how long it hung
+            since = live.last_progress if live.last_progress is not None else self.started_mono
+            failure = RankFailure(host=culprit.host or "?", name=culprit.name, rank=live.rank,
+                                  device_id=proc.device_id if proc else None, exit_code=None, signal=None,
+                                  time=time.time() - (now - since), log_path=self.sink.path(culprit.name),
+                                  message=f"{summary}, {step}; the culprit: {culprit.why}",
+                                  traceback_tail=tuple(frames), attempt=self.attempt, reason="stalled")
+        else:
+            lead = min(ranks, key=lambda r: r.rank)
+            frames = watchdog.main_thread_frames(self.stacks.get(lead.name, ""))[:watchdog.TOP_FRAMES]
+            failure = RankFailure(host=lead.host, name="all ranks", rank=None, device_id=None, exit_code=None,
+                                  signal=None, time=time.time(), log_path=None,
+                                  message=f"{summary}: {culprit.why}; every stack is in errors/stacks-attempt"
+                                          f"{self.attempt}/", traceback_tail=tuple(frames), attempt=self.attempt,
+                                  reason="stalled")
+        self.result.failures.append(failure)
+        self.stop(f"{failure.name} on {failure.host} stalled")
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> AttemptResult:
@@ -357,8 +450,9 @@ class Supervisor:
         try:
             while not all(h.gone for h in self.hosts.values()):
                 self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
+                self._watch()
                 try:
-                    host, item = self.items.get(timeout=0.5)
+                    host, item = self.items.get(timeout=0.25)
                 except queue.Empty:
                     continue
                 self._handle(host, item)

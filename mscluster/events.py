@@ -8,6 +8,7 @@ again, since it trusts no message blindly. Kinds:
     progress    {"v": 1, "kind": "progress", "time", "step", "epoch"?, "loss"?, "scalars": {name: number}}
     eval        {"v": 1, "kind": "eval", "time", "epoch", "metrics": {name: number}}
     checkpoint  {"v": 1, "kind": "checkpoint", "time", "path", "step"}
+    beat        {"v": 1, "kind": "beat", "time"}     every few seconds from a thread: alive, not frozen
 
 ``step`` counts the program's own steps (the built-in trainer: optimizer steps); numbers may be
 NaN or infinite (a diverged loss is worth seeing). Pure data: no I/O, no MindSpore, no launcher.
@@ -62,7 +63,15 @@ class Checkpoint:
     kind = "checkpoint"
 
 
-RankEvent = Union[Progress, Eval, Checkpoint]
+@dataclass(frozen=True)
+class Beat:
+    """The process is alive: sent every few seconds by a background thread, whatever training does."""
+
+    time: float
+    kind = "beat"
+
+
+RankEvent = Union[Progress, Eval, Checkpoint, Beat]
 
 
 def encode(event: RankEvent) -> str:
@@ -77,6 +86,8 @@ def encode(event: RankEvent) -> str:
         body["scalars"] = dict(event.scalars)
     elif isinstance(event, Eval):
         body.update(epoch=event.epoch, metrics=dict(event.metrics))
+    elif isinstance(event, Beat):
+        pass
     else:
         body.update(path=event.path, step=event.step)
     return json.dumps(body, separators=(",", ":"), allow_nan=True)
@@ -117,6 +128,9 @@ def from_dict(raw: Any) -> RankEvent:
     if kind == "eval":
         _only(raw, {"v", "kind", "time", "epoch", "metrics"})
         return Eval(epoch=_count(raw, "epoch"), time=when, metrics=_numbers(raw, "metrics"))
+    if kind == "beat":
+        _only(raw, {"v", "kind", "time"})
+        return Beat(time=when)
     if kind == "checkpoint":
         _only(raw, {"v", "kind", "time", "path", "step"})
         path = raw.get("path")

@@ -12,6 +12,8 @@
     <job>/errors/<name>.attempt<k>.json  the error file of a process that died of an exception
     <job>/checkpoints/                 rank 0's checkpoints
     <job>/tensorboard/rank_<N>/        each rank's TensorBoard events
+    <job>/compile_cache/               MindSpore's graph compile cache, shared by every attempt
+    <job>/errors/stacks-attempt<k>/rank_<N>.txt   every rank's Python stack when attempt k stalled
 """
 from __future__ import annotations
 
@@ -72,6 +74,20 @@ def settings_attempt(file_name: str) -> Optional[int]:
     """The attempt a ``train.attempt<k>.yaml`` file belongs to; None for any other name."""
     match = _SETTINGS_FILE.fullmatch(file_name)
     return int(match.group(1)) if match else None
+
+
+def compile_cache_dir(job_dir: str) -> str:
+    return os.path.join(job_dir, "compile_cache")
+
+
+def stacks_dir(job_dir: str, attempt: int) -> str:
+    return os.path.join(job_dir, ERRORS_DIR, f"stacks-attempt{attempt}")
+
+
+def stack_file_name(name: str) -> str:
+    """``rank3`` -> ``rank_3.txt``; ``scheduler`` -> ``scheduler.txt``."""
+    rank = rank_of(name)
+    return f"rank_{rank}.txt" if rank is not None else f"{name}.txt"
 
 
 def checkpoints_dir(job_dir: str) -> str:

@@ -60,10 +60,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from launcher.launch import LaunchRequest, launch
     from launcher.report import format_failures
 
-    def on_term(signum, frame):  # a TERM to the launcher stops the job like Ctrl-C does
+    def on_term(signum, frame):  # TERM, or HUP (its terminal closed), stops the job like Ctrl-C does
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
     request = LaunchRequest(args.cluster, tuple(flatten(args.set)), args.job_dir, args.grace_period,
                             command=args.program, console=args.console)
     result = launch(request, console=None if args.quiet else sys.stdout)

@@ -37,6 +37,7 @@ ERROR_FILE_ENV = "MSCLUSTER_ERROR_FILE"
 JOB_DIR_ENV = "MSCLUSTER_JOB_DIR"
 HOST_ENV = "MSCLUSTER_HOST"
 RESTART_COUNT_ENV = "MSCLUSTER_RESTART_COUNT"
+BEAT_INTERVAL_ENV = "MSCLUSTER_BEAT_INTERVAL"  # seconds between liveness beats; 0 or unset: none
 
 SINGLE = "single"                    # one process, no launcher
 DYNAMIC_CLUSTER = "dynamic_cluster"  # MindSpore's scheduler + workers (MS_ROLE ...)
@@ -93,6 +94,8 @@ def rank_info(environ: Optional[Mapping[str, str]] = None) -> RankInfo:
         RankEnvError: a variable is not an integer, or a rank is out of range.
     """
     env = os.environ if environ is None else environ
+    if environ is None:
+        _channel.start_beats()  # a rank that asks who it is is watched from now on (see report)
     job_dir = env.get(JOB_DIR_ENV) or None
     common: dict[str, Any] = {
         "host": env.get(HOST_ENV) or socket.gethostname(),
@@ -187,6 +190,7 @@ class _Channel:
         self._fd: Optional[int] = None
         self._pid: Optional[int] = None
         self._dead = False
+        self._beating: Optional[int] = None  # the pid for which beats were decided (and started, if asked)
 
     def _open(self) -> Optional[int]:
         if self._pid != os.getpid():  # first use, or a forked child: look again
@@ -204,7 +208,32 @@ class _Channel:
                 self._dead = True
         return None if self._dead else self._fd
 
+    def start_beats(self) -> None:
+        """Start the liveness thread once per process (when the launcher asked for beats)."""
+        with self._lock:
+            if self._beating == os.getpid():  # decided for this process already
+                return
+            self._beating = os.getpid()
+            if self._open() is None:
+                return
+            try:
+                interval = float(os.environ.get(BEAT_INTERVAL_ENV, "0"))
+            except ValueError:
+                interval = 0.0
+            if not (interval > 0 and interval < 3600):
+                return
+        thread = threading.Thread(target=self._beat, args=(interval,), name="mscluster-beat", daemon=True)
+        thread.start()
+        self.send(events.Beat(time=time.time()))
+
+    def _beat(self, interval: float) -> None:
+        while not self._dead:
+            time.sleep(interval)
+            self.send(events.Beat(time=time.time()))
+
     def send(self, event: events.RankEvent) -> None:
+        if self._beating != os.getpid() and not isinstance(event, events.Beat):
+            self.start_beats()
         data = (events.encode(event) + "\n").encode("utf-8")
         with self._lock:
             fd = self._open()
@@ -221,7 +250,11 @@ _channel = _Channel()
 
 
 def report(step: int, *, epoch: Optional[int] = None, loss: Optional[float] = None, **scalars: float) -> None:
-    """Tell the launcher that step ``step`` is done (``mscluster status``, ``status.json``).
+    """Tell the launcher that step ``step`` is done (``mscluster status``, ``status.json``, the watchdog).
+
+    The first call (or ``rank_info()``) also starts a thread that sends a liveness beat every
+    ``MSCLUSTER_BEAT_INTERVAL`` seconds: the launcher's watchdog then tells a process whose
+    training is stuck (beats, no steps) from one that is frozen (neither).
 
     Args:
         step: the program's step count, >= 0 (the built-in trainer: the global optimizer step).

@@ -66,6 +66,8 @@ class TrainConfig:
     debug_fail_signal: int = 0  # > 0: die by this signal instead (9 = SIGKILL, as the OOM killer does)
     debug_fail_attempt: Optional[int] = None  # fire the debug_* hooks only on this attempt (MSCLUSTER_RESTART_COUNT)
     debug_pause_in_save: float = 0.0  # seconds to keep a checkpoint half-written before finishing it
+    debug_hang_step: Optional[int] = None  # test-only: sleep (in Python, inside the step) at this global step
+    debug_hang_rank: Optional[int] = None  # ... on this rank (None: every rank)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,7 +104,8 @@ POSITIVE = {"image_size", "num_classes", "num_parallel_workers", "width", "epoch
             "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale"}
 NON_NEGATIVE = {"warmup_epochs", "momentum", "weight_decay", "seed", "save_every_epochs",
                 "save_every_steps", "eval_every_epochs", "debug_fail_rank", "debug_fail_step",
-                "debug_fail_signal", "debug_fail_attempt", "debug_pause_in_save"}
+                "debug_fail_signal", "debug_fail_attempt", "debug_pause_in_save", "debug_hang_step",
+                "debug_hang_rank"}
 
 
 # upper bounds of counts, with why: a typo here would otherwise run for days or exhaust memory

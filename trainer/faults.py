@@ -1,7 +1,8 @@
 """Test-only fault injection, kept out of the training loop's way: the ``debug_*`` settings.
 
 ``debug_fail_step`` (with ``debug_fail_rank``, ``debug_fail_exit_code``, ``debug_fail_signal``)
-makes a rank fail at a global step as a crashing program would; ``debug_pause_in_save`` holds a
+makes a rank fail at a global step as a crashing program would; ``debug_hang_step`` (with
+``debug_hang_rank``) makes it sleep inside a step, stuck in Python; ``debug_pause_in_save`` holds a
 checkpoint half-written; ``debug_fail_attempt`` limits both to one attempt of a job (a restart
 then runs clean). The loop only adds the callbacks ``fault_callbacks`` returns and wraps its
 ``Model.train`` call in ``dying_as_asked``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Iterator
 
 from mindspore.train import Callback
@@ -49,11 +51,33 @@ class FaultInjector(Callback):
                                 self.exit_code)
 
 
+class Hang(Callback):
+    """Sleep inside the step once the monitor's global step reaches ``step``: stuck in Python."""
+
+    def __init__(self, monitor, step: int):
+        super().__init__()
+        self.monitor, self.step = monitor, step
+
+    def on_train_step_end(self, run_context) -> None:
+        if self.monitor.global_step == self.step:
+            hang_in_python(3600.0)
+
+
+def hang_in_python(seconds: float) -> None:
+    """The frame the watchdog's stack shows for a rank stuck in Python."""
+    time.sleep(seconds)
+
+
 def fault_callbacks(cfg: TrainConfig, info: RankInfo, monitor) -> list:
     """The callbacks the settings ask for on this rank in this attempt (usually none)."""
-    if cfg.debug_fail_step is None or cfg.debug_fail_rank not in (None, info.rank) or not armed(cfg, info):
+    if not armed(cfg, info):
         return []
-    return [FaultInjector(monitor, cfg.debug_fail_step, cfg.debug_fail_exit_code, info.rank)]
+    out: list = []
+    if cfg.debug_fail_step is not None and cfg.debug_fail_rank in (None, info.rank):
+        out.append(FaultInjector(monitor, cfg.debug_fail_step, cfg.debug_fail_exit_code, info.rank))
+    if cfg.debug_hang_step is not None and cfg.debug_hang_rank in (None, info.rank):
+        out.append(Hang(monitor, cfg.debug_hang_step))
+    return out
 
 
 @contextlib.contextmanager

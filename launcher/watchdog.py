@@ -1,0 +1,110 @@
+"""The stall watchdog's decisions: which ranks have stalled, and which one is the culprit. Pure.
+
+Times are the launcher's own (``time.monotonic()`` when a message arrived), so no clock of any
+host has to agree with another. A rank is watched once it has sent a liveness beat
+(``mscluster.rank`` sends one every ``beat_interval`` seconds from a thread): a program that never
+uses ``mscluster.rank`` is not watched.
+
+A rank has stalled when it has reported no step for ``stall_timeout`` seconds after its first
+step, or for ``startup_timeout`` seconds before it. The culprit, in this order:
+
+1. the rank whose liveness beats stopped: the process is frozen (SIGSTOP, a hung kernel call);
+2. otherwise the rank with the lowest step: the others wait for it in a collective;
+3. otherwise the rank whose stack is outside MindSpore: stuck in Python (a sleep, a lock, I/O)
+   while the others wait inside MindSpore's collective;
+4. otherwise no one: "all ranks stuck at step N", with every stack.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from launcher.spec import WatchdogSpec
+
+TOP_FRAMES = 6
+
+
+@dataclass
+class Liveness:
+    """What the launcher has heard from one rank in this attempt."""
+
+    name: str
+    host: str
+    rank: int
+    last_beat: Optional[float] = None
+    last_step: Optional[int] = None
+    last_progress: Optional[float] = None  # when the last step arrived
+
+    @property
+    def watched(self) -> bool:
+        return self.last_beat is not None
+
+
+@dataclass(frozen=True)
+class Culprit:
+    name: Optional[str]  # None: every rank is stuck alike
+    host: Optional[str]
+    why: str
+
+
+def stalled(ranks: Sequence[Liveness], now: float, started_at: float, spec: WatchdogSpec) -> list[Liveness]:
+    """The watched ranks past their timeout (none when the watchdog is off)."""
+    if not spec.enabled:
+        return []
+    out = []
+    for r in ranks:
+        if not r.watched:
+            continue
+        if r.last_progress is not None:
+            if now - r.last_progress > spec.stall_timeout:
+                out.append(r)
+        elif now - started_at > spec.startup_timeout:
+            out.append(r)
+    return out
+
+
+def idle_seconds(rank: Liveness, now: float, started_at: float) -> float:
+    return now - (rank.last_progress if rank.last_progress is not None else started_at)
+
+
+def main_thread_frames(stack: str) -> list[str]:
+    """The frames of the main thread in a ``py-spy dump`` (innermost first), or of the first thread."""
+    lines = stack.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Thread ")]
+    if not starts:
+        return [line.strip() for line in lines if line.strip()][:TOP_FRAMES]
+    main = next((i for i in starts if '"MainThread"' in lines[i]), starts[0])
+    frames = []
+    for line in lines[main + 1:]:
+        if not line.startswith((" ", "\t")) or not line.strip():
+            break
+        frames.append(line.strip())
+    return frames
+
+
+def inside_mindspore(stack: str) -> bool:
+    """Whether the main thread's innermost frame is MindSpore's (a collective, a graph run)."""
+    frames = main_thread_frames(stack)
+    return bool(frames) and "mindspore" in frames[0]
+
+
+def choose_culprit(ranks: Sequence[Liveness], stacks: Mapping[str, str], now: float,
+                   spec: WatchdogSpec) -> Culprit:
+    watched = [r for r in ranks if r.watched]
+    frozen = [r for r in watched if now - (r.last_beat or now) > spec.frozen_after]
+    if frozen:
+        r = min(frozen, key=lambda x: x.last_beat or 0.0)
+        return Culprit(r.name, r.host, f"frozen: its liveness beats stopped {now - (r.last_beat or now):.0f} s ago")
+    steps = {r.name: (r.last_step if r.last_step is not None else -1) for r in watched}
+    if len(set(steps.values())) > 1:
+        r = min(watched, key=lambda x: (steps[x.name], x.rank))
+        behind = "no step yet" if steps[r.name] < 0 else f"at step {steps[r.name]}"
+        return Culprit(r.name, r.host, f"the lowest step: {behind} while others reached {max(steps.values())}")
+    outside = [r for r in watched if r.name in stacks and not inside_mindspore(stacks[r.name])]
+    if len(outside) == 1 or (outside and len(outside) < len(watched)):
+        r = outside[0]
+        frame = main_thread_frames(stacks[r.name])[:1]
+        return Culprit(r.name, r.host, "stuck in Python outside MindSpore" + (f" ({frame[0]})" if frame else "")
+                       + " while the others wait in a collective")
+    step = next(iter(steps.values()), -1)
+    return Culprit(None, None, f"all ranks stuck at step {step}" if step >= 0 else "all ranks stuck before their first step")

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""How fast a failure is detected and the job is back: a killed rank, a frozen one, one stuck in Python.
+
+Each case is a real 2-rank ``mscluster launch`` of the built-in trainer on this machine with
+``restarts: 1`` and a checkpoint every few steps; the fault hits rank 1 (or rank 0 for the Python
+hang) at a fixed step of attempt 0. From ``result.json`` (the launcher's own clock):
+
+- ``detect_s``: from the fault to the teardown's start. A SIGKILL is seen at the exit; a stall
+  counts from the rank's last step, so it is ``stall_timeout`` plus the stack capture.
+- ``recover_s``: from the fault to the first step of the restarted attempt (back-off included).
+- ``cold_first_step_s``: attempt 0's start to its first step; ``restart_over_cold`` compares the
+  restarted attempt's own start-to-first-step with it (target: at most 0.5).
+
+Every case runs with MindSpore's compile cache on (the default) and off (``env:
+{MS_COMPILER_CACHE_ENABLE: "0"}``). A lost host link is not measured here: the launcher's
+keepalive for it is not built yet.
+
+Usage: .venv/bin/python scripts/bench_recovery.py [--arch resnet50] [--stall-timeout 15]
+Prints one JSON document, with the CPU model. About 10 minutes with the defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+import yaml
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+FAULT_STEP = 6
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def _status_step(job: str, rank: int) -> int:
+    try:
+        with open(os.path.join(job, "status.json")) as handle:
+            return json.load(handle)["processes"][f"rank{rank}"].get("global_step") or 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _rank_pid(job: str, rank: int) -> Optional[int]:
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if env.get("MSCLUSTER_JOB_DIR") == os.path.abspath(job) and env.get("MS_ROLE") == "MS_WORKER" \
+                and env.get("RANK_ID") == str(rank):
+            return proc.pid
+    return None
+
+
+def run_case(tmp: str, data_dir: str, case: str, cache: bool, arch: str, stall: float) -> dict[str, Any]:
+    work = tempfile.mkdtemp(dir=tmp, prefix=f"{case}-{'cache' if cache else 'nocache'}-")
+    train = {"arch": arch, "stem": "cifar", "width": 16 if arch == "resnet18" else 64, "image_size": 32,
+             "batch_size": 16, "epochs": 1, "steps_per_epoch": 40, "save_every_steps": 4, "lr": 0.01,
+             "log_every_steps": 1, "eval_every_epochs": 0, "tensorboard": False, "data_dir": data_dir}
+    if case == "python_hang":
+        train.update(debug_hang_step=FAULT_STEP, debug_hang_rank=0, debug_fail_attempt=0)
+    env = {"MS_TOPO_TIMEOUT": "120"}
+    if not cache:
+        env["MS_COMPILER_CACHE_ENABLE"] = "0"
+    cluster = {"name": "rec", "backend": "cpu", "hosts": [{"address": "localhost", "devices": 2}], "restarts": 1,
+               "env": env, "train": train, "workdir": os.path.join(work, "runs"),
+               "watchdog": {"stall_timeout": stall, "startup_timeout": 600, "beat_interval": 1}}
+    path = os.path.join(work, "c.yaml")
+    with open(path, "w") as handle:
+        yaml.safe_dump(cluster, handle)
+    job = os.path.join(work, "job")
+    proc = subprocess.Popen([sys.executable, "-m", "mscluster.cli", "launch", path, "--job-dir", job, "-q"],
+                            cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    fault_at = None
+    try:
+        victim = 0 if case == "python_hang" else 1
+        deadline = time.monotonic() + 600
+        while _status_step(job, victim) < FAULT_STEP and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        if case == "sigkill":
+            os.kill(_rank_pid(job, 1), signal.SIGKILL)
+        elif case == "sigstop":
+            os.kill(_rank_pid(job, 1), signal.SIGSTOP)
+        fault_at = time.time()
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    with open(os.path.join(job, "result.json")) as handle:
+        result = json.load(handle)
+    first, second = result["attempts"][0], result["attempts"][-1]
+    root = first.get("root_cause") or {}
+    detected_at = (root.get("time") or 0.0) + (first.get("detect_s") or 0.0)
+    cold = (first["first_step_at"] - first["started_at"]) if first.get("first_step_at") else None
+    warm = (second["first_step_at"] - second["started_at"]) if second.get("first_step_at") else None
+    return {"case": case, "compile_cache": cache, "status": result["status"], "root_cause": root.get("name"),
+            "why": root.get("reason") or root.get("signal") or root.get("exit_code"),
+            "detect_s": round(detected_at - fault_at, 2) if fault_at and root else None,
+            "recover_s": round(second["first_step_at"] - fault_at, 2) if second.get("first_step_at") and fault_at else None,
+            "cold_first_step_s": round(cold, 2) if cold else None,
+            "restart_first_step_s": round(warm, 2) if warm else None,
+            "restart_over_cold": round(warm / cold, 3) if cold and warm else None,
+            "steps_lost": first.get("steps_lost"), "goodput": result.get("goodput")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50"))
+    parser.add_argument("--stall-timeout", type=float, default=15.0)
+    parser.add_argument("--cases", default="sigkill,sigstop,python_hang")
+    args = parser.parse_args()
+    from trainer.standin import make_digits_standin
+
+    out: dict[str, Any] = {"cpu": cpu_model(), "cpus": os.cpu_count(), "arch": args.arch,
+                           "stall_timeout": args.stall_timeout, "results": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = make_digits_standin(os.path.join(tmp, "data")).dir
+        for case in args.cases.split(","):
+            for cache in (True, False):
+                out["results"].append(run_case(tmp, data_dir, case, cache, args.arch, args.stall_timeout))
+                print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Feature: the stall watchdog names the stuck rank, with its stack, and the job comes back.
+
+Description: the culprit rules on made-up liveness and real py-spy output; then real 2-rank jobs
+of the built-in trainer with a short ``stall_timeout``: rank 1 frozen with SIGSTOP mid-run, and
+rank 0 stuck in Python (a sleep inside a step, the test-only ``debug_hang_step``), each with
+``restarts: 1``.
+Expectation: within ``stall_timeout + 10`` s the failure table names the frozen rank as the
+stalled root cause (frozen, and why), or rank 0 with its sleeping frame; every rank's stack is in
+``errors/stacks-attempt0/``; the restart completes from the checkpoint and nothing is left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from helpers import job_processes, kill_group, launch_argv, wait_for, write_cluster
+from launcher import watchdog
+from launcher.spec import WatchdogSpec
+
+SPY_WAITING = """Process 4242: python -m mscluster.cli train --config j/train.attempt0.yaml
+Python v3.11.7 (/usr/bin/python3.11)
+
+Thread 4242 (idle): "MainThread"
+    __call__ (mindspore/common/api.py:1077)
+    _run_construct (mindspore/nn/cell.py:711)
+    _train_process (mindspore/train/model.py:1322)
+    train (trainer/train.py:290)
+Thread 4250 (idle): "mscluster-beat"
+    _beat (mscluster/rank.py:231)
+"""
+SPY_SLEEPING = """Process 4243: python -m mscluster.cli train --config j/train.attempt0.yaml
+Python v3.11.7 (/usr/bin/python3.11)
+
+Thread 4243 (idle): "MainThread"
+    hang_in_python (trainer/faults.py:59)
+    on_train_step_end (trainer/faults.py:53)
+    on_train_step_end (mindspore/train/callback/_callback.py:402)
+"""
+SPEC = WatchdogSpec(stall_timeout=30, startup_timeout=60, beat_interval=2)
+
+
+def _ranks(*specs):
+    return [watchdog.Liveness(f"rank{i}", "h", i, last_beat=beat, last_step=step, last_progress=progress)
+            for i, (beat, step, progress) in enumerate(specs)]
+
+
+def test_a_stall_is_counted_from_the_last_step_or_from_the_start():
+    ranks = _ranks((99.0, 5, 60.0), (99.0, 5, 80.0), (None, None, None))  # rank 2 never beat: not watched
+    assert [r.name for r in watchdog.stalled(ranks, now=100.0, started_at=0.0, spec=SPEC)] == ["rank0"]
+    fresh = _ranks((99.0, None, None))
+    assert watchdog.stalled(fresh, now=59.0, started_at=0.0, spec=SPEC) == []
+    assert len(watchdog.stalled(fresh, now=61.0, started_at=0.0, spec=SPEC)) == 1
+    assert watchdog.stalled(ranks, 1000.0, 0.0, WatchdogSpec(enabled=False)) == []
+
+
+def test_the_culprit_is_the_frozen_then_the_slowest_then_the_one_outside_mindspore():
+    frozen = _ranks((99.0, 5, 60.0), (40.0, 5, 60.0))
+    c = watchdog.choose_culprit(frozen, {}, now=100.0, spec=SPEC)
+    assert c.name == "rank1" and c.why.startswith("frozen: its liveness beats stopped 60 s ago")
+    behind = _ranks((99.0, 7, 60.0), (99.0, 6, 60.0))
+    c = watchdog.choose_culprit(behind, {}, now=100.0, spec=SPEC)
+    assert c.name == "rank1" and "the lowest step: at step 6 while others reached 7" == c.why
+    alike = _ranks((99.0, 6, 60.0), (99.0, 6, 60.0))
+    c = watchdog.choose_culprit(alike, {"rank0": SPY_SLEEPING, "rank1": SPY_WAITING}, now=100.0, spec=SPEC)
+    assert c.name == "rank0" and "hang_in_python (trainer/faults.py:59)" in c.why
+    c = watchdog.choose_culprit(alike, {"rank0": SPY_WAITING, "rank1": SPY_WAITING}, now=100.0, spec=SPEC)
+    assert c.name is None and c.why == "all ranks stuck at step 6"
+
+
+def test_the_main_threads_frames_come_from_a_py_spy_dump():
+    assert watchdog.main_thread_frames(SPY_WAITING)[:2] == ["__call__ (mindspore/common/api.py:1077)",
+                                                            "_run_construct (mindspore/nn/cell.py:711)"]
+    assert watchdog.inside_mindspore(SPY_WAITING) and not watchdog.inside_mindspore(SPY_SLEEPING)
+
+
+def _job(tmp_path, cifar_dir, **train):
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, restarts=1,
+                            watchdog={"stall_timeout": 15, "startup_timeout": 240, "beat_interval": 1},
+                            train={"epochs": 1, "steps_per_epoch": 30, "save_every_steps": 4, "lr": 0.01, **train})
+    job = str(tmp_path / "job")
+    proc = subprocess.Popen(launch_argv(cluster, "--job-dir", job), cwd=str(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return proc, job
+
+
+def _rank_pid(job: str, rank: int) -> int:
+    for p in job_processes(job):
+        env = p.environ()
+        if env.get("MS_ROLE") == "MS_WORKER" and env.get("RANK_ID") == str(rank):
+            return p.pid
+    raise AssertionError(f"no rank {rank}")
+
+
+def _step_of(job: str, rank: int) -> int:
+    try:
+        with open(os.path.join(job, "status.json")) as handle:
+            return json.load(handle)["processes"][f"rank{rank}"].get("global_step") or 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.integration
+def test_a_frozen_rank_is_named_with_its_stack_and_the_job_comes_back(tmp_path, cifar_dir):
+    proc, job = _job(tmp_path, cifar_dir)
+    try:
+        wait_for(lambda: _step_of(job, 1) >= 6, 240, what="rank 1 at step 6")
+        os.kill(_rank_pid(job, 1), signal.SIGSTOP)
+        frozen_at = time.time()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    result = json.load(open(os.path.join(job, "result.json")))
+    root = result["attempts"][0]["root_cause"]
+    assert (root["name"], root["reason"]) == ("rank1", "stalled"), root
+    assert "frozen: its liveness beats stopped" in root["message"]
+    detected_at = root["time"] + result["attempts"][0]["detect_s"]  # its last step + the time it hung
+    assert 14 <= detected_at - frozen_at <= 15 + 10
+    assert os.path.getsize(os.path.join(job, "errors", "stacks-attempt0", "rank_1.txt")) > 0
+    assert os.path.getsize(os.path.join(job, "errors", "stacks-attempt0", "rank_0.txt")) > 0
+    assert result["status"] == "succeeded" and result["restarts"] == 1
+    first = result["attempts"][0]  # goodput: detection, recovery, the steps redone
+    assert first["detect_s"] >= 15 and first["recover_s"] > 0 and first["steps_lost"] >= 0
+    assert 0 < result["goodput"]["effective_training_ratio"] < 1
+    assert job_processes(job) == []
+
+
+@pytest.mark.integration
+def test_a_rank_stuck_in_python_is_named_with_its_sleeping_frame(tmp_path, cifar_dir):
+    proc, job = _job(tmp_path, cifar_dir, debug_hang_step=6, debug_hang_rank=0, debug_fail_attempt=0)
+    try:
+        out, err = proc.communicate(timeout=400)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    result = json.load(open(os.path.join(job, "result.json")))
+    root = result["attempts"][0]["root_cause"]
+    assert (root["name"], root["reason"]) == ("rank0", "stalled"), root
+    assert "stuck in Python outside MindSpore (hang_in_python (trainer/faults.py" in root["message"]
+    assert any("hang_in_python" in frame for frame in root["traceback_tail"])
+    table = out + err
+    assert re.search(r"root cause .* localhost\s+0\s+0\s+stalled", table), table[-3000:]
+    assert result["status"] == "succeeded"
+    assert job_processes(job) == []
+
+
+@pytest.mark.integration
+def test_sighup_to_the_launcher_stops_the_job_as_interrupted(tmp_path, cifar_dir):
+    """A closed terminal: the job stops as on Ctrl-C, result.json says so, and no process survives."""
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, train={"steps_per_epoch": 400})
+    job = str(tmp_path / "job")
+    proc = subprocess.Popen(launch_argv(cluster, "--job-dir", job), cwd=str(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: _step_of(job, 0) >= 2, 240, what="rank 0 at step 2")
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        kill_group(proc)
+    assert json.load(open(os.path.join(job, "result.json")))["status"] == "interrupted"
+    assert job_processes(job) == []
