@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Optional
 
-from launcher.protocol import (STACKS_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output, ProcessSpec, Relayed,
-                               Stacks, Started, encode_message, split_cpus)
+from launcher.protocol import (STACKS_REQUEST, AgentMessage, AgentSpec, Alive, Done, Exited, Output, ProcessSpec,
+                               Relayed, Stacks, Started, encode_message, split_cpus)
 from mscluster import events, jobfiles
 from mscluster.fsutil import write_atomic
 from mscluster.rank import EVENT_FD_ENV
@@ -68,6 +68,8 @@ class Agent:
         self.stop_requested = False  # the launcher (EOF on stdin) or a signal asked for a stop
         self.kill_at: Optional[float] = None  # a stop is under way: KILL what is left at this time
         self.ok = True
+        self.heard_at = time.monotonic()  # the launcher's last word on stdin
+        self.beat_at = 0.0  # when this agent last sent its own beat
 
     # -- output ------------------------------------------------------------------------------------
     def emit(self, msg: AgentMessage) -> None:
@@ -197,6 +199,7 @@ class Agent:
         for r in self.running:
             if r.proc.poll() is None:
                 _signal_group(r.proc.pid, signal.SIGTERM)
+                _signal_group(r.proc.pid, signal.SIGCONT)  # a frozen (stopped) process can act on TERM only once it runs
         self.kill_at = time.monotonic() + self.spec.grace_period
 
     def _report(self, run: Running) -> None:
@@ -230,6 +233,7 @@ class Agent:
             for run in self.running:
                 if not run.reported and run.proc.poll() is not None:
                     self._report(run)
+            self._keepalive()
             if self.stop_requested:
                 self.begin_stop()
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
@@ -237,6 +241,22 @@ class Agent:
         _kill_groups([r.proc.pid for r in self.running])  # leftovers (children) of ranks, if any
         self.emit(Done(ok=self.ok))
         return 0 if self.ok else 1
+
+    def _keepalive(self) -> None:
+        """Beat to the launcher; stop everything when the launcher has been silent too long (a partition)."""
+        interval = self.spec.keepalive_interval
+        if interval <= 0 or self.stdin_fd is None:
+            return
+        now = time.monotonic()
+        if now - self.beat_at >= interval:
+            self.beat_at = now
+            self.emit(Alive(time=time.time()))
+        silent = now - self.heard_at
+        if silent > interval * self.spec.keepalive_count and not self.stop_requested:
+            sys.stderr.write(f"mscluster agent: no word from the launcher for {silent:.0f} s: stopping this "
+                             f"host's processes\n")
+            sys.stderr.flush()
+            self.stop_requested = True
 
     def _read_stdin(self) -> None:
         """EOF (or a "stop" line) on stdin: the launcher is done with us, or gone; "stacks": dump them."""
@@ -246,6 +266,7 @@ class Agent:
             return
         except OSError:
             data = b""
+        self.heard_at = time.monotonic()
         if not data or b"stop" in data:
             self.stop_requested = True
             self.selector.unregister(self.stdin_fd)

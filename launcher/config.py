@@ -11,7 +11,8 @@ The format (see cluster_configs/ for commented examples)::
     backend: cpu              # cpu | ascend
     workdir: runs
     python: null
-    ssh: {user: null, port: 22, key_file: null, connect_timeout: 10, strict_host_keys: true, known_hosts: null}
+    ssh: {user: null, port: 22, key_file: null, connect_timeout: 10, strict_host_keys: true, known_hosts: null,
+          keepalive_interval: 5, keepalive_count: 3}
     hosts:
       - {address: localhost, devices: 2}
       - {address: 10.0.0.2, devices: [0, 1, 2, 3], device_ips: {0: 192.98.92.100}}
@@ -401,6 +402,15 @@ def _ssh(raw: Any, where: _Where) -> SSHSpec:
         raise where.error(("ssh", "connect_timeout"), f"must be > 0 and at most {MAX_CONNECT_TIMEOUT_S} s "
                           f"(every host is checked within it before anything starts), got {timeout}")
     values["connect_timeout"] = float(timeout)
+    interval = raw.get("keepalive_interval", defaults.keepalive_interval)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval) \
+            or not 0.2 <= interval <= 600:
+        raise where.error(("ssh", "keepalive_interval"), f"expected seconds from 0.2 to 600, got {_describe(interval)}")
+    values["keepalive_interval"] = float(interval)
+    count = _integer(raw.get("keepalive_count", defaults.keepalive_count), ("ssh", "keepalive_count"), where)
+    if not 1 <= count <= 100:
+        raise where.error(("ssh", "keepalive_count"), f"must be 1..100, got {count}")
+    values["keepalive_count"] = count
     values["strict_host_keys"] = _boolean(raw.get("strict_host_keys", defaults.strict_host_keys),
                                           ("ssh", "strict_host_keys"), where)
     return SSHSpec(**values)

@@ -585,7 +585,8 @@ class SSHExecutor:
                 raise HostUnreachable(f"host {self.label}: {reason}") from exc
             transport = conn.transport
             if transport is not None:
-                transport.set_keepalive(15)  # notice a dead peer even while the agent is quiet
+                # SSH-level keepalives too (the agent's beats are what detect a silent host)
+                transport.set_keepalive(max(int(self.ssh.keepalive_interval), 1))
             self._conn = conn
             logger.debug("host %s: connected as %s", self.label, self.user)
             return conn

@@ -187,7 +187,9 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
         if table_path is not None:
             files.append((jobfiles.RANK_TABLE_FILE, rank_table if rank_table is not None else RANK_TABLE_AT_LAUNCH))
         agents.append(AgentSpec(host=host.address, job_dir=jd, processes=tuple(procs), files=tuple(files),
-                                grace_period=grace_period, attempt=attempt, bind_cores=cluster.bind_cores))
+                                grace_period=grace_period, attempt=attempt, bind_cores=cluster.bind_cores,
+                                keepalive_interval=cluster.ssh.keepalive_interval,
+                                keepalive_count=cluster.ssh.keepalive_count))
     return JobPlan(cluster=cluster, placement=placement, job_dir=job_dir, attempt=attempt, agents=tuple(agents))
 
 

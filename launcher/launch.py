@@ -399,5 +399,8 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 break
     if result.status == "failed" and attempt_result is not None and not restart_can_help(attempt_result.failures):
         result.exit_code = TrainerError.exit_code  # bad input (settings, data, checkpoint): exit 2, as documented
-    write_json_atomic(os.path.join(job_dir, jobfiles.RESULT_FILE), result.to_dict(), mode=0o600)
+    try:
+        write_json_atomic(os.path.join(job_dir, jobfiles.RESULT_FILE), result.to_dict(), mode=0o600)
+    except OSError as exc:  # a full disk: the job's end is still printed, and the logs say the rest
+        logger.error("%s: cannot write %s (%s)", job_dir, jobfiles.RESULT_FILE, exc.strerror or exc)
     return result

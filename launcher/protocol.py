@@ -1,7 +1,8 @@
 """What the launcher and a host's agent say to each other: one JSON object per line, typed both ways.
 
-Launcher -> agent (stdin): the first line is an ``AgentSpec``; then only the line ``stacks``
-(dump every process's Python stack, for the stall watchdog). EOF on the agent's stdin (the
+Launcher -> agent (stdin): the first line is an ``AgentSpec``; then only ``beat`` lines (every
+``keepalive_interval``: the launcher and the network to it are up) and ``stacks`` (dump every
+process's Python stack, for the stall watchdog). EOF on the agent's stdin (the
 launcher closed it, died, or the SSH connection dropped) means: stop every process now.
 
 Agent -> launcher (stdout): one message a line, each a frozen dataclass here:
@@ -13,6 +14,7 @@ Agent -> launcher (stdout): one message a line, each a frozen dataclass here:
     Exited   {"ev": "exit", "name", "rank", "code", "signal", "time", "error"}
                                                            it ended; error = its error file, if any
     Stacks   {"ev": "stacks", "name", "text", "method"}    its Python stack, asked for by a "stacks" line
+    Alive    {"ev": "alive", "time"}                       the agent's beat, every keepalive_interval
     Done     {"ev": "done", "ok"}                          every process of this host has ended
 
 ``decode_message`` checks every field's type and that a process name is one the launcher gave
@@ -29,8 +31,9 @@ from mscluster import events
 from mscluster.jobfiles import SCHEDULER, is_process_name
 
 STACKS_REQUEST = "stacks"
+BEAT_LINE = "beat"
 
-__all__ = ["SCHEDULER", "ProcessSpec", "AgentSpec", "Started", "Output", "Relayed", "Exited", "Stacks", "Done",
+__all__ = ["SCHEDULER", "ProcessSpec", "AgentSpec", "Started", "Output", "Relayed", "Exited", "Stacks", "Alive", "Done",
            "AgentMessage", "ProtocolError", "encode_message", "decode_message", "split_cpus"]
 
 MAX_MESSAGE_BYTES = 1 << 20  # an Output line is capped by the agent at 64 KiB; an error file at 256 KiB
@@ -67,6 +70,8 @@ class AgentSpec:
     grace_period: float = 5.0  # seconds between TERM and KILL
     attempt: int = 0
     bind_cores: bool = True
+    keepalive_interval: float = 0.0  # > 0: beat to the launcher this often, and expect its beats
+    keepalive_count: int = 3  # its beats missed before the agent stops its processes on its own
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -129,12 +134,20 @@ class Stacks:
 
 
 @dataclass(frozen=True)
+class Alive:
+    """The agent's beat: its host and the network to it are up."""
+
+    time: float
+    ev = "alive"
+
+
+@dataclass(frozen=True)
 class Done:
     ok: bool
     ev = "done"
 
 
-AgentMessage = Union[Started, Output, Relayed, Exited, Stacks, Done]
+AgentMessage = Union[Started, Output, Relayed, Exited, Stacks, Alive, Done]
 
 
 class ProtocolError(ValueError):
@@ -166,10 +179,15 @@ def decode_message(line: str) -> AgentMessage:
     if not isinstance(raw, dict):
         raise ProtocolError(f"not a message: {line[:120]!r}")
     kind = raw.get("ev")
-    if kind not in ("done", "started", "out", "event", "exit", "stacks"):
+    if kind not in ("done", "started", "out", "event", "exit", "stacks", "alive"):
         raise ProtocolError(f"unknown message kind {str(kind)[:40]!r}")
     if kind == "done":
         return Done(ok=_typed(raw, "ok", bool))
+    if kind == "alive":
+        when = raw.get("time")
+        if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+            raise ProtocolError("alive: time must be a finite number")
+        return Alive(time=float(when))
     name = _typed(raw, "name", str)
     if not is_process_name(name):
         raise ProtocolError(f"{kind}: unknown process name {name[:40]!r}")

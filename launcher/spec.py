@@ -29,7 +29,14 @@ class SSHSpec:
     key_file: Optional[str] = None
     connect_timeout: float = 10.0
     strict_host_keys: bool = True
-    known_hosts: Optional[str] = None  # None = ~/.ssh/known_hosts
+    known_hosts: Optional[str] = None  # None = ~/.ssh/known_hosts (and /etc/ssh/ssh_known_hosts)
+    keepalive_interval: float = 5.0  # seconds between beats, launcher <-> agent, both ways
+    keepalive_count: int = 3  # beats missed before a host (or, on the host, the launcher) is lost
+
+    @property
+    def silence_limit(self) -> float:
+        """Seconds without a word after which the other side counts as lost."""
+        return self.keepalive_interval * self.keepalive_count
 
 
 @dataclass(frozen=True)

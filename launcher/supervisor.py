@@ -23,6 +23,7 @@ import enum
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,8 +31,8 @@ from typing import Callable, Deque, Mapping, Optional, TextIO, Union
 
 from launcher.executor import Executor, Session
 from launcher import watchdog
-from launcher.protocol import (STACKS_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output, ProtocolError, Relayed,
-                               Stacks, Started, decode_message)
+from launcher.protocol import (BEAT_LINE, STACKS_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output,
+                               ProtocolError, Relayed, Stacks, Started, decode_message)
 from launcher.report import RankFailure, traceback_tail
 from launcher.spec import WatchdogSpec
 from launcher.status import StatusWriter
@@ -146,6 +147,7 @@ class LogSink:
         self.logs_dir, self.console, self.attempt = logs_dir, console, attempt
         self.console_ranks = console_ranks
         self.levels = dict(levels)  # process name -> its GLOG_v: MindSpore's lines below it stay off the console
+        self.disk_error: Optional[str] = None  # set when a log could not be written (a full disk)
         self._files: dict[str, TextIO] = {}
         self._lock = threading.Lock()
         os.makedirs(logs_dir, exist_ok=True)
@@ -189,15 +191,19 @@ class LogSink:
         rank = jobfiles.rank_of(name)
         label = str(rank) if rank is not None else ("sched" if name == jobfiles.SCHEDULER else name)
         with self._lock:
-            handle = self._handle(name)
-            handle.write(line + "\n")
-            handle.flush()
-            if self._all is None:
-                self._all = _open_log(os.path.join(self.logs_dir, jobfiles.ALL_LOG))
-                if self.attempt:
-                    self._all.write(self._separator())
-            self._all.write(f"[{host}:{label}] {line}\n")
-            self._all.flush()
+            if self.disk_error is None:
+                try:
+                    handle = self._handle(name)
+                    handle.write(line + "\n")
+                    handle.flush()
+                    if self._all is None:
+                        self._all = _open_log(os.path.join(self.logs_dir, jobfiles.ALL_LOG))
+                        if self.attempt:
+                            self._all.write(self._separator())
+                    self._all.write(f"[{host}:{label}] {line}\n")
+                    self._all.flush()
+                except OSError as exc:  # a full disk (or quota) under the job folder: the job must stop
+                    self.disk_error = f"cannot write the logs in {self.logs_dir}: {exc.strerror or exc}"
             if self.console is not None and self.shows(name, line):
                 try:
                     self.console.write(f"[{host}:{label}] {line}\n")
@@ -231,6 +237,7 @@ class _Host:
     started: set = field(default_factory=set)  # names of its processes that have started
     done: bool = False
     gone: bool = False
+    heard_at: Optional[float] = None  # monotonic time of its agent's last word (None: not started yet)
 
 
 class Supervisor:
@@ -251,6 +258,10 @@ class Supervisor:
         self.stacks: dict[str, str] = {}
         self.exited: set = set()
         self._rank0_first_step_at: Optional[float] = None
+        first = next(iter(specs.values()), None)
+        self.keepalive_interval = first.keepalive_interval if first is not None else 0.0
+        self.silence_limit = self.keepalive_interval * (first.keepalive_count if first is not None else 3)
+        self._beat_sent_at = 0.0
         self.items: "queue.Queue[tuple[str, HostItem]]" = queue.Queue()
         self.tails: dict[tuple[str, str, str], Deque[str]] = collections.defaultdict(  # (host, name, stream)
             lambda: collections.deque(maxlen=OUTPUT_TAIL))
@@ -270,6 +281,7 @@ class Supervisor:
                                           on_stderr=lambda line, n=name: self.items.put((n, AgentStderr(line))))
             host.session = session
             session.write(host.spec.to_json() + "\n")
+            host.heard_at = time.monotonic()
             if self.stopping_since is not None:  # stop() ran before this session existed
                 session.close_stdin()
         except Exception as exc:  # noqa: BLE001 - any failure to start is this host's failure, reported once
@@ -335,6 +347,10 @@ class Supervisor:
         self.stop(f"lost the agent on {host}")
 
     def _handle(self, host: str, item: HostItem) -> None:
+        state = self.hosts[host]
+        if state.gone and not isinstance(item, AgentGone):
+            return  # a host given up for lost: what its stale reader still hands over changes nothing
+        state.heard_at = time.monotonic()
         if isinstance(item, (Started, Output, Relayed, Exited, Stacks)) and (host, item.name) not in self._proc_info:
             self.sink.write(host, AGENT, f"mscluster: the agent on {host} spoke of an unknown process {item.name!r}")
             return
@@ -374,7 +390,8 @@ class Supervisor:
         elif isinstance(item, AgentStderr):
             self.sink.write(host, AGENT, item.line)
         elif isinstance(item, AgentGone):
-            self._on_gone(host, item)
+            if not state.gone or item.message:
+                self._on_gone(host, item)
 
     def _count_step(self, rank: int, step: int) -> None:
         """Goodput bookkeeping: when steps began to arrive, how far rank 0 got, and in what time."""
@@ -386,6 +403,47 @@ class Supervisor:
                 self._rank0_first_step_at = now
             self.result.last_step = step
             self.result.step_seconds = now - self._rank0_first_step_at
+
+    def _check_disk(self) -> None:
+        """Logs that cannot be written (a full disk): stop the job cleanly, naming the cause."""
+        if self.sink.disk_error is None or self.stopping_since is not None:
+            return
+        self.result.failures.append(RankFailure(
+            host=socket.gethostname(), name="launcher", rank=None, device_id=None, exit_code=None, signal=None,
+            time=time.time(), log_path=None, message=self.sink.disk_error, attempt=self.attempt, reason="disk"))
+        self.stop(self.sink.disk_error)
+
+    # -- host liveness ----------------------------------------------------------------------------
+    def _keepalive(self) -> None:
+        """Beat to every agent; a host whose agent has been silent past the limit is lost (the root
+        cause, if nothing failed before), the others are stopped, and its reader is not waited for."""
+        if self.keepalive_interval <= 0:
+            return
+        now = time.monotonic()
+        if now - self._beat_sent_at >= self.keepalive_interval:
+            self._beat_sent_at = now
+            for h in self.hosts.values():
+                if h.session is not None and not h.gone:
+                    try:
+                        h.session.write(BEAT_LINE + "\n")
+                    except BrokenPipeError:
+                        pass
+        for name, h in self.hosts.items():
+            if h.gone or h.heard_at is None or now - h.heard_at <= self.silence_limit:
+                continue
+            silent = now - h.heard_at
+            h.gone = True
+            self.status.host_lost(name)
+            self.result.failures.append(RankFailure(
+                host=name, name=AGENT, rank=None, device_id=None, exit_code=None, signal=None,
+                time=time.time() - (silent - self.silence_limit), log_path=None,
+                message=f"no word from the agent on {name} for {silent:.0f} s (ssh.keepalive_interval x "
+                        f"keepalive_count = {self.silence_limit:g} s): the host or the network to it is down",
+                during_teardown=self.stopping_since is not None, attempt=self.attempt, reason="lost"))
+            session = h.session
+            if session is not None:  # closing a channel over a dead link may block: not in this thread
+                threading.Thread(target=session.kill, daemon=True, name=f"cut-{name}").start()
+            self.stop(f"lost the host {name}")
 
     # -- the stall watchdog ------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -451,6 +509,8 @@ class Supervisor:
             while not all(h.gone for h in self.hosts.values()):
                 self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
                 self._watch()
+                self._keepalive()
+                self._check_disk()
                 try:
                     host, item = self.items.get(timeout=0.25)
                 except queue.Empty:

@@ -14,10 +14,13 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
+import yaml
 
 from helpers import job_processes, kill_group, launch_argv, wait_for, write_cluster
 from launcher import watchdog
@@ -164,4 +167,81 @@ def test_sighup_to_the_launcher_stops_the_job_as_interrupted(tmp_path, cifar_dir
     finally:
         kill_group(proc)
     assert json.load(open(os.path.join(job, "result.json")))["status"] == "interrupted"
+    assert job_processes(job) == []
+
+
+def _ns_link(netns: str) -> str:
+    """The namespace's own end of its veth pair (the host's network card)."""
+    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return next(line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
+                if line.split(":")[1].strip() != "lo")
+
+
+@pytest.mark.integration
+@pytest.mark.ssh
+@pytest.mark.netns
+def test_a_host_whose_link_goes_down_is_the_root_cause_and_keeps_nothing(netns_hosts, tmp_path, cifar_dir):
+    lab = netns_hosts
+    spec = lab.ssh_spec()
+    a, b = lab.hosts[0], lab.hosts[1]
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=[{"address": a.address, "devices": 1},
+                                                                       {"address": b.address, "devices": 1}],
+                            python=sys.executable, train={"steps_per_epoch": 400},
+                            ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": 5,
+                                 "known_hosts": spec.known_hosts, "keepalive_interval": 1, "keepalive_count": 3})
+    job = str(tmp_path / "job")
+    proc = subprocess.Popen(launch_argv(cluster, "--job-dir", job), cwd=str(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    link = _ns_link(b.netns)
+    try:
+        wait_for(lambda: _step_of(job, 1) >= 2 or proc.poll() is not None, 240, what="rank 1 at step 2")
+        assert proc.poll() is None, proc.communicate()
+        subprocess.run(["ip", "-n", b.netns, "link", "set", link, "down"], check=True)
+        down_at = time.time()
+        out, err = proc.communicate(timeout=120)
+        ended_at = time.time()
+    finally:
+        kill_group(proc)
+        subprocess.run(["ip", "-n", b.netns, "link", "set", link, "up"], check=True)
+    assert proc.returncode == 1, out[-2000:] + err[-2000:]
+    result = json.load(open(os.path.join(job, "result.json")))
+    root = result["failures"][0]
+    assert (root["host"], root["name"], root["reason"]) == (b.address, "agent", "lost"), root
+    assert "the host or the network to it is down" in root["message"]
+    assert ended_at - down_at <= 3 + 10 + 10  # the keepalive window + 10 s, plus the teardown's grace
+    # the agent on the silent host stopped its rank by itself: nothing of the job is left there
+    wait_for(lambda: job_processes(job) == [], 30, what="the cut-off host's processes to stop")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs: a job folder on a disk that fills up."""
+    from sshd_util import skip_or_fail
+
+    if os.geteuid() != 0:
+        skip_or_fail("needs root to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.integration
+def test_a_full_disk_under_the_job_folder_stops_the_job_naming_the_cause(tmp_path, small_disk):
+    chatty = "import time\nwhile True:\n    print('x' * 2000, flush=True)\n    time.sleep(0.001)\n"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "full", "hosts": [{"address": "localhost", "devices": 1}],
+                                    "workdir": str(small_disk), "env": {"MS_TOPO_TIMEOUT": "60"},
+                                    "command": ["python", "-c", chatty]}))
+    proc = subprocess.run(launch_argv(str(path), "-q"), cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    root = next(line for line in proc.stderr.splitlines() if line.strip().startswith("root cause "))
+    assert root.split()[3:6] == [socket.gethostname(), "launcher", "-"] and "disk" in root, proc.stderr
+    assert "No space left on device" in proc.stderr
+    job = os.path.join(str(small_disk), os.listdir(str(small_disk))[0])
     assert job_processes(job) == []
