@@ -213,12 +213,14 @@ class LogSink:
 
     def close(self) -> None:
         with self._lock:
-            for handle in self._files.values():
-                handle.close()
+            handles = [*self._files.values(), *([self._all] if self._all is not None else [])]
             self._files.clear()
-            if self._all is not None:
-                self._all.close()
-                self._all = None
+            self._all = None
+            for handle in handles:
+                try:
+                    handle.close()
+                except OSError as exc:  # the last buffered line did not fit on a full disk
+                    self.disk_error = self.disk_error or f"cannot write the logs in {self.logs_dir}: {exc.strerror}"
 
 
 def _open_log(path: str) -> TextIO:
