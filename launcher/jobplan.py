@@ -229,6 +229,11 @@ def format_job_plan(job: JobPlan) -> str:
         for name, env in envs:
             own = " ".join(f"{k}={_quote(v)}" for k, v in sorted(env.items()) if k not in common)
             lines.append(f"  {name.ljust(width)}  {own}".rstrip())
+    w, ssh = cluster.watchdog, cluster.ssh
+    lines += ["", (f"watchdog: a rank stalls after {w.stall_timeout:g} s without a step ({w.startup_timeout:g} s "
+                   f"before its first), beats every {w.beat_interval:g} s" if w.enabled else "watchdog: off")
+              + f"; a host is lost after {ssh.silence_limit:g} s of silence "
+                f"(keepalive every {ssh.keepalive_interval:g} s)"]
     files = sorted({rel for a in job.agents for rel, _ in a.files})
     if files:
         lines += ["", "files written in the job folder of every host first: " + ", ".join(files)]

@@ -103,6 +103,26 @@ class JobResult:
                 "attempts": [a.to_dict() for a in self.attempts], "goodput": goodput(self.attempts)}
 
 
+def write_goodput_scalars(job_dir: str, attempts: Sequence[AttemptRecord]) -> None:
+    """The goodput figures as TensorBoard scalars in ``<job>/tensorboard/launcher/``, one step per attempt."""
+    try:
+        from trainer.monitor import EventWriter  # tensorboardX's record format; no MindSpore
+
+        writer = EventWriter(os.path.join(job_dir, jobfiles.TENSORBOARD_DIR, "launcher"))
+        for a in attempts:
+            values = {"goodput/detect_s": a.detect_s, "goodput/recover_s": a.recover_s,
+                      "goodput/steps_lost": a.steps_lost,
+                      "goodput/first_step_s": (a.first_step_at - a.started_at)
+                      if a.first_step_at is not None and a.started_at is not None else None}
+            writer.add_scalars({k: float(v) for k, v in values.items() if v is not None}, a.attempt)
+        ratio = goodput(attempts).get("effective_training_ratio")
+        if ratio is not None and attempts:
+            writer.add_scalars({"goodput/effective_training_ratio": float(ratio)}, attempts[-1].attempt)
+        writer.close()
+    except Exception as exc:  # noqa: BLE001 - figures for TensorBoard never fail a job
+        logger.warning("%s: could not write the goodput scalars (%s)", job_dir, exc)
+
+
 def goodput(attempts: Sequence[AttemptRecord]) -> dict[str, Any]:
     """The job's effective-training-time ratio: seconds in steps that count over wall time.
 
@@ -399,6 +419,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 break
     if result.status == "failed" and attempt_result is not None and not restart_can_help(attempt_result.failures):
         result.exit_code = TrainerError.exit_code  # bad input (settings, data, checkpoint): exit 2, as documented
+    write_goodput_scalars(job_dir, result.attempts)
     try:
         write_json_atomic(os.path.join(job_dir, jobfiles.RESULT_FILE), result.to_dict(), mode=0o600)
     except OSError as exc:  # a full disk: the job's end is still printed, and the logs say the rest

@@ -97,6 +97,13 @@ CASES = [
     ("grace inf", BASE, ["--grace-period", "inf"], "--grace-period: expected seconds from 0 to 3600"),
     ("grace negative", BASE, ["--grace-period", "-1"], "--grace-period: expected seconds from 0 to 3600"),
     ("console flag bad", BASE, ["--console", "x"], "console"),
+    ("watchdog nan", BASE + "watchdog: {stall_timeout: .nan}\n", [], "watchdog.stall_timeout: expected a number"),
+    ("watchdog too short", BASE + "watchdog: {stall_timeout: 1}\n", [], "watchdog.stall_timeout: must be 5..86400"),
+    ("watchdog beats too slow", BASE + "watchdog: {stall_timeout: 10, beat_interval: 5}\n", [],
+     "watchdog.beat_interval: must be under a third of stall_timeout"),
+    ("watchdog unknown key", BASE + "watchdog: {stall: 10}\n", [], "unknown key 'stall'"),
+    ("keepalive nan", BASE + "ssh: {keepalive_interval: .nan}\n", [], "ssh.keepalive_interval: expected seconds"),
+    ("keepalive count zero", BASE + "ssh: {keepalive_count: 0}\n", [], "ssh.keepalive_count: must be 1..100"),
 ]
 
 

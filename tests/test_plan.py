@@ -151,7 +151,8 @@ def test_plan_output_ascend_has_no_scheduler_row():
     assert "sched" not in text
     assert text.splitlines()[1].split()[:3] == ["rank", "host", "npu"]
     per_process = text.splitlines()[text.splitlines().index("environment per process:") + 1:]
-    assert per_process[-3].split()[:2] == ["rank", "15"] and "DEVICE_ID=7" in per_process[-3]
+    last = next(line for line in per_process if line.split()[:2] == ["rank", "15"])
+    assert "DEVICE_ID=7" in last
     assert "files written in the job folder of every host first: rank_table.json, train.attempt0.yaml" in text
 
 
@@ -216,3 +217,17 @@ def test_dynamic_cluster_gives_up_waiting_after_300_s_unless_the_file_says():
     assert {e["MS_TOPO_TIMEOUT"] for e in envs} == {"300"}
     plan = plan_ranks(parse_cluster(text + "env: {MS_TOPO_TIMEOUT: '30'}\n", "t.yaml"), scheduler_port=1234)
     assert rank_env(plan, plan.ranks[0], job_dir="/j", rank_table_path=None)["MS_TOPO_TIMEOUT"] == "30"
+
+
+def test_plan_shows_the_watchdog_and_the_backend_timeouts_it_sets():
+    text = format_job_plan(build_job_plan(shipped("local_cpu.yaml")))
+    assert ("watchdog: a rank stalls after 300 s without a step (900 s before its first), beats every 5 s; "
+            "a host is lost after 15 s of silence (keepalive every 5 s)") in text
+    assert "  MS_NODE_TIMEOUT=330" in text and "  MS_RECEIVE_MSG_TIMEOUT=330" in text
+    assert "  MS_COMPILER_CACHE_PATH='<job dir>/compile_cache'" in text
+    off = format_job_plan(build_job_plan(parse_cluster(CPU2 + "watchdog: false\nenv: {MS_NODE_TIMEOUT: '45'}\n", "t.yaml")))
+    assert "watchdog: off" in off and "MS_NODE_TIMEOUT=45" in off and "MS_RECEIVE_MSG_TIMEOUT" not in off
+    ascend = format_job_plan(build_job_plan(parse_cluster(
+        "name: a\nbackend: ascend\nhosts: [{address: 10.0.0.1, devices: 8}]\n", "a.yaml")))
+    assert "  HCCL_EXEC_TIMEOUT=330" in ascend and "  HCCL_CONNECT_TIMEOUT=900" in ascend
+    assert "  HCCL_CONNECT_TIMEOUT=600" in format_job_plan(build_job_plan(shipped("ascend_1x8.yaml")))  # env: wins

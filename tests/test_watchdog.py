@@ -245,3 +245,22 @@ def test_a_full_disk_under_the_job_folder_stops_the_job_naming_the_cause(tmp_pat
     assert "No space left on device" in proc.stderr
     job = os.path.join(str(small_disk), os.listdir(str(small_disk))[0])
     assert job_processes(job) == []
+
+
+@pytest.mark.integration
+def test_an_automatic_restart_reaches_its_first_step_sooner_than_the_cold_start(tmp_path, cifar_dir):
+    """The compile cache (in the job folder, shared by attempts): ResNet-50's graph is compiled once."""
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, restarts=1,
+                            train={"arch": "resnet50", "stem": "cifar", "width": 16, "batch_size": 8,
+                                   "steps_per_epoch": 6, "save_every_steps": 2, "debug_fail_step": 3,
+                                   "debug_fail_rank": 1, "debug_fail_attempt": 0})
+    job = str(tmp_path / "job")
+    proc = subprocess.run(launch_argv(cluster, "--job-dir", job), cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    attempts = json.load(open(os.path.join(job, "result.json")))["attempts"]
+    cold, warm = (a["first_step_at"] - a["started_at"] for a in attempts)
+    assert warm < cold, (cold, warm)
+    assert os.listdir(os.path.join(job, "compile_cache"))
+    goodput = os.listdir(os.path.join(job, "tensorboard", "launcher"))
+    assert any(name.startswith("events.out.tfevents") for name in goodput)
