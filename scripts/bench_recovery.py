@@ -12,8 +12,10 @@ hang) at a fixed step of attempt 0. From ``result.json`` (the launcher's own clo
   restarted attempt's own start-to-first-step with it (target: at most 0.5).
 
 Every case runs with MindSpore's compile cache on (the default) and off (``env:
-{MS_COMPILER_CACHE_ENABLE: "0"}``). A lost host link is not measured here: the launcher's
-keepalive for it is not built yet.
+{MS_COMPILER_CACHE_ENABLE: "0"}``). ``lost_link`` (root only) runs on two network-namespace hosts
+of the tests' own harness (``tests/netns_util.py``, real sshd), takes the second host's link down
+at the fault step and brings it back once the keepalive window has passed, so the restart can
+reach it; its detection counts from the link going down.
 
 Usage: .venv/bin/python scripts/bench_recovery.py [--arch resnet50] [--stall-timeout 15]
 Prints one JSON document, with the CPU model. About 10 minutes with the defaults.
@@ -69,7 +71,7 @@ def _rank_pid(job: str, rank: int) -> Optional[int]:
     return None
 
 
-def run_case(tmp: str, data_dir: str, case: str, cache: bool, arch: str, stall: float) -> dict[str, Any]:
+def run_case(tmp: str, data_dir: str, case: str, cache: bool, arch: str, stall: float, lab=None) -> dict[str, Any]:
     work = tempfile.mkdtemp(dir=tmp, prefix=f"{case}-{'cache' if cache else 'nocache'}-")
     train = {"arch": arch, "stem": "cifar", "width": 16 if arch == "resnet18" else 64, "image_size": 32,
              "batch_size": 16, "epochs": 1, "steps_per_epoch": 40, "save_every_steps": 4, "lr": 0.01,
@@ -82,6 +84,11 @@ def run_case(tmp: str, data_dir: str, case: str, cache: bool, arch: str, stall: 
     cluster = {"name": "rec", "backend": "cpu", "hosts": [{"address": "localhost", "devices": 2}], "restarts": 1,
                "env": env, "train": train, "workdir": os.path.join(work, "runs"),
                "watchdog": {"stall_timeout": stall, "startup_timeout": 600, "beat_interval": 1}}
+    if case == "lost_link":
+        spec = lab.ssh_spec()
+        cluster.update(hosts=[{"address": h.address, "devices": 1} for h in lab.hosts[:2]], python=sys.executable,
+                       ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": 5,
+                            "known_hosts": spec.known_hosts, "keepalive_interval": 1, "keepalive_count": 3})
     path = os.path.join(work, "c.yaml")
     with open(path, "w") as handle:
         yaml.safe_dump(cluster, handle)
@@ -98,7 +105,14 @@ def run_case(tmp: str, data_dir: str, case: str, cache: bool, arch: str, stall: 
             os.kill(_rank_pid(job, 1), signal.SIGKILL)
         elif case == "sigstop":
             os.kill(_rank_pid(job, 1), signal.SIGSTOP)
+        elif case == "lost_link":
+            netns = lab.hosts[1].netns
+            link = _ns_link(netns)
+            subprocess.run(["ip", "-n", netns, "link", "set", link, "down"], check=True)
         fault_at = time.time()
+        if case == "lost_link":  # back once the launcher has given the host up, so the restart reaches it
+            time.sleep(3 + 1)
+            subprocess.run(["ip", "-n", netns, "link", "set", link, "up"], check=True)
         proc.wait(timeout=900)
     finally:
         if proc.poll() is None:
@@ -120,21 +134,37 @@ def run_case(tmp: str, data_dir: str, case: str, cache: bool, arch: str, stall: 
             "steps_lost": first.get("steps_lost"), "goodput": result.get("goodput")}
 
 
+def _ns_link(netns: str) -> str:
+    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return next(line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
+                if line.split(":")[1].strip() != "lo")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50"))
     parser.add_argument("--stall-timeout", type=float, default=15.0)
-    parser.add_argument("--cases", default="sigkill,sigstop,python_hang")
+    parser.add_argument("--cases", default="sigkill,sigstop,python_hang,lost_link",
+                        help="lost_link needs root (network namespaces)")
     args = parser.parse_args()
     from trainer.standin import make_digits_standin
 
     out: dict[str, Any] = {"cpu": cpu_model(), "cpus": os.cpu_count(), "arch": args.arch,
                            "stall_timeout": args.stall_timeout, "results": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    import contextlib
+
+    cases = args.cases.split(",")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         data_dir = make_digits_standin(os.path.join(tmp, "data")).dir
-        for case in args.cases.split(","):
+        lab = None
+        if "lost_link" in cases:
+            sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+            from netns_util import netns_lab  # the tests' harness: namespaces, bridge, one sshd each
+
+            lab = stack.enter_context(netns_lab(os.path.join(tmp, "lab"), count=2))
+        for case in cases:
             for cache in (True, False):
-                out["results"].append(run_case(tmp, data_dir, case, cache, args.arch, args.stall_timeout))
+                out["results"].append(run_case(tmp, data_dir, case, cache, args.arch, args.stall_timeout, lab))
                 print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)
     print(json.dumps(out, indent=1))
     return 0
