@@ -112,7 +112,7 @@ def bench_model(name: str, data_dir: str, tmp: str, steps: int) -> dict[str, Any
     from trainer.callbacks import StepMonitor
     from trainer.config import from_dict
     from trainer.data import create_dataset
-    from trainer.distributed import SINGLE, RankInfo
+    from trainer.distributed import RankInfo
     from trainer.resnet import build_resnet
 
     arch, width, stem, size, batch, default_steps = MODELS[name]

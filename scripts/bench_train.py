@@ -105,7 +105,7 @@ class _ModelCase:
 
             from trainer.callbacks import StepMonitor
             from trainer.config import TrainConfig
-            from trainer.distributed import SINGLE, RankInfo
+            from trainer.distributed import RankInfo
 
             cfg = TrainConfig(batch_size=batch)  # the trainer's defaults: a line every 10 steps, TensorBoard on
             self.monitor = StepMonitor(cfg, RankInfo(), 10 ** 6, np.full(1, 0.01, np.float32), monitor_dir, 0)
@@ -149,7 +149,7 @@ def _worker_train(spec: dict[str, Any]) -> dict[str, Any]:
     import mindspore as ms
     from mindspore import nn
 
-    from trainer.distributed import SINGLE, RankInfo, init_backend
+    from trainer.distributed import RankInfo, init_backend
     from trainer.resnet import build_resnet
     from trainer.train import _decayed_params
 
@@ -219,7 +219,7 @@ def _worker_isa(spec: dict[str, Any]) -> dict[str, Any]:
     import mindspore as ms
     from mindspore import nn
 
-    from trainer.distributed import SINGLE, RankInfo, init_backend
+    from trainer.distributed import RankInfo, init_backend
     from trainer.resnet import build_resnet
     from trainer.train import _decayed_params
 

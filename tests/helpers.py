@@ -4,6 +4,7 @@ One module, so that every test waits, picks ports and finds a job's processes th
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import psutil
 import yaml
@@ -53,6 +54,32 @@ def run_launch(cluster: str, *extra: str, cwd: str, timeout: float = 300,
                console: Optional[str] = "all") -> subprocess.CompletedProcess:
     return subprocess.run(launch_argv(cluster, *extra, console=console), cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def start_launch(cluster: str, *extra: str, cwd: str, console: Optional[str] = "all",
+                 capture: bool = False) -> subprocess.Popen:
+    """``mscluster launch`` in the background, in its own process group (``stop_launch`` ends it)."""
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(launch_argv(cluster, *extra, console=console), cwd=cwd, stdout=out, stderr=out,
+                            text=True, start_new_session=True)
+
+
+def stop_launch(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Ctrl-C to a launch started by ``start_launch``, then make sure nothing of its group is left."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        kill_group(proc)
+
+
+def rank_step(job_dir: str, rank: int) -> int:
+    """The global step rank ``rank`` last reported, from the job's status.json (0 before any)."""
+    try:
+        with open(os.path.join(job_dir, "status.json"), encoding="utf-8") as handle:
+            return json.load(handle)["processes"][f"rank{rank}"].get("global_step") or 0
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def job_processes(job_dir: str) -> list[psutil.Process]:

@@ -9,7 +9,6 @@ line naming the first one's pid and host, and changes nothing; no planted link i
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -17,7 +16,7 @@ import sys
 
 import pytest
 
-from helpers import job_processes, kill_group, launch_argv, run_launch, wait_for, write_cluster
+from helpers import job_processes, run_launch, start_launch, stop_launch, wait_for, write_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +64,7 @@ def test_planted_links_at_temporary_and_log_names_are_not_followed(finished):
 def test_a_second_launcher_on_a_running_job_is_refused(tmp_path, cifar_dir):
     cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, train={"steps_per_epoch": 400})
     job = str(tmp_path / "job")
-    first = subprocess.Popen(launch_argv(cluster, "--job-dir", job), cwd=str(tmp_path), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    first = start_launch(cluster, "--job-dir", job, cwd=str(tmp_path))
     try:
         wait_for(lambda: os.path.exists(os.path.join(job, "status.json")), 90, what="the first job's status")
         before = {n: os.path.getmtime(os.path.join(job, n)) for n in ("cluster.yaml", "train.attempt0.yaml")}
@@ -80,9 +78,5 @@ def test_a_second_launcher_on_a_running_job_is_refused(tmp_path, cifar_dir):
         assert before == {n: os.path.getmtime(os.path.join(job, n)) for n in before}
         assert first.poll() is None  # the running job goes on
     finally:
-        first.send_signal(signal.SIGINT)
-        try:
-            first.wait(timeout=60)
-        finally:
-            kill_group(first)
+        stop_launch(first)
     assert job_processes(job) == []

@@ -169,7 +169,7 @@ def test_eval_pictures_and_hparams_of_a_real_network(tmp_path, cifar_dir):
     """StepMonitor.log_eval on rank 0 of a one-epoch run: scalars, both pictures, then hparams."""
     from trainer.callbacks import StepMonitor, predict_classes, sample_inputs
     from trainer.config import from_dict
-    from trainer.distributed import SINGLE, RankInfo
+    from trainer.distributed import RankInfo
     from trainer.resnet import build_resnet
 
     cfg = from_dict({"data_dir": cifar_dir, "arch": "resnet18", "stem": "cifar", "width": 4, "image_size": 32,

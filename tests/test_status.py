@@ -10,7 +10,6 @@ gone), the progress and eval the ranks printed, one clear line for a folder that
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys

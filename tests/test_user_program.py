@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ import time
 import pytest
 import yaml
 
-from helpers import (REPO_ROOT, all_log, final_digests, job_processes, kill_group, launch_argv, only_job_dir,
-                     run_launch, wait_for)
+from helpers import (REPO_ROOT, all_log, final_digests, job_processes, launch_argv, only_job_dir, run_launch,
+                     start_launch, stop_launch, wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -142,8 +141,7 @@ def test_every_process_runs_exactly_what_plan_shows(tmp_path):
 
     sleeper = ["python", "-c", "import time; time.sleep(60)"]
     cluster = _cluster(tmp_path / "c.yaml", command=sleeper, env={"MS_TOPO_TIMEOUT": "90", "MY_SETTING": "a b'c"})
-    proc = subprocess.Popen(launch_argv(cluster, console=None), cwd=str(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_launch(cluster, cwd=str(tmp_path), console=None)
     try:
         job = wait_for(lambda: os.path.isdir(tmp_path / "runs") and os.listdir(tmp_path / "runs")
                        and only_job_dir(str(tmp_path / "runs")), 60, what="the job folder")
@@ -173,11 +171,7 @@ def test_every_process_runs_exactly_what_plan_shows(tmp_path):
         shown = _cli("plan", cluster, cwd=str(tmp_path)).stdout
         assert "MY_SETTING='a b'\"'\"'c'" in shown and "MSCLUSTER_RESTART_COUNT=0" in shown
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            kill_group(proc)
+        stop_launch(proc)
     assert job_processes(job) == []
 
 

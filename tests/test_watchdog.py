@@ -22,7 +22,7 @@ import time
 import pytest
 import yaml
 
-from helpers import job_processes, kill_group, launch_argv, wait_for, write_cluster
+from helpers import job_processes, kill_group, launch_argv, rank_step, start_launch, wait_for, write_cluster
 from launcher import watchdog
 from launcher.spec import WatchdogSpec
 
@@ -87,9 +87,7 @@ def _job(tmp_path, cifar_dir, **train):
                             watchdog={"stall_timeout": 15, "startup_timeout": 240, "beat_interval": 1},
                             train={"epochs": 1, "steps_per_epoch": 30, "save_every_steps": 4, "lr": 0.01, **train})
     job = str(tmp_path / "job")
-    proc = subprocess.Popen(launch_argv(cluster, "--job-dir", job), cwd=str(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    return proc, job
+    return start_launch(cluster, "--job-dir", job, cwd=str(tmp_path), capture=True), job
 
 
 def _rank_pid(job: str, rank: int) -> int:
@@ -100,19 +98,11 @@ def _rank_pid(job: str, rank: int) -> int:
     raise AssertionError(f"no rank {rank}")
 
 
-def _step_of(job: str, rank: int) -> int:
-    try:
-        with open(os.path.join(job, "status.json")) as handle:
-            return json.load(handle)["processes"][f"rank{rank}"].get("global_step") or 0
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 @pytest.mark.integration
 def test_a_frozen_rank_is_named_with_its_stack_and_the_job_comes_back(tmp_path, cifar_dir):
     proc, job = _job(tmp_path, cifar_dir)
     try:
-        wait_for(lambda: _step_of(job, 1) >= 6, 240, what="rank 1 at step 6")
+        wait_for(lambda: rank_step(job, 1) >= 6, 240, what="rank 1 at step 6")
         os.kill(_rank_pid(job, 1), signal.SIGSTOP)
         frozen_at = time.time()
         out, err = proc.communicate(timeout=300)
@@ -158,10 +148,9 @@ def test_sighup_to_the_launcher_stops_the_job_as_interrupted(tmp_path, cifar_dir
     """A closed terminal: the job stops as on Ctrl-C, result.json says so, and no process survives."""
     cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, train={"steps_per_epoch": 400})
     job = str(tmp_path / "job")
-    proc = subprocess.Popen(launch_argv(cluster, "--job-dir", job), cwd=str(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_launch(cluster, "--job-dir", job, cwd=str(tmp_path))
     try:
-        wait_for(lambda: _step_of(job, 0) >= 2, 240, what="rank 0 at step 2")
+        wait_for(lambda: rank_step(job, 0) >= 2, 240, what="rank 0 at step 2")
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(timeout=60) == 130
     finally:
@@ -190,11 +179,10 @@ def test_a_host_whose_link_goes_down_is_the_root_cause_and_keeps_nothing(netns_h
                             ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": 5,
                                  "known_hosts": spec.known_hosts, "keepalive_interval": 1, "keepalive_count": 3})
     job = str(tmp_path / "job")
-    proc = subprocess.Popen(launch_argv(cluster, "--job-dir", job), cwd=str(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = start_launch(cluster, "--job-dir", job, cwd=str(tmp_path), capture=True)
     link = _ns_link(b.netns)
     try:
-        wait_for(lambda: _step_of(job, 1) >= 2 or proc.poll() is not None, 240, what="rank 1 at step 2")
+        wait_for(lambda: rank_step(job, 1) >= 2 or proc.poll() is not None, 240, what="rank 1 at step 2")
         assert proc.poll() is None, proc.communicate()
         subprocess.run(["ip", "-n", b.netns, "link", "set", link, "down"], check=True)
         down_at = time.time()
