@@ -279,6 +279,8 @@ class Agent:
         folder = jobfiles.stacks_dir(self.spec.job_dir, self.spec.attempt)
         os.makedirs(folder, mode=0o700, exist_ok=True)
         spy = shutil.which("py-spy", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+        if self.spec.stack_tool == "faulthandler":
+            spy = None
         running = [r for r in self.running if not r.reported and r.proc.poll() is None]
         dumps = {}
         if spy:
@@ -289,18 +291,61 @@ class Agent:
         deadline = time.monotonic() + 10.0
         for r in running:
             dump = dumps.get(r.spec.name)
-            if dump is None:
-                text, method = "py-spy is not installed for this interpreter: no stack", "none"
-            else:
+            text, method = "", "none"
+            if dump is not None:
                 try:
                     out, _ = dump.communicate(timeout=max(deadline - time.monotonic(), 0.1))
-                    text, method = out.decode("utf-8", "replace"), "py-spy"
+                    if dump.returncode == 0:
+                        text, method = out.decode("utf-8", "replace"), "py-spy"
+                    else:
+                        text = f"py-spy could not read the process: {out.decode('utf-8', 'replace').strip()[-300:]}"
                 except subprocess.TimeoutExpired:
                     dump.kill()
                     dump.communicate()
-                    text, method = "py-spy did not answer within 10 s", "none"
+                    text = "py-spy did not answer within 10 s"
+            if method == "none" and self.spec.stack_tool != "py-spy":
+                text, method = _faulthandler_stack(r, fallback=text)
             write_atomic(os.path.join(folder, jobfiles.stack_file_name(r.spec.name)), text, mode=0o600)
             self.emit(Stacks(name=r.spec.name, text=text[-65536:], method=method))
+
+
+def _signal_main_thread(pid: int, sig: int) -> None:
+    """Signal the process's main thread (tid == pid), so faulthandler's "Current thread" is the main one."""
+    import platform
+
+    number = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+    libc = ctypes.CDLL(None, use_errno=True)
+    if number is None or libc.syscall(number, pid, pid, int(sig)) != 0:
+        os.kill(pid, sig)
+
+
+def _faulthandler_stack(run: "Running", fallback: str) -> tuple[str, str]:
+    """The rank's own faulthandler dump (SIGUSR2; mscluster.rank registered it), read from its stack file."""
+    from mscluster.rank import STACK_FILE_ENV, STACK_SIGNAL
+
+    path = dict(run.spec.env).get(STACK_FILE_ENV)
+    if not path:
+        return (fallback or "no stack: py-spy is not installed and the process does not use mscluster.rank"), "none"
+    try:
+        start = os.path.getsize(path)
+    except OSError:
+        return (fallback or "no stack: the process never registered its faulthandler (mscluster.rank)"), "none"
+    try:
+        _signal_main_thread(run.proc.pid, STACK_SIGNAL)
+    except OSError:
+        return fallback or "no stack: the process is gone", "none"
+    deadline = time.monotonic() + 3.0
+    text = ""
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            handle.seek(start)
+            text = handle.read()
+        if text and "most recent call first" in text and text.endswith("\n\n"):
+            break
+    if not text:
+        return ((fallback + "; " if fallback else "") + "no answer to SIGUSR2 within 3 s (frozen?)"), "none"
+    return text, "faulthandler"
 
 
 def _read_error_file(path: Optional[str]) -> Optional[dict]:

@@ -417,6 +417,7 @@ def _ssh(raw: Any, where: _Where) -> SSHSpec:
 
 
 WATCHDOG_KEYS = tuple(f.name for f in fields(WatchdogSpec))
+STACK_TOOLS = ("auto", "py-spy", "faulthandler")
 WATCHDOG_BOUNDS = {"stall_timeout": (5.0, 86400.0), "startup_timeout": (5.0, 86400.0), "beat_interval": (0.2, 600.0)}
 
 
@@ -441,6 +442,11 @@ def _watchdog(raw: Any, where: _Where) -> WatchdogSpec:
         if not low <= value <= high:
             raise where.error(("watchdog", key), f"must be {low:g}..{high:g} s, got {value:g}")
         values[key] = float(value)
+    if "stacks" in raw:
+        stacks = raw["stacks"]
+        if stacks not in STACK_TOOLS:
+            raise where.error(("watchdog", "stacks"), f"expected one of {', '.join(STACK_TOOLS)}, got {_describe(stacks)}")
+        values["stacks"] = stacks
     spec = WatchdogSpec(**values)
     if spec.beat_interval * 3 >= spec.stall_timeout:
         raise where.error(("watchdog", "beat_interval"), f"must be under a third of stall_timeout "

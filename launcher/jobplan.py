@@ -23,7 +23,8 @@ from launcher.protocol import AgentSpec, ProcessSpec
 from launcher.spec import ClusterSpec, HostSpec, Plan
 from launcher.table import format_table
 from mscluster import jobfiles
-from mscluster.rank import BEAT_INTERVAL_ENV, ERROR_FILE_ENV, EVENT_FD_ENV, HOST_ENV, RESTART_COUNT_ENV
+from mscluster.rank import (BEAT_INTERVAL_ENV, ERROR_FILE_ENV, EVENT_FD_ENV, HOST_ENV, RESTART_COUNT_ENV,
+                            STACK_FILE_ENV)
 
 JOB_DIR_AT_LAUNCH = "<job dir>"
 EVENT_FD_AT_START = "<pipe fd>"  # the agent opens each process's event pipe and fills in its number
@@ -161,6 +162,7 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
                 env.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=jobfiles.compile_cache_dir(jd))
             if cluster.watchdog.enabled:
                 env[BEAT_INTERVAL_ENV] = f"{cluster.watchdog.beat_interval:g}"
+                env[STACK_FILE_ENV] = jobfiles.faulthandler_file(jd, name, attempt)
             env.update(backend_timeouts(cluster))
             if ours and "GLOG_v" not in cluster.env_dict():
                 env["GLOG_v"] = QUIET_GLOG_V  # our programs log MindSpore's errors only, unless env: says
@@ -189,7 +191,7 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
         agents.append(AgentSpec(host=host.address, job_dir=jd, processes=tuple(procs), files=tuple(files),
                                 grace_period=grace_period, attempt=attempt, bind_cores=cluster.bind_cores,
                                 keepalive_interval=cluster.ssh.keepalive_interval,
-                                keepalive_count=cluster.ssh.keepalive_count))
+                                keepalive_count=cluster.ssh.keepalive_count, stack_tool=cluster.watchdog.stacks))
     return JobPlan(cluster=cluster, placement=placement, job_dir=job_dir, attempt=attempt, agents=tuple(agents))
 
 

@@ -24,7 +24,7 @@ from launcher.jobplan import PYTHON_WORD, JobPlan, build_job_plan, host_python, 
 from launcher.plan import plan_ranks
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
 from launcher.report import RankFailure, format_failures, order_failures
-from launcher.spec import ClusterSpec, HostSpec
+from launcher.spec import ClusterSpec, HostSpec, Plan
 from launcher.supervisor import AttemptResult, LogSink, Supervisor, console_levels
 from mscluster import jobfiles
 from mscluster.fsutil import write_atomic, write_json_atomic

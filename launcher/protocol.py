@@ -72,6 +72,7 @@ class AgentSpec:
     bind_cores: bool = True
     keepalive_interval: float = 0.0  # > 0: beat to the launcher this often, and expect its beats
     keepalive_count: int = 3  # its beats missed before the agent stops its processes on its own
+    stack_tool: str = "auto"  # py-spy | faulthandler | auto (py-spy, else faulthandler)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -129,7 +130,7 @@ class Stacks:
 
     name: str
     text: str
-    method: str  # py-spy | none
+    method: str  # py-spy | faulthandler | none
     ev = "stacks"
 
 
@@ -208,7 +209,7 @@ def decode_message(line: str) -> AgentMessage:
             raise ProtocolError(f"event: {exc}") from None
     if kind == "stacks":
         method = raw.get("method")
-        if method not in ("py-spy", "none"):
+        if method not in ("py-spy", "faulthandler", "none"):
             raise ProtocolError(f"stacks: unknown method {method!r}")
         return Stacks(name=name, text=_typed(raw, "text", str), method=method)
     if kind == "exit":

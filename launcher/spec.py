@@ -47,6 +47,7 @@ class WatchdogSpec:
     stall_timeout: float = 300.0  # no step for this long after the first step
     startup_timeout: float = 900.0  # no first step for this long after the attempt began
     beat_interval: float = 5.0  # a liveness beat from each rank's background thread
+    stacks: str = "auto"  # how stacks are taken: py-spy, faulthandler (no ptrace needed), auto (py-spy, else faulthandler)
 
     @property
     def frozen_after(self) -> float:

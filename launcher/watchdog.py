@@ -16,6 +16,7 @@ step, or for ``startup_timeout`` seconds before it. The culprit, in this order:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
@@ -67,8 +68,14 @@ def idle_seconds(rank: Liveness, now: float, started_at: float) -> float:
     return now - (rank.last_progress if rank.last_progress is not None else started_at)
 
 
+_FAULTHANDLER_FRAME = re.compile(r'\s*File "(.*)", line (\d+) in (.*)')
+
+
 def main_thread_frames(stack: str) -> list[str]:
-    """The frames of the main thread in a ``py-spy dump`` (innermost first), or of the first thread."""
+    """The frames of the main thread (innermost first) as ``func (file:line)``, from a ``py-spy
+    dump``, or from faulthandler's dump (its "Current thread": the agent signals the main thread)."""
+    if "(most recent call first):" in stack:
+        return _faulthandler_frames(stack)
     lines = stack.splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("Thread ")]
     if not starts:
@@ -79,6 +86,18 @@ def main_thread_frames(stack: str) -> list[str]:
         if not line.startswith((" ", "\t")) or not line.strip():
             break
         frames.append(line.strip())
+    return frames
+
+
+def _faulthandler_frames(stack: str) -> list[str]:
+    blocks = stack.split("\n\n")
+    current = [b for b in blocks if b.lstrip().startswith("Current thread")]
+    block = (current or [b for b in blocks if "(most recent call first):" in b] or [""])[-1]
+    frames = []
+    for line in block.splitlines()[1:]:
+        match = _FAULTHANDLER_FRAME.fullmatch(line)
+        if match:
+            frames.append(f"{match.group(3)} ({match.group(1)}:{match.group(2)})")
     return frames
 
 

@@ -80,6 +80,11 @@ def compile_cache_dir(job_dir: str) -> str:
     return os.path.join(job_dir, "compile_cache")
 
 
+def faulthandler_file(job_dir: str, name: str, attempt: int) -> str:
+    """Where a rank's ``faulthandler`` writes its stack on SIGUSR2 (the watchdog's fallback to py-spy)."""
+    return os.path.join(job_dir, ERRORS_DIR, f"{name}.attempt{attempt}.stack")
+
+
 def stacks_dir(job_dir: str, attempt: int) -> str:
     return os.path.join(job_dir, ERRORS_DIR, f"stacks-attempt{attempt}")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -38,6 +39,8 @@ JOB_DIR_ENV = "MSCLUSTER_JOB_DIR"
 HOST_ENV = "MSCLUSTER_HOST"
 RESTART_COUNT_ENV = "MSCLUSTER_RESTART_COUNT"
 BEAT_INTERVAL_ENV = "MSCLUSTER_BEAT_INTERVAL"  # seconds between liveness beats; 0 or unset: none
+STACK_FILE_ENV = "MSCLUSTER_STACK_FILE"  # where faulthandler writes every thread's stack on STACK_SIGNAL
+STACK_SIGNAL = signal.SIGUSR2  # USR1 is left to the program (Slurm's warning before a time limit)
 
 SINGLE = "single"                    # one process, no launcher
 DYNAMIC_CLUSTER = "dynamic_cluster"  # MindSpore's scheduler + workers (MS_ROLE ...)
@@ -222,6 +225,7 @@ class _Channel:
                 interval = 0.0
             if not (interval > 0 and interval < 3600):
                 return
+        _register_stack_dump()
         thread = threading.Thread(target=self._beat, args=(interval,), name="mscluster-beat", daemon=True)
         thread.start()
         self.send(events.Beat(time=time.time()))
@@ -244,6 +248,27 @@ class _Channel:
                     data = data[os.write(fd, data):]
             except OSError:  # the agent is gone (the job is being stopped): nothing to tell anyone
                 self._dead = True
+
+
+_stack_file = None  # kept open for faulthandler, which writes to its descriptor from a signal handler
+
+
+def _register_stack_dump() -> None:
+    """SIGUSR2 makes faulthandler write every thread's Python stack to ``MSCLUSTER_STACK_FILE``:
+    the watchdog's way to a stack where py-spy may not attach (no ptrace)."""
+    global _stack_file
+    path = os.environ.get(STACK_FILE_ENV)
+    if not path or _stack_file is not None:
+        return
+    try:
+        import faulthandler
+
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        _stack_file = os.fdopen(fd, "a")
+        faulthandler.register(STACK_SIGNAL, file=_stack_file, all_threads=True, chain=False)
+    except (OSError, ValueError, RuntimeError):
+        _stack_file = None
 
 
 _channel = _Channel()

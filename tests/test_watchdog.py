@@ -45,6 +45,16 @@ Thread 4243 (idle): "MainThread"
     on_train_step_end (trainer/faults.py:53)
     on_train_step_end (mindspore/train/callback/_callback.py:402)
 """
+FAULTHANDLER_SLEEPING = """Thread 0x00007f8b4cbfe640 (most recent call first):
+  File "/work/main/mscluster/rank.py", line 231 in _beat
+  File "/usr/lib/python3.11/threading.py", line 975 in run
+
+Current thread 0x00007f8b5a6e8740 (most recent call first):
+  File "/work/main/trainer/faults.py", line 59 in hang_in_python
+  File "/work/main/trainer/faults.py", line 53 in on_train_step_end
+  File "/v/lib/python3.11/site-packages/mindspore/train/callback/_callback.py", line 402 in on_train_step_end
+
+"""
 SPEC = WatchdogSpec(stall_timeout=30, startup_timeout=60, beat_interval=2)
 
 
@@ -80,11 +90,14 @@ def test_the_main_threads_frames_come_from_a_py_spy_dump():
     assert watchdog.main_thread_frames(SPY_WAITING)[:2] == ["__call__ (mindspore/common/api.py:1077)",
                                                             "_run_construct (mindspore/nn/cell.py:711)"]
     assert watchdog.inside_mindspore(SPY_WAITING) and not watchdog.inside_mindspore(SPY_SLEEPING)
+    assert watchdog.main_thread_frames(FAULTHANDLER_SLEEPING)[:2] == [
+        "hang_in_python (/work/main/trainer/faults.py:59)", "on_train_step_end (/work/main/trainer/faults.py:53)"]
+    assert not watchdog.inside_mindspore(FAULTHANDLER_SLEEPING)
 
 
-def _job(tmp_path, cifar_dir, **train):
+def _job(tmp_path, cifar_dir, stacks="auto", **train):
     cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, restarts=1,
-                            watchdog={"stall_timeout": 15, "startup_timeout": 240, "beat_interval": 1},
+                            watchdog={"stall_timeout": 15, "startup_timeout": 240, "beat_interval": 1, "stacks": stacks},
                             train={"epochs": 1, "steps_per_epoch": 30, "save_every_steps": 4, "lr": 0.01, **train})
     job = str(tmp_path / "job")
     return start_launch(cluster, "--job-dir", job, cwd=str(tmp_path), capture=True), job
@@ -125,8 +138,10 @@ def test_a_frozen_rank_is_named_with_its_stack_and_the_job_comes_back(tmp_path, 
 
 
 @pytest.mark.integration
-def test_a_rank_stuck_in_python_is_named_with_its_sleeping_frame(tmp_path, cifar_dir):
-    proc, job = _job(tmp_path, cifar_dir, debug_hang_step=6, debug_hang_rank=0, debug_fail_attempt=0)
+@pytest.mark.parametrize("stacks", ["auto", "faulthandler"])
+def test_a_rank_stuck_in_python_is_named_with_its_sleeping_frame(tmp_path, cifar_dir, stacks):
+    """py-spy (auto, here as root), or the ranks' own faulthandler where ptrace is not allowed."""
+    proc, job = _job(tmp_path, cifar_dir, stacks=stacks, debug_hang_step=6, debug_hang_rank=0, debug_fail_attempt=0)
     try:
         out, err = proc.communicate(timeout=400)
     finally:
@@ -135,8 +150,11 @@ def test_a_rank_stuck_in_python_is_named_with_its_sleeping_frame(tmp_path, cifar
     result = json.load(open(os.path.join(job, "result.json")))
     root = result["attempts"][0]["root_cause"]
     assert (root["name"], root["reason"]) == ("rank0", "stalled"), root
-    assert "stuck in Python outside MindSpore (hang_in_python (trainer/faults.py" in root["message"]
+    assert "stuck in Python outside MindSpore (hang_in_python (" in root["message"]
+    assert "trainer/faults.py" in root["message"]
     assert any("hang_in_python" in frame for frame in root["traceback_tail"])
+    stack = open(os.path.join(job, "errors", "stacks-attempt0", "rank_0.txt")).read()
+    assert ("Current thread" in stack) == (stacks == "faulthandler") and "hang_in_python" in stack
     table = out + err
     assert re.search(r"root cause .* localhost\s+0\s+0\s+stalled", table), table[-3000:]
     assert result["status"] == "succeeded"

@@ -7,7 +7,6 @@ user's ``command:``), so a user's program never has to know about the scheduler 
 """
 from __future__ import annotations
 
-import os
 import sys
 
 
