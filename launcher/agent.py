@@ -282,6 +282,7 @@ class Agent:
         if self.spec.stack_tool == "faulthandler":
             spy = None
         running = [r for r in self.running if not r.reported and r.proc.poll() is None]
+        states = {r.spec.name: _process_state(r.proc.pid) for r in running}  # before anything touches them
         dumps = {}
         if spy:
             for r in running:  # --nonblocking: read the memory without stopping it (works on a frozen one too)
@@ -306,7 +307,16 @@ class Agent:
             if method == "none" and self.spec.stack_tool != "py-spy":
                 text, method = _faulthandler_stack(r, fallback=text)
             write_atomic(os.path.join(folder, jobfiles.stack_file_name(r.spec.name)), text, mode=0o600)
-            self.emit(Stacks(name=r.spec.name, text=text[-65536:], method=method))
+            self.emit(Stacks(name=r.spec.name, text=text[-65536:], method=method, state=states[r.spec.name]))
+
+
+def _process_state(pid: int) -> str:
+    """The kernel's one-letter state of ``pid`` (R running, S sleeping, D uninterruptible, T stopped), or "?"."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0][:1] or "?"
+    except (OSError, IndexError):
+        return "?"
 
 
 def _signal_main_thread(pid: int, sig: int) -> None:

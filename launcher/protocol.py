@@ -131,6 +131,7 @@ class Stacks:
     name: str
     text: str
     method: str  # py-spy | faulthandler | none
+    state: str = "?"  # the kernel's process state when the stack was taken (/proc/<pid>/stat): T stopped, D ...
     ev = "stacks"
 
 
@@ -211,7 +212,10 @@ def decode_message(line: str) -> AgentMessage:
         method = raw.get("method")
         if method not in ("py-spy", "faulthandler", "none"):
             raise ProtocolError(f"stacks: unknown method {method!r}")
-        return Stacks(name=name, text=_typed(raw, "text", str), method=method)
+        state = raw.get("state", "?")
+        if not isinstance(state, str) or len(state) != 1:
+            raise ProtocolError("stacks: state must be one letter")
+        return Stacks(name=name, text=_typed(raw, "text", str), method=method, state=state)
     if kind == "exit":
         when = raw.get("time")
         if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):

@@ -258,6 +258,7 @@ class Supervisor:
                          for h, host in self.hosts.items() for p in host.spec.processes if p.rank is not None}
         self.stall_since: Optional[float] = None  # a stall was found; stacks are being gathered
         self.stacks: dict[str, str] = {}
+        self.proc_states: dict[str, str] = {}
         self.exited: set = set()
         self._rank0_first_step_at: Optional[float] = None
         first = next(iter(specs.values()), None)
@@ -375,6 +376,7 @@ class Supervisor:
                 self.result.eval = {"epoch": item.event.epoch, **item.event.metrics}
         elif isinstance(item, Stacks):
             self.stacks[item.name] = item.text
+            self.proc_states[item.name] = item.state
         elif isinstance(item, Started):
             self.sink.open(item.name)
             h = self.hosts[host]
@@ -472,7 +474,7 @@ class Supervisor:
 
     def _report_stall(self, now: float) -> None:
         ranks = list(self.liveness.values())
-        culprit = watchdog.choose_culprit(ranks, self.stacks, now, self.watch)
+        culprit = watchdog.choose_culprit(ranks, self.stacks, now, self.watch, self.proc_states)
         stalled = watchdog.stalled(ranks, self.stall_since or now, self.started_mono, self.watch)
         longest = max((watchdog.idle_seconds(r, self.stall_since or now, self.started_mono) for r in stalled),
                       default=0.0)

@@ -8,7 +8,9 @@ uses ``mscluster.rank`` is not watched.
 A rank has stalled when it has reported no step for ``stall_timeout`` seconds after its first
 step, or for ``startup_timeout`` seconds before it. The culprit, in this order:
 
-1. the rank whose liveness beats stopped: the process is frozen (SIGSTOP, a hung kernel call);
+1. the frozen rank: the kernel says it is stopped (SIGSTOP) or in an uninterruptible call, or its
+   liveness beats stopped while it is outside MindSpore (MindSpore's graph run holds the GIL
+   while it waits in a collective, so waiting ranks stop beating too: beats alone do not tell);
 2. otherwise the rank with the lowest step: the others wait for it in a collective;
 3. otherwise the rank whose stack is outside MindSpore: stuck in Python (a sleep, a lock, I/O)
    while the others wait inside MindSpore's collective;
@@ -107,13 +109,32 @@ def inside_mindspore(stack: str) -> bool:
     return bool(frames) and "mindspore" in frames[0]
 
 
-def choose_culprit(ranks: Sequence[Liveness], stacks: Mapping[str, str], now: float,
-                   spec: WatchdogSpec) -> Culprit:
+FROZEN_STATES = {"T": "stopped (SIGSTOP or a debugger)", "t": "stopped by a tracer", "D": "in an uninterruptible "
+                 "kernel call (a hung disk or driver)"}
+
+
+def choose_culprit(ranks: Sequence[Liveness], stacks: Mapping[str, str], now: float, spec: WatchdogSpec,
+                   states: Mapping[str, str] = {}) -> Culprit:
+    """The rank to blame (see the module's docstring).
+
+    ``states`` are the kernel's process states when the stacks were taken. A rank counts as frozen
+    when the kernel says it is stopped or stuck in an uninterruptible call, or when its beats
+    stopped while its main thread is outside MindSpore: MindSpore's graph run holds the GIL while it
+    waits in a collective, so the healthy ranks waiting for a culprit stop beating too.
+    """
     watched = [r for r in ranks if r.watched]
-    frozen = [r for r in watched if now - (r.last_beat or now) > spec.frozen_after]
-    if frozen:
-        r = min(frozen, key=lambda x: x.last_beat or 0.0)
-        return Culprit(r.name, r.host, f"frozen: its liveness beats stopped {now - (r.last_beat or now):.0f} s ago")
+    by_kernel = [r for r in watched if states.get(r.name) in FROZEN_STATES]
+    if by_kernel:
+        r = by_kernel[0]
+        beats = "" if r.last_beat is None else f"; its liveness beats stopped {now - r.last_beat:.0f} s ago"
+        return Culprit(r.name, r.host, f"frozen: the kernel says it is {FROZEN_STATES[states[r.name]]}{beats}")
+    silent = [r for r in watched if now - (r.last_beat or now) > spec.frozen_after
+              and not (r.name in stacks and inside_mindspore(stacks[r.name]))]
+    if silent:
+        r = min(silent, key=lambda x: x.last_beat or 0.0)
+        frame = main_thread_frames(stacks.get(r.name, ""))[:1]
+        where = f" in Python outside MindSpore ({frame[0]})" if frame else ""
+        return Culprit(r.name, r.host, f"frozen{where}: its liveness beats stopped {now - (r.last_beat or now):.0f} s ago")
     steps = {r.name: (r.last_step if r.last_step is not None else -1) for r in watched}
     if len(set(steps.values())) > 1:
         r = min(watched, key=lambda x: (steps[x.name], x.rank))

@@ -73,8 +73,14 @@ def test_a_stall_is_counted_from_the_last_step_or_from_the_start():
 
 
 def test_the_culprit_is_the_frozen_then_the_slowest_then_the_one_outside_mindspore():
-    frozen = _ranks((99.0, 5, 60.0), (40.0, 5, 60.0))
-    c = watchdog.choose_culprit(frozen, {}, now=100.0, spec=SPEC)
+    frozen = _ranks((40.0, 5, 60.0), (40.0, 5, 60.0))  # both silent: the waiting one holds the GIL in MindSpore
+    c = watchdog.choose_culprit(frozen, {"rank0": SPY_WAITING, "rank1": SPY_WAITING}, now=100.0, spec=SPEC,
+                                states={"rank0": "S", "rank1": "T"})
+    assert c.name == "rank1" and c.why == ("frozen: the kernel says it is stopped (SIGSTOP or a debugger); "
+                                           "its liveness beats stopped 60 s ago")
+    assert watchdog.choose_culprit(frozen, {"rank0": SPY_WAITING, "rank1": SPY_WAITING}, now=100.0, spec=SPEC,
+                                   states={"rank0": "S", "rank1": "S"}).name is None  # silence inside MindSpore
+    c = watchdog.choose_culprit(_ranks((99.0, 5, 60.0), (40.0, 5, 60.0)), {}, now=100.0, spec=SPEC)
     assert c.name == "rank1" and c.why.startswith("frozen: its liveness beats stopped 60 s ago")
     behind = _ranks((99.0, 7, 60.0), (99.0, 6, 60.0))
     c = watchdog.choose_culprit(behind, {}, now=100.0, spec=SPEC)
@@ -125,7 +131,7 @@ def test_a_frozen_rank_is_named_with_its_stack_and_the_job_comes_back(tmp_path, 
     result = json.load(open(os.path.join(job, "result.json")))
     root = result["attempts"][0]["root_cause"]
     assert (root["name"], root["reason"]) == ("rank1", "stalled"), root
-    assert "frozen: its liveness beats stopped" in root["message"]
+    assert "frozen: the kernel says it is stopped (SIGSTOP or a debugger)" in root["message"]
     detected_at = root["time"] + result["attempts"][0]["detect_s"]  # its last step + the time it hung
     assert 14 <= detected_at - frozen_at <= 15 + 10
     assert os.path.getsize(os.path.join(job, "errors", "stacks-attempt0", "rank_1.txt")) > 0
@@ -150,7 +156,7 @@ def test_a_rank_stuck_in_python_is_named_with_its_sleeping_frame(tmp_path, cifar
     result = json.load(open(os.path.join(job, "result.json")))
     root = result["attempts"][0]["root_cause"]
     assert (root["name"], root["reason"]) == ("rank0", "stalled"), root
-    assert "stuck in Python outside MindSpore (hang_in_python (" in root["message"]
+    assert "in Python outside MindSpore (hang_in_python (" in root["message"]  # stuck, or frozen if its beats stopped
     assert "trainer/faults.py" in root["message"]
     assert any("hang_in_python" in frame for frame in root["traceback_tail"])
     stack = open(os.path.join(job, "errors", "stacks-attempt0", "rank_0.txt")).read()
