@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the system packages the ssh/netns tests need: openssh-server (sshd, ssh-keygen) and
-# iproute2 (ip netns). Idempotent: installs only what is missing, runs `apt-get update` only when
+# iproute2 (ip netns), and pdsh (the fan-out peer scripts/bench_scale.py times). Idempotent: installs only what is missing, runs `apt-get update` only when
 # an install is needed. As non-root it prints what is missing and exits 0 (the tests then skip,
 # or fail when CI is set).
 set -euo pipefail
@@ -10,6 +10,7 @@ declare -A wanted=(
     [/usr/bin/ssh-keygen]=openssh-client
     [/usr/sbin/ip]=iproute2
     [/usr/bin/curl]=curl
+    [/usr/bin/pdsh]=pdsh
 )
 
 missing=()

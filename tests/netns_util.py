@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import getpass
 import ipaddress
+import json
 import os
 import random
 import shutil
@@ -22,12 +24,15 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Optional, Sequence
+
+import psutil
 
 import pytest
 
 from launcher.spec import SSHSpec
-from sshd_util import SSHServer, keygen, require_sshd, running_sshd, skip_or_fail
+from helpers import free_port
+from sshd_util import SSHD, SSHServer, keygen, require_sshd, skip_or_fail, sshd_config, stop_process_tree, wait_listening
 
 SUBNET_BASE = "10.213"  # only our own bridge carries addresses from it
 
@@ -119,72 +124,215 @@ class NetnsLab:
         return dataclasses.replace(spec, **changes)
 
 
+LAB_STATE_DIR = "/run/mscluster-test-labs"  # one JSON file per live lab: what to remove if its owner dies
+STATE_VERSION = 1
+
+
+def _run_batch(argv: Sequence[str], lines: Sequence[str]) -> None:
+    """``ip ... -batch -`` with ``lines`` on stdin: hundreds of link commands in one process."""
+    done = subprocess.run([*argv, "-batch", "-"], input="\n".join(lines) + "\n", capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} -batch: {done.stderr.strip()[-500:]}")
+
+
+def _parallel(argvs: Sequence[Sequence[str]], what: str) -> None:
+    """Run every command at once and wait for all; the first failure raises."""
+    procs = [subprocess.Popen(list(a), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for a in argvs]
+    failed = []
+    for argv, proc in zip(argvs, procs):
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            failed.append(f"{' '.join(argv)}: {err.strip()[-300:]}")
+    if failed:
+        raise RuntimeError(f"{what}: {failed[0]} ({len(failed)} failed)")
+
+
+def _netns_pids(ns: str) -> List[int]:
+    """Every process inside namespace ``ns`` (the kernel's list, ``ip netns pids``)."""
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=30)
+    return [int(w) for w in done.stdout.split() if w.isdigit()]
+
+
+def _pid_from_file(path: str, config: str) -> Optional[int]:
+    """The pid in an sshd pid file, if that process is still the sshd started with ``config``."""
+    try:
+        pid = int(Path(path).read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if config.encode() in cmdline else None  # a reused pid is somebody else's: left alone
+
+
+CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
+CGROUP_V2 = "/sys/fs/cgroup"
+
+
+def make_host_cgroup(name: str, share: float) -> Optional[str]:
+    """A CPU cgroup that gets ``share`` (0..1) of the weight of everything else when both want CPU.
+
+    All of a lab's hosts share this machine's cores, which a real fleet's hosts do not: 512 ranks
+    starting at once leave the launcher (one process among 600) a 600th of the CPU. In this
+    cgroup the hosts get the CPU the launcher leaves idle, and the launcher what it asks for.
+    cgroup v1's cpu controller, else v2's; None where neither can be written (then the hosts
+    run at nice 19).
+    """
+    candidates = []
+    if os.path.isfile(os.path.join(CGROUP_V1_CPU, "cpu.shares")):
+        candidates.append((os.path.join(CGROUP_V1_CPU, name), "cpu.shares", max(int(1024 * share), 2)))
+    try:
+        v2 = "cpu" in Path(CGROUP_V2, "cgroup.controllers").read_text().split()
+    except OSError:
+        v2 = False
+    if v2:
+        candidates.append((os.path.join(CGROUP_V2, name), "cpu.weight", max(int(100 * share), 1)))
+    for path, knob, value in candidates:
+        try:
+            os.makedirs(path, exist_ok=True)
+            Path(path, knob).write_text(str(value))
+            return path
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+    return None
+
+
+def remove_lab(state: dict) -> List[str]:
+    """Stop a lab's sshd servers by their pid files, every process left in its namespaces by pid, then
+    delete the namespaces, veths and bridge. Returns the namespaces still there afterwards."""
+    for entry in state.get("sshd", []):
+        pid = _pid_from_file(entry["pid_file"], entry["config"])
+        if pid is not None:
+            stop_process_tree(pid)
+    namespaces = [ns for ns in state.get("namespaces", []) if os.path.exists(f"/run/netns/{ns}")]
+    for ns in namespaces:  # agents and ranks the sshd trees did not hold (daemonized, reparented)
+        for pid in _netns_pids(ns):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+    if namespaces:
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {ns}\n" for ns in namespaces),
+                       capture_output=True, text=True, timeout=120)
+    _ip_quiet("link", "del", state.get("bridge", ""))
+    if state.get("cgroup"):
+        with contextlib.suppress(OSError):
+            os.rmdir(state["cgroup"])  # empty once its processes are gone
+    return [ns for ns in state.get("namespaces", []) if os.path.exists(f"/run/netns/{ns}")]
+
+
+def reap_stale_labs(state_dir: str = LAB_STATE_DIR) -> List[str]:
+    """Remove the labs whose owner process is gone (a run killed before its teardown); their names."""
+    reaped = []
+    for path in sorted(Path(state_dir).glob("*.json")) if os.path.isdir(state_dir) else []:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        owner = state.get("owner", {})
+        try:
+            alive = psutil.Process(int(owner.get("pid", 0))).create_time() == owner.get("started")
+        except (psutil.NoSuchProcess, ValueError, TypeError):
+            alive = False
+        if alive:
+            continue
+        if not remove_lab(state):
+            path.unlink(missing_ok=True)
+            reaped.append(state.get("bridge", path.stem))
+    return reaped
+
+
 @contextlib.contextmanager
-def netns_lab(workdir: Path, count: int = 2, extra_sshd_config: Sequence[str] = ()) -> Iterator[NetnsLab]:
-    """Build ``count`` namespace hosts on a fresh bridge; tear everything down on exit."""
+def netns_lab(workdir: Path, count: int = 2, extra_sshd_config: Sequence[str] = (),
+              host_cpu_share: Optional[float] = None) -> Iterator[NetnsLab]:
+    """Build ``count`` (up to 250) namespace hosts on a fresh bridge, in parallel; tear all down on exit.
+
+    ``host_cpu_share``: run every host's sshd (and so its agents and ranks) in a cgroup with this
+    share of the CPU weight (``make_host_cgroup``), as a benchmark of the launcher at scale needs.
+
+    What it builds is recorded in ``/run/mscluster-test-labs/<tag>.json`` before it exists, so a run
+    killed before its teardown is cleaned up by the next lab (``reap_stale_labs``), or by hand with
+    ``python tests/netns_util.py --cleanup``: sshd by pid file, namespaces with ``ip netns del``.
+    """
     require_netns()
+    reap_stale_labs()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:6]
     bridge = f"msbr{tag}"  # interface names: at most 15 characters
     net = pick_subnet()
     addresses = list(net.hosts())
+    if count > len(addresses) - 2:
+        raise ValueError(f"at most {len(addresses) - 2} hosts fit in {net}")
     gateway = str(addresses[0])
-    namespaces: List[str] = []
-    veths: List[str] = []
-    with contextlib.ExitStack() as stack:
+    namespaces = [f"msns{tag}{i:03d}" for i in range(count)]
+    host_dirs = [workdir / ns for ns in namespaces]
+    port = free_port("127.0.0.1")  # every namespace is a fresh network stack: free in all of them
+    cgroup = make_host_cgroup(f"mscluster-lab-{tag}", host_cpu_share) if host_cpu_share is not None else None
+    nice = ["nice", "-n", "19"] if host_cpu_share is not None and cgroup is None else []
+    state = {"version": STATE_VERSION, "owner": {"pid": os.getpid(), "started": psutil.Process().create_time()},
+             "bridge": bridge, "namespaces": namespaces, "cgroup": cgroup,
+             "sshd": [{"pid_file": str(d / "sshd.pid"), "config": str(d / "sshd_config")} for d in host_dirs]}
+    os.makedirs(LAB_STATE_DIR, mode=0o700, exist_ok=True)
+    state_file = Path(LAB_STATE_DIR) / f"{tag}.json"
+    state_file.write_text(json.dumps(state))
+    procs: List[subprocess.Popen] = []
+    try:
         try:
-            _ip("link", "add", bridge, "type", "bridge")
-            stack.callback(_ip_quiet, "link", "del", bridge)
-            _ip("addr", "add", f"{gateway}/{net.prefixlen}", "dev", bridge)
-            _ip("link", "set", bridge, "up")
-            for i in range(count):
-                ns = f"msns{tag}{chr(ord('a') + i)}"
+            root = [f"link add {bridge} type bridge", f"addr add {gateway}/{net.prefixlen} dev {bridge}",
+                    f"link set {bridge} up"]
+            _run_batch(["ip"], root)
+            _run_batch(["ip"], [f"netns add {ns}" for ns in namespaces])
+            links = []
+            for i, ns in enumerate(namespaces):
                 veth, peer = f"msv{tag}{i}", f"msp{tag}{i}"
-                _ip("netns", "add", ns)
-                namespaces.append(ns)
-                stack.callback(_ip_quiet, "netns", "del", ns)  # also removes the veth pair
-                _ip("link", "add", veth, "type", "veth", "peer", "name", peer, "netns", ns)
-                veths.append(veth)
-                stack.callback(_ip_quiet, "link", "del", veth)
-                _ip("link", "set", veth, "master", bridge)
-                _ip("link", "set", veth, "up")
-                _ip("-n", ns, "addr", "add", f"{addresses[1 + i]}/{net.prefixlen}", "dev", peer)
-                _ip("-n", ns, "link", "set", peer, "up")
-                _ip("-n", ns, "link", "set", "lo", "up")
+                links += [f"link add {veth} type veth peer name {peer} netns {ns}",
+                          f"link set {veth} master {bridge}", f"link set {veth} up"]
+            _run_batch(["ip"], links)
+            for i, ns in enumerate(namespaces):
+                _run_batch(["ip", "-n", ns], [f"addr add {addresses[1 + i]}/{net.prefixlen} dev msp{tag}{i}",
+                                              f"link set msp{tag}{i} up", "link set lo up"])
 
             user_key = keygen(workdir / "id_ed25519", "test-user")
+            for d in host_dirs:
+                d.mkdir(parents=True, exist_ok=True)
+                (d / "authorized_keys").write_text(Path(f"{user_key}.pub").read_text())
+            _parallel([["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test-host", "-f",
+                        str(d / "ssh_host_ed25519_key")] for d in host_dirs], "host keys")
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation folder
+            for i, (ns, d) in enumerate(zip(namespaces, host_dirs)):
+                cfg = sshd_config(d, str(addresses[1 + i]), port, d / "ssh_host_ed25519_key", extra_sshd_config)
+                (d / "sshd.log").write_text("")
+                procs.append(subprocess.Popen([*nice, "ip", "netns", "exec", ns, SSHD, "-D", "-f", str(cfg), "-E",
+                                               str(d / "sshd.log")], stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                              start_new_session=True))
+                if cgroup is not None:  # before it accepts a connection: every session inherits it
+                    Path(cgroup, "cgroup.procs").write_text(str(procs[-1].pid))
             hosts = []
-            port = None
-            for i, ns in enumerate(namespaces):
-                server = stack.enter_context(
-                    running_sshd(
-                        workdir / ns,
-                        str(addresses[1 + i]),
-                        netns=ns,
-                        user_key=user_key,
-                        extra_config=tuple(extra_sshd_config),
-                        port=port,
-                    )
-                )
-                port = server.port  # one port for all hosts, as in a real cluster
-                hosts.append(NetnsHost(netns=ns, address=server.address, sshd=server))
+            for i, (ns, d, proc) in enumerate(zip(namespaces, host_dirs, procs)):
+                address = str(addresses[1 + i])
+                wait_listening(proc, address, port, d / "sshd.log")
+                pub = Path(f"{d / 'ssh_host_ed25519_key'}.pub").read_text().split()
+                (d / "known_hosts").write_text(f"[{address}]:{port} {pub[0]} {pub[1]}\n")
+                server = SSHServer(address=address, port=port, user=getpass.getuser(), key_file=str(user_key),
+                                   known_hosts=str(d / "known_hosts"), pid=proc.pid, log=str(d / "sshd.log"),
+                                   workdir=str(d))
+                hosts.append(NetnsHost(netns=ns, address=address, sshd=server))
             known_hosts = workdir / "known_hosts"
             known_hosts.write_text("".join(Path(h.sshd.known_hosts).read_text() for h in hosts))
-            lab = NetnsLab(
-                bridge=bridge,
-                subnet=str(net),
-                gateway=gateway,
-                unused_address=str(addresses[-1]),
-                hosts=tuple(hosts),
-                key_file=str(user_key),
-                known_hosts=str(known_hosts),
-                user=hosts[0].sshd.user,
-            )
+            lab = NetnsLab(bridge=bridge, subnet=str(net), gateway=gateway, unused_address=str(addresses[-1]),
+                           hosts=tuple(hosts), key_file=str(user_key), known_hosts=str(known_hosts),
+                           user=getpass.getuser())
         except Exception as exc:
             raise RuntimeError(f"building the netns lab failed: {exc}") from exc
         yield lab
-    leftovers = [ns for ns in namespaces if os.path.exists(f"/run/netns/{ns}")]
+    finally:
+        leftovers = remove_lab(state)
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        if not leftovers:
+            state_file.unlink(missing_ok=True)
     if leftovers:
         raise RuntimeError(f"namespaces left behind: {leftovers}")
 
@@ -194,3 +342,11 @@ def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab]:
     """Two namespace hosts with sshd each, for the whole session (skips, or fails under CI)."""
     with netns_lab(tmp_path_factory.mktemp("netns"), count=2) as lab:
         yield lab
+
+
+if __name__ == "__main__":  # python tests/netns_util.py --cleanup: remove what interrupted runs left
+    import sys
+
+    if sys.argv[1:] != ["--cleanup"]:
+        sys.exit("usage: python tests/netns_util.py --cleanup")
+    print("removed:", ", ".join(reap_stale_labs()) or "nothing")

@@ -90,7 +90,12 @@ class SSHServer:
 
 
 def keygen(path: Path, comment: str) -> Path:
-    """Write an ed25519 key pair without passphrase at ``path`` (+ ``.pub``); return ``path``."""
+    """Write an ed25519 key pair without passphrase at ``path`` (+ ``.pub``); return ``path``.
+
+    A pair already there (a test folder used again) is replaced: ssh-keygen would stop to ask.
+    """
+    for old in (Path(path), Path(f"{path}.pub")):
+        old.unlink(missing_ok=True)
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
         check=True,
@@ -101,7 +106,7 @@ def keygen(path: Path, comment: str) -> Path:
     return path
 
 
-def _sshd_config(workdir: Path, address: str, port: int, host_key: Path, extra: Sequence[str]) -> Path:
+def sshd_config(workdir: Path, address: str, port: int, host_key: Path, extra: Sequence[str]) -> Path:
     lines = [
         f"Port {port}",
         f"ListenAddress {address}",
@@ -118,6 +123,11 @@ def _sshd_config(workdir: Path, address: str, port: int, host_key: Path, extra: 
         "PrintMotd no",
         "PrintLastLog no",
         "MaxStartups 64",
+        # Every test host logs in to this machine's one home folder. Where its .bashrc runs `pyenv
+        # init`, every login takes pyenv's rehash lock, so 64 hosts' logins queued behind each
+        # other, and a login killed while holding it (a teardown) made every later one wait 60 s.
+        # Real hosts have a home folder each; here a login waits 1 s at most.
+        "SetEnv PYENV_REHASH_TIMEOUT=1",
         "LogLevel VERBOSE",
         *extra,
     ]
@@ -126,7 +136,7 @@ def _sshd_config(workdir: Path, address: str, port: int, host_key: Path, extra: 
     return cfg
 
 
-def _wait_listening(proc: subprocess.Popen, address: str, port: int, log: Path) -> None:
+def wait_listening(proc: subprocess.Popen, address: str, port: int, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -199,7 +209,7 @@ def running_sshd(
     last_error: Optional[Exception] = None
     for _attempt in range(1 if port else 3):  # another process may take a free port first
         port = port or free_port("127.0.0.1" if netns else address)
-        cfg = _sshd_config(workdir, address, port, host_key, extra_config)
+        cfg = sshd_config(workdir, address, port, host_key, extra_config)
         log.write_text("")
         proc = subprocess.Popen(
             [*prefix, SSHD, "-D", "-f", str(cfg), "-E", str(log)],
@@ -209,7 +219,7 @@ def running_sshd(
             start_new_session=True,
         )
         try:
-            _wait_listening(proc, address, port, log)
+            wait_listening(proc, address, port, log)
             break
         except RuntimeError as exc:
             last_error = exc
