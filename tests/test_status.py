@@ -202,3 +202,23 @@ def test_follow_yields_whole_lines_as_written_until_the_job_ends(tmp_path):
     lines = list(follow(str(path), done=ended.is_set, poll_s=0.02))
     thread.join()
     assert lines == [f"line {i} part two" for i in range(5)] + ["last line without newline"]
+
+
+def test_a_flood_of_events_rewrites_the_file_at_most_every_interval_and_loses_no_change(tmp_path):
+    now = [1000.0]
+    writer = StatusWriter(str(tmp_path), _specs(), attempt=0, every=0.5, monotonic=lambda: now[0])
+    _started(writer)  # within the interval after the first write: not yet in the file
+    assert [r.state for r in read_status(str(tmp_path)).ranks] == ["pending"] * 3
+    mtimes = set()
+    for step in range(1, 1001):  # 1000 events in the same instant: no rewrite
+        _progress(writer, "rank1", 1, 2, step, 1000, step, 1.0, 300.0)
+        mtimes.add(os.stat(tmp_path / STATUS_FILE).st_mtime_ns)
+    assert len(mtimes) == 1 and read_status(str(tmp_path)).lead.global_step is None
+    now[0] += 0.5
+    writer.flush()  # the supervisor's loop, every turn: the latest state, once
+    status = read_status(str(tmp_path))
+    assert [r.state for r in status.ranks] == ["running"] * 3
+    assert {r.name: r.global_step for r in status.ranks}["rank1"] == 1000
+    _exit(writer, "rank1", 3)
+    writer.attempt_ended(ok=False, interrupted=False)  # the end is written at once, whatever the interval
+    assert {r.name: r.state for r in read_status(str(tmp_path)).ranks}["rank1"] == "failed"
