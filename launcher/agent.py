@@ -36,6 +36,12 @@ _PR_SET_PDEATHSIG = 1
 POLL_S = 0.05  # how often exits are looked for while nothing is read
 MAX_LINE = 65536  # a longer run of bytes without a newline is relayed in pieces of this size
 MAX_ERROR_FILE = 262144
+# Lines and events are sent in batches: at most this long after the first of a batch (or at
+# 256 KiB). Eight ranks printing 50 lines/s each were one SSH packet per line, and at 64 hosts
+# the launcher's SSH stack could not decrypt them as fast as they came; exits, the end, stacks
+# and beats go at once.
+BATCH_S = 0.05
+BATCH_BYTES = 262144
 
 
 @dataclass
@@ -70,14 +76,42 @@ class Agent:
         self.ok = True
         self.heard_at = time.monotonic()  # the launcher's last word on stdin
         self.beat_at = 0.0  # when this agent last sent its own beat
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        self._batch_since: Optional[float] = None  # when the oldest message waiting was emitted
 
     # -- output ------------------------------------------------------------------------------------
     def emit(self, msg: AgentMessage) -> None:
+        """Queue one message for the launcher; exits, the end, stacks and beats are sent at once."""
+        data = (encode_message(msg) + "\n").encode("utf-8")
+        self._batch.append(data)
+        self._batch_size += len(data)
+        if self._batch_since is None:
+            self._batch_since = time.monotonic()
+        if isinstance(msg, (Exited, Done, Stacks, Alive)) or self._batch_size >= BATCH_BYTES:
+            self.send()
+
+    def send(self) -> None:
+        """Write every queued message in one write."""
+        if not self._batch:
+            return
+        data = b"".join(self._batch)
+        self._batch.clear()
+        self._batch_size, self._batch_since = 0, None
         try:
-            self.out.write((encode_message(msg) + "\n").encode("utf-8"))
+            self.out.write(data)
             self.out.flush()
         except (BrokenPipeError, ValueError, OSError):
             self.stop_requested = True  # nobody listens any more: stop the job
+
+    def _send_due(self) -> None:
+        if self._batch_since is not None and time.monotonic() - self._batch_since >= BATCH_S:
+            self.send()
+
+    def _select_timeout(self) -> float:
+        if self._batch_since is None:
+            return POLL_S
+        return min(POLL_S, max(self._batch_since + BATCH_S - time.monotonic(), 0.0))
 
     # -- start -------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -132,6 +166,7 @@ class Agent:
                 self.selector.register(fd, selectors.EVENT_READ, stream)
             self.running.append(run)
             self.emit(Started(name=p.name, pid=proc.pid, cpus=tuple(cpus) if cpus else None))
+        self.send()
 
     def _start_failed(self, p: ProcessSpec, exc: OSError) -> None:
         where = f" in {p.cwd}" if p.cwd else ""
@@ -225,7 +260,7 @@ class Agent:
         if len(self.running) < len(self.spec.processes):
             self.ok = False  # stopped (or failed) before everything started: not a success
         while not all(r.reported for r in self.running):
-            for key, _ in self.selector.select(timeout=POLL_S):
+            for key, _ in self.selector.select(timeout=self._select_timeout()):
                 if key.data is None:
                     self._read_stdin()
                 else:
@@ -238,6 +273,7 @@ class Agent:
                 self.begin_stop()
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
                 _kill_groups([r.proc.pid for r in self.running if not r.reported], timeout=0.0)
+            self._send_due()
         _kill_groups([r.proc.pid for r in self.running])  # leftovers (children) of ranks, if any
         self.emit(Done(ok=self.ok))
         return 0 if self.ok else 1

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 STOP_MARGIN_S = 15.0
 STACKS_WAIT_S = 12.0  # how long a stall waits for every process's stack before it reports
+STATUS_EVERY_S = 0.5  # status.json is rewritten at most this often while the attempt runs
 OUTPUT_TAIL = 30
 AGENT = "agent"  # the name of a host's agent in logs and failure tables
 
@@ -69,6 +70,8 @@ class AttemptResult:
     last_checkpoint_step: Optional[int] = None  # the step of the last complete checkpoint reported
     stopped_at: Optional[float] = None  # wall time the teardown began (None: it ended by itself)
     step_seconds: float = 0.0  # wall time between rank 0's first and last step of this attempt
+    all_started_at: Optional[float] = None  # wall time every process of every host had started
+    all_progress_at: Optional[float] = None  # wall time every rank had reported its first step
 
     @property
     def ok(self) -> bool:
@@ -149,6 +152,7 @@ class LogSink:
         self.levels = dict(levels)  # process name -> its GLOG_v: MindSpore's lines below it stay off the console
         self.disk_error: Optional[str] = None  # set when a log could not be written (a full disk)
         self._files: dict[str, TextIO] = {}
+        self._unflushed: set[str] = set()  # processes whose log has lines not yet flushed
         self._lock = threading.Lock()
         os.makedirs(logs_dir, exist_ok=True)
         self._all: Optional[TextIO] = None
@@ -195,20 +199,38 @@ class LogSink:
                 try:
                     handle = self._handle(name)
                     handle.write(line + "\n")
-                    handle.flush()
+                    self._unflushed.add(name)
                     if self._all is None:
                         self._all = _open_log(os.path.join(self.logs_dir, jobfiles.ALL_LOG))
                         if self.attempt:
                             self._all.write(self._separator())
                     self._all.write(f"[{host}:{label}] {line}\n")
-                    self._all.flush()
                 except OSError as exc:  # a full disk (or quota) under the job folder: the job must stop
                     self.disk_error = f"cannot write the logs in {self.logs_dir}: {exc.strerror or exc}"
             if self.console is not None and self.shows(name, line):
                 try:
                     self.console.write(f"[{host}:{label}] {line}\n")
-                    self.console.flush()
                 except (OSError, ValueError):  # a closed terminal or pipe: the files keep everything
+                    self.console = None
+
+    def flush(self) -> None:
+        """Hand what was written since the last flush to the files and the console (once per batch)."""
+        with self._lock:
+            if self.disk_error is None:
+                try:
+                    for name in self._unflushed:
+                        handle = self._files.get(name)
+                        if handle is not None:
+                            handle.flush()
+                    if self._all is not None:
+                        self._all.flush()
+                except OSError as exc:
+                    self.disk_error = f"cannot write the logs in {self.logs_dir}: {exc.strerror or exc}"
+            self._unflushed.clear()
+            if self.console is not None:
+                try:
+                    self.console.flush()
+                except (OSError, ValueError):
                     self.console = None
 
     def close(self) -> None:
@@ -240,6 +262,7 @@ class _Host:
     done: bool = False
     gone: bool = False
     heard_at: Optional[float] = None  # monotonic time of its agent's last word (None: not started yet)
+    read_at: float = float("-inf")  # when its reader thread last got bytes: a busy launcher's backlog is no silence
 
 
 class Supervisor:
@@ -261,11 +284,12 @@ class Supervisor:
         self.proc_states: dict[str, str] = {}
         self.exited: set = set()
         self._rank0_first_step_at: Optional[float] = None
+        self._waiting_first_step = set(self.liveness)  # (host, name) of ranks yet to report a step
         first = next(iter(specs.values()), None)
         self.keepalive_interval = first.keepalive_interval if first is not None else 0.0
         self.silence_limit = self.keepalive_interval * (first.keepalive_count if first is not None else 3)
         self._beat_sent_at = 0.0
-        self.items: "queue.Queue[tuple[str, HostItem]]" = queue.Queue()
+        self.items: "queue.Queue[tuple[str, Union[HostItem, list[HostItem]]]]" = queue.Queue()
         self.tails: dict[tuple[str, str, str], Deque[str]] = collections.defaultdict(  # (host, name, stream)
             lambda: collections.deque(maxlen=OUTPUT_TAIL))
         self.state = AttemptState.STARTING
@@ -273,7 +297,8 @@ class Supervisor:
         self.result = AttemptResult(state=AttemptState.STARTING, started_at=time.time())
         self._proc_info = {(h, p.name): p for h, host in self.hosts.items() for p in host.spec.processes}
         # <job>/status.json for `mscluster status` (the sink's logs_dir is <job>/logs)
-        self.status = StatusWriter(os.path.dirname(os.path.abspath(sink.logs_dir)), specs, attempt)
+        self.status = StatusWriter(os.path.dirname(os.path.abspath(sink.logs_dir)), specs, attempt,
+                                   every=STATUS_EVERY_S)
 
     # -- starting ----------------------------------------------------------------------------------
     def _start(self, name: str, host: _Host) -> None:
@@ -290,11 +315,15 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - any failure to start is this host's failure, reported once
             self.items.put((name, AgentGone(None, f"could not start the agent on {name}: {exc}")))
             return
-        for line in session.lines():
-            try:
-                self.items.put((name, decode_message(line)))
-            except ProtocolError as exc:
-                self.items.put((name, AgentStderr(f"mscluster: a bad message from the agent on {name}: {exc}")))
+        for lines in session.batches():  # one hand-over per read: a fleet sends thousands of lines a second
+            host.read_at = time.monotonic()
+            batch: list[HostItem] = []
+            for line in lines:
+                try:
+                    batch.append(decode_message(line))
+                except ProtocolError as exc:
+                    batch.append(AgentStderr(f"mscluster: a bad message from the agent on {name}: {exc}"))
+            self.items.put((name, batch))
         self.items.put((name, AgentGone(session.wait(timeout=30))))
 
     # -- stopping ----------------------------------------------------------------------------------
@@ -370,6 +399,10 @@ class Supervisor:
                 if isinstance(item.event, events.Progress):
                     live.last_step, live.last_progress = item.event.step, live.last_beat
                     self._count_step(live.rank, item.event.step)
+                    if self._waiting_first_step:
+                        self._waiting_first_step.discard((host, item.name))
+                        if not self._waiting_first_step:
+                            self.result.all_progress_at = time.time()
             if isinstance(item.event, events.Checkpoint):
                 self.result.last_checkpoint_step = item.event.step
             if isinstance(item.event, events.Eval):
@@ -384,6 +417,7 @@ class Supervisor:
             if self.state is AttemptState.STARTING and all(
                     len(x.started) == len(x.spec.processes) for x in self.hosts.values()):
                 self.state = AttemptState.RUNNING
+                self.result.all_started_at = time.time()
         elif isinstance(item, Exited):
             self.exited.add((host, item.name))
             self._on_exit(host, item)
@@ -433,9 +467,9 @@ class Supervisor:
                     except BrokenPipeError:
                         pass
         for name, h in self.hosts.items():
-            if h.gone or h.heard_at is None or now - h.heard_at <= self.silence_limit:
+            if h.gone or h.heard_at is None or now - max(h.heard_at, h.read_at) <= self.silence_limit:
                 continue
-            silent = now - h.heard_at
+            silent = now - max(h.heard_at, h.read_at)
             h.gone = True
             self.status.host_lost(name)
             self.result.failures.append(RankFailure(
@@ -515,11 +549,12 @@ class Supervisor:
                 self._watch()
                 self._keepalive()
                 self._check_disk()
+                self.status.flush()
                 try:
                     host, item = self.items.get(timeout=0.25)
                 except queue.Empty:
                     continue
-                self._handle(host, item)
+                self._handle_all(host, item)
         except KeyboardInterrupt:
             interrupted = True
             self.stop("interrupted (Ctrl-C)")
@@ -552,4 +587,10 @@ class Supervisor:
                     if h.session is not None and not h.gone:
                         h.session.kill()
                 continue
-            self._handle(host, item)
+            self._handle_all(host, item)
+
+    def _handle_all(self, host: str, item: Union[HostItem, list[HostItem]]) -> None:
+        """One item, or a read's batch of them; then the logs are flushed (one flush per batch)."""
+        for one in item if isinstance(item, list) else (item,):
+            self._handle(host, one)
+        self.sink.flush()
