@@ -66,6 +66,10 @@ class AttemptRecord:
     steps_lost: Optional[int] = None
     first_step_at: Optional[float] = None
     step_seconds: float = 0.0
+    # where a start's time goes: seconds from the attempt's start until every process had started,
+    # and until every rank had reported its first step
+    started_s: Optional[float] = None
+    first_progress_s: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +85,8 @@ class AttemptRecord:
                              root_cause=raw.get("root_cause") if isinstance(raw.get("root_cause"), dict) else None,
                              lost=raw.get("lost") is True, detect_s=number("detect_s"), recover_s=number("recover_s"),
                              steps_lost=raw.get("steps_lost") if isinstance(raw.get("steps_lost"), int) else None,
-                             first_step_at=number("first_step_at"), step_seconds=number("step_seconds") or 0.0)
+                             first_step_at=number("first_step_at"), step_seconds=number("step_seconds") or 0.0,
+                             started_s=number("started_s"), first_progress_s=number("first_progress_s"))
 
 
 @dataclass
@@ -95,10 +100,11 @@ class JobResult:
     eval: dict[str, float] = field(default_factory=dict)
     failures: list[RankFailure] = field(default_factory=list)
     attempts: list[AttemptRecord] = field(default_factory=list)
+    preflight_s: Optional[float] = None  # seconds the pre-flight of every host took (in parallel)
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "exit_code": self.exit_code, "job_dir": self.job_dir,
-                "restarts": self.restarts, "eval": self.eval,
+                "restarts": self.restarts, "eval": self.eval, "preflight_s": self.preflight_s,
                 "failures": [f.to_dict() for f in order_failures(self.failures)],
                 "attempts": [a.to_dict() for a in self.attempts], "goodput": goodput(self.attempts)}
 
@@ -290,7 +296,9 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         check_ssh_files(cluster.ssh, cluster.source)
     executors = {h.address: make_executor(h, cluster.ssh) for h in cluster.hosts}
     try:
+        began = time.monotonic()
         preflight(cluster, executors, launch_dir)
+        preflight_s = round(time.monotonic() - began, 3)
         rank_table = None
         if cluster.backend == "ascend":
             rank_table = make_rank_table(plan_ranks(cluster), executors)
@@ -313,7 +321,8 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
 
         _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}")
-        return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep)
+        return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep,
+                             preflight_s=preflight_s)
     finally:
         for ex in executors.values():
             ex.close()
@@ -344,11 +353,15 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
+def _since(start: Optional[float], end: Optional[float]) -> Optional[float]:
+    return None if start is None or end is None else round(end - start, 3)
+
+
 def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], job_dir: str,
                   executors: Mapping[str, Executor], launch_dir: str, console: Optional[TextIO],
-                  sleep: Callable[[float], None]) -> JobResult:
+                  sleep: Callable[[float], None], preflight_s: Optional[float] = None) -> JobResult:
     by_host = {h.address: h for h in cluster.hosts}
-    result = JobResult(status="failed", exit_code=1, job_dir=os.path.abspath(job_dir))
+    result = JobResult(status="failed", exit_code=1, job_dir=os.path.abspath(job_dir), preflight_s=preflight_s)
     # a job continued by hand goes on numbering its attempts: logs get a separator, nothing is overwritten
     result.attempts = previous_attempts(job_dir)
     first = max((a.attempt for a in result.attempts), default=-1) + 1
@@ -401,7 +414,10 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                              ended_at=attempt_result.ended_at, interrupted=attempt_result.interrupted,
                                              root_cause=root, detect_s=detect, steps_lost=lost,
                                              first_step_at=attempt_result.first_step_at,
-                                             step_seconds=round(attempt_result.step_seconds, 3)))
+                                             step_seconds=round(attempt_result.step_seconds, 3),
+                                             started_s=_since(attempt_result.started_at, attempt_result.all_started_at),
+                                             first_progress_s=_since(attempt_result.started_at,
+                                                                     attempt_result.all_progress_at)))
         result.restarts = attempt - first
         if attempt_result.eval:
             result.eval = attempt_result.eval
