@@ -134,6 +134,7 @@ class Agent:
     def start_all(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         for p in self.spec.processes:
+            self._keepalive()  # starting 8 ranks on a loaded host can take seconds: the launcher hears us
             if self.stop_requested:
                 return
             if p.error_file and os.path.exists(p.error_file):

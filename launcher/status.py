@@ -70,8 +70,8 @@ class StatusWriter:
     ``every``: the least seconds between two rewrites while the job runs. A fleet's ranks send
     thousands of events a second and the file lists every rank, so rewriting it per event grows
     with the square of the ranks (at 64 ranks it was half the launcher's CPU); with ``every`` a
-    change waits until `flush` finds the interval passed. The end of an attempt and a lost host
-    are written at once.
+    change waits until `flush` finds the interval passed. The end of an attempt is written at
+    once.
     """
 
     def __init__(self, job_dir: str, specs: Mapping[str, AgentSpec], attempt: int,
@@ -145,7 +145,8 @@ class StatusWriter:
         for p in self.data["processes"].values():
             if p["host"] == host and p["state"] in (PENDING, RUNNING):
                 p["state"] = LOST
-        self.write()
+        self._pending = True  # every agent ends this way: 64 hosts were 64 rewrites in a row
+        self.flush()
 
     def attempt_ended(self, ok: bool, interrupted: bool) -> None:
         self.data["state"] = SUCCEEDED if ok else ("interrupted" if interrupted else FAILED)

@@ -59,33 +59,19 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
 sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
 
 from benchlib import cpu_model  # noqa: E402
-
-RANKS_PER_HOST = 8
-FLEET_RANK = os.path.join(REPO_ROOT, "tests", "fleet_rank.py")
-LINE_STAMP = " t="
+from fleet_rank import LINE_STAMP  # noqa: E402
+from fleet_util import RANKS_PER_HOST, fleet_cluster  # noqa: E402
 
 
-def device_ips(host_index: int, devices: int) -> dict[int, str]:
-    return {d: f"192.98.{host_index % 250}.{100 + d}" for d in range(devices)}
-
-
-def cluster_file(path: str, hosts: list[str], lab, workdir: str, ranks_per_host: int = RANKS_PER_HOST,
-                 fleet_args: Optional[list[str]] = None) -> str:
-    spec = lab.ssh_spec() if lab is not None else None
-    data: dict[str, Any] = {
-        "name": "fleet", "backend": "ascend", "workdir": workdir, "python": sys.executable,
-        "hosts": [{"address": h, "devices": ranks_per_host, "device_ips": device_ips(i, ranks_per_host)}
-                  for i, h in enumerate(hosts)],
-        "bind_cores": False, "restarts": 0,
-    }
-    if spec is not None:
-        data["ssh"] = {"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": 20,
-                       "known_hosts": spec.known_hosts}
-    if fleet_args is not None:
-        data["command"] = ["python", FLEET_RANK, *fleet_args]
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(data, handle)
-    return path
+def cluster_file(path: str, hosts: list[str], lab, workdir: str, fleet_args: Optional[list[str]] = None) -> str:
+    """The tests' fleet job (``tests/fleet_util.py``), with 60 s before a silent host is lost (not
+    15): starting 512 ranks on these 2 cores starves the hosts' agents longer than a real host's."""
+    ssh = None
+    if lab is not None:
+        spec = lab.ssh_spec()
+        ssh = {"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": 20,
+               "known_hosts": spec.known_hosts, "keepalive_interval": 5, "keepalive_count": 12}
+    return fleet_cluster(path, hosts, None, workdir, fleet_args=fleet_args, **({"ssh": ssh} if ssh else {}))
 
 
 class LauncherRun:

@@ -337,6 +337,16 @@ def netns_lab(workdir: Path, count: int = 2, extra_sshd_config: Sequence[str] = 
         raise RuntimeError(f"namespaces left behind: {leftovers}")
 
 
+FLEET_HOSTS = 8
+
+
+@pytest.fixture(scope="session")
+def fleet_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab]:
+    """Eight namespace hosts with sshd each, for the whole session (skips, or fails under CI)."""
+    with netns_lab(tmp_path_factory.mktemp("fleet"), count=FLEET_HOSTS) as lab:
+        yield lab
+
+
 @pytest.fixture(scope="session")
 def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab]:
     """Two namespace hosts with sshd each, for the whole session (skips, or fails under CI)."""
