@@ -6,12 +6,13 @@ jobs the tests prove.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Optional, Sequence
 
 import yaml
+
+from netns_util import netns_pids
 
 FLEET_RANK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fleet_rank.py")
 RANKS_PER_HOST = 8
@@ -48,12 +49,6 @@ def fleet_cluster(path: str, hosts: Sequence[str], lab, workdir: str, ranks_per_
     return path
 
 
-def namespace_pids(netns: str) -> list[int]:
-    """Every process inside a namespace, as the kernel lists them (``ip netns pids``)."""
-    done = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, timeout=30)
-    return [int(w) for w in done.stdout.split() if w.isdigit()]
-
-
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -69,7 +64,7 @@ def leftovers(lab, timeout: float = 10.0) -> dict[str, list[str]]:
     """
     deadline = time.monotonic() + timeout
     while True:
-        left = {h.address: [f"{p} {_cmdline(p)}" for p in namespace_pids(h.netns) if p != h.sshd.pid]
+        left = {h.address: [f"{p} {_cmdline(p)}" for p in netns_pids(h.netns) if p != h.sshd.pid]
                 for h in lab.hosts}
         left = {a: procs for a, procs in left.items() if procs}
         if not left or time.monotonic() > deadline:

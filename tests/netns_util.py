@@ -149,7 +149,7 @@ def _parallel(argvs: Sequence[Sequence[str]], what: str) -> None:
         raise RuntimeError(f"{what}: {failed[0]} ({len(failed)} failed)")
 
 
-def _netns_pids(ns: str) -> List[int]:
+def netns_pids(ns: str) -> List[int]:
     """Every process inside namespace ``ns`` (the kernel's list, ``ip netns pids``)."""
     done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=30)
     return [int(w) for w in done.stdout.split() if w.isdigit()]
@@ -207,7 +207,7 @@ def remove_lab(state: dict) -> List[str]:
             stop_process_tree(pid)
     namespaces = [ns for ns in state.get("namespaces", []) if os.path.exists(f"/run/netns/{ns}")]
     for ns in namespaces:  # agents and ranks the sshd trees did not hold (daemonized, reparented)
-        for pid in _netns_pids(ns):
+        for pid in netns_pids(ns):
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
     if namespaces:

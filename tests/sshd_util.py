@@ -127,9 +127,10 @@ def sshd_config(workdir: Path, address: str, port: int, host_key: Path, extra: S
         # init`, every login takes pyenv's rehash lock, so 64 hosts' logins queued behind each
         # other, and a login killed while holding it (a teardown) made every later one wait 60 s.
         # Real hosts have a home folder each; here a login waits 1 s at most.
-        "SetEnv PYENV_REHASH_TIMEOUT=1",
+        # (one SetEnv line: sshd takes the first one only, so the caller's values join this one)
+        " ".join(["SetEnv PYENV_REHASH_TIMEOUT=1", *(e.split(None, 1)[1] for e in extra if e.startswith("SetEnv "))]),
         "LogLevel VERBOSE",
-        *extra,
+        *(e for e in extra if not e.startswith("SetEnv ")),
     ]
     cfg = workdir / "sshd_config"
     cfg.write_text("\n".join(lines) + "\n")

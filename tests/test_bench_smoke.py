@@ -1,4 +1,4 @@
-"""Feature: the benchmark scripts (scripts/bench_train.py, scripts/bench_launch.py) run.
+"""Feature: the benchmark scripts (bench_train.py, bench_launch.py; bench_scale.py on namespace hosts) run.
 
 Description: both scripts run at once, each in its --quick mode (a tiny ResNet, a step or two) on
 a narrow section, as a user would before a long run. They run concurrently to keep the test short
@@ -50,3 +50,20 @@ def test_bench_scripts_run_quick_and_print_json(repo_root):
     assert run["ok"], run.get("output_tail")
     assert 0 < run["all_ranks_first_step_s"] <= run["end_s"]
     assert launch_report["median"]["local"]["end_s"] == run["end_s"]
+
+
+@pytest.mark.netns
+def test_bench_scale_runs_on_two_namespace_hosts_and_prints_its_figures(repo_root):
+    from netns_util import require_netns
+
+    require_netns()
+    proc = _start(repo_root, "bench_scale.py", "--hosts", "1,2", "--log-seconds", "1", "--lines-per-s", "20")
+    report = _json_of(proc, 240)
+    assert report["ascend_128x8"]["ranktable_devices"] == 1024
+    for n in ("1", "2"):
+        row = report["runs"][n]
+        assert row["ranks"] == 8 * int(n)
+        assert row["start"]["started_s"] > 0 and row["start"]["launcher_cpu_s"] > 0
+        assert row["logs"]["steady_lines"] > 0 and row["logs"]["lag_p99_s"] >= 0
+        assert row["teardown"]["root_cause_rank"] == 8 * (int(n) - 1)
+        assert row["fanout_true_s"] > 0 and row["pdsh_true_s"] > 0, row

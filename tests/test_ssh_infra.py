@@ -7,6 +7,7 @@ everything started is gone afterwards, also when the test body fails.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -161,3 +162,33 @@ def test_lab_is_removed_even_when_the_body_fails(tmp_path):
     assert built.bridge not in links
     assert not any(psutil.pid_exists(p) for p in pids)
     assert not os.path.exists(f"/run/netns/{names[0]}")
+
+
+@pytest.mark.netns
+def test_a_lab_whose_owner_was_killed_is_reaped_by_the_next_one(tmp_path):
+    from netns_util import reap_stale_labs, require_netns
+
+    require_netns()
+    owner = subprocess.Popen(
+        [PY, "-c", textwrap.dedent(f"""
+            import json, sys, time
+            sys.path[:0] = [{str(REPO_ROOT / 'tests')!r}, {str(REPO_ROOT)!r}]
+            from netns_util import netns_lab
+            with netns_lab({str(tmp_path / 'lab')!r}, count=3) as lab:
+                print(json.dumps({{"netns": [h.netns for h in lab.hosts], "pids": [h.sshd.pid for h in lab.hosts],
+                                  "bridge": lab.bridge}}), flush=True)
+                time.sleep(600)
+            """)], stdout=subprocess.PIPE, text=True)
+    try:
+        built = json.loads(owner.stdout.readline())
+    finally:
+        owner.kill()  # SIGKILL: no teardown of its own runs
+        owner.wait()
+    assert all(psutil.pid_exists(p) for p in built["pids"])  # left behind, as after a killed run
+    assert built["bridge"] in reap_stale_labs()
+    netns_list = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(ns in netns_list for ns in built["netns"])
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                   for p in built["pids"])
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    assert built["bridge"] not in links
