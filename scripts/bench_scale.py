@@ -11,7 +11,7 @@ is what is measured). For each N, three real ``mscluster launch`` runs:
   launcher's clock): ``preflight_s`` (every host checked, in parallel), ``started_s`` (the
   attempt's start until every rank had started), ``first_progress_s`` (until every rank's first
   progress event); ``launch_to_progress_s`` is the whole command until then (the bench's clock).
-  The launcher's CPU seconds and peak RSS come from ``wait4``; its peak thread count from /proc;
+  The launcher's CPU seconds come from ``wait4``; its peak RSS and thread count from /proc;
   ``others_cpu_s``: the CPU seconds the rest of the machine (the hosts: sshd, login shells,
   agents, ranks) burned during the run, from /proc/stat.
 - ``logs``: every rank prints ``--lines-per-s`` lines a second. The bench follows
@@ -130,8 +130,9 @@ class LauncherRun:
 
     def figures(self) -> dict[str, Any]:
         return {"launcher_cpu_s": round(self.rusage.ru_utime + self.rusage.ru_stime, 2),
-                "launcher_peak_rss_mb": round(self.peak_vmrss_kb / 1024, 1),  # its own (sampled every 0.1 s)
-                "launcher_maxrss_mb": round(self.rusage.ru_maxrss / 1024, 1),  # the kernel's (wait4)
+                # sampled every 0.1 s: wait4's ru_maxrss counts the bench's own image between fork and
+                # exec (255 MB after the log run at 64 hosts had filled the bench with 1.3 M samples)
+                "launcher_peak_rss_mb": round(self.peak_vmrss_kb / 1024, 1),
                 "launcher_peak_threads": self.peak_threads}
 
     def stderr_tail(self) -> str:
