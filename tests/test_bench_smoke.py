@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -55,8 +56,11 @@ def test_bench_scripts_run_quick_and_print_json(repo_root):
 @pytest.mark.netns
 def test_bench_scale_runs_on_two_namespace_hosts_and_prints_its_figures(repo_root):
     from netns_util import require_netns
+    from sshd_util import skip_or_fail
 
     require_netns()
+    if shutil.which("pdsh") is None:
+        skip_or_fail("pdsh missing (the fan-out peer): run scripts/ci_system_deps.sh as root")
     proc = _start(repo_root, "bench_scale.py", "--hosts", "1,2", "--log-seconds", "1", "--lines-per-s", "20")
     report = _json_of(proc, 240)
     assert report["ascend_128x8"]["ranktable_devices"] == 1024
