@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install the system packages the ssh/netns tests need: openssh-server (sshd, ssh-keygen) and
-# iproute2 (ip netns), and pdsh (the fan-out peer scripts/bench_scale.py times). Idempotent: installs only what is missing, runs `apt-get update` only when
-# an install is needed. As non-root it prints what is missing and exits 0 (the tests then skip,
-# or fail when CI is set).
+# Install the system packages the ssh/netns tests need: openssh-server (sshd, ssh-keygen),
+# iproute2 (ip netns) and pdsh (the fan-out peer scripts/bench_scale.py times). Idempotent:
+# installs only what is missing, runs `apt-get update` only when an install is needed. As
+# non-root it prints what is missing and exits 0 (the tests then skip, or fail when CI is set).
 set -euo pipefail
 
 declare -A wanted=(
@@ -22,7 +22,7 @@ for path in "${!wanted[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "ci_system_deps: nothing to do (sshd, ssh-keygen, ip present)"
+    echo "ci_system_deps: nothing to do (sshd, ssh-keygen, ip, curl, pdsh present)"
     exit 0
 fi
 
