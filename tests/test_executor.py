@@ -445,6 +445,21 @@ def test_unknown_host_key_is_refused_with_strict_checking(sshd, tmp_path):  # no
 
 
 @pytest.mark.ssh
+def test_a_host_key_added_to_known_hosts_is_seen_by_the_next_connection(sshd, tmp_path):  # noqa: F811
+    """known_hosts is parsed once and shared by every host's connection, but never served stale."""
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    with pytest.raises(HostUnreachable):
+        SSHExecutor(sshd.address, sshd.ssh_spec(known_hosts=str(known))).run(["true"], timeout=10)
+    known.write_text(Path(sshd.known_hosts).read_text())  # ssh-keyscan's doing, between two launches
+    ex = SSHExecutor(sshd.address, sshd.ssh_spec(known_hosts=str(known)))
+    try:
+        assert ex.run(["true"], timeout=10).exit_code == 0
+    finally:
+        ex.close()
+
+
+@pytest.mark.ssh
 def test_changed_host_key_is_refused(sshd, tmp_path):  # noqa: F811
     other = keygen(tmp_path / "other_host_key", "impostor")
     kind, blob = Path(f"{other}.pub").read_text().split()[:2]
