@@ -40,6 +40,7 @@ import logging
 import os
 import queue
 import re
+import select
 import shlex
 import signal
 import socket
@@ -59,6 +60,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _READ_SIZE = 32768
 RUN_POLL_S = 0.02
 LineCallback = Callable[[str], None]
+BatchCallback = Callable[[Optional[List[str]]], None]  # a read's stdout lines; None: EOF
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,13 @@ class Executor(Protocol):
         env: Mapping[str, str],
         cwd: Optional[str],
         on_stderr: Optional[LineCallback] = None,
+        on_lines: Optional[BatchCallback] = None,
     ) -> "Session":
-        """Start a long-running process with a stdin we write to. Raises HostUnreachable."""
+        """Start a long-running process with a stdin we write to. Raises HostUnreachable.
+
+        ``on_lines``: called in the session's reader thread with each read's stdout lines, and
+        with None at EOF, instead of queueing them for `Session.lines()` (a launcher of many hosts
+        then needs no thread of its own per host to read them)."""
         ...
 
     def close(self) -> None:
@@ -162,12 +169,14 @@ class _LineSplitter:
 class Session:
     """A running process: write its stdin, read its stdout lines, wait for its exit code.
 
-    Subclasses start two reader threads (`_pump_stdout`, `_pump_stderr`) over their streams.
+    Subclasses read their streams in threads of their own: locally `_pump_stdout` and `_pump_stderr`,
+    over SSH one thread per channel for both.
     """
 
-    def __init__(self, host: str, on_stderr: Optional[LineCallback]) -> None:
+    def __init__(self, host: str, on_stderr: Optional[LineCallback], on_lines: Optional[BatchCallback] = None) -> None:
         self.host = host
         self._lines: "queue.Queue[Optional[List[str]]]" = queue.Queue()  # a read's lines; None: EOF
+        self._deliver: BatchCallback = on_lines or self._lines.put
         self._eof = False
         self._stderr_tail: Deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._on_stderr = on_stderr or self._log_stderr
@@ -227,7 +236,8 @@ class Session:
         if code is not None:
             deadline = time.monotonic() + 2.0
             for thread in self._threads:
-                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                if thread is not threading.current_thread():  # an on_lines callback at EOF may wait
+                    thread.join(timeout=max(0.0, deadline - time.monotonic()))
         return code
 
     def stderr_tail(self, n: int = 20) -> List[str]:
@@ -265,34 +275,33 @@ class Session:
             for chunk in iter(read, b""):
                 lines = splitter.feed(chunk)
                 if lines:
-                    self._lines.put(lines)
+                    self._deliver(lines)
         except (OSError, EOFError, ValueError) as exc:
             logger.debug("%s: stdout reader stopped: %s", self.host, exc)
         finally:
             rest = splitter.finish()
             if rest:
-                self._lines.put(rest)
-            self._lines.put(None)
+                self._deliver(rest)
+            self._deliver(None)
+
+    def _emit_stderr(self, line: str) -> None:
+        self._stderr_tail.append(line)
+        try:
+            self._on_stderr(line)
+        except Exception:  # a faulty callback must not stop the reader (the pipe would fill)
+            logger.exception("%s: stderr callback failed", self.host)
 
     def _pump_stderr(self, read: Callable[[], bytes]) -> None:
         splitter = _LineSplitter()
-
-        def emit(line: str) -> None:
-            self._stderr_tail.append(line)
-            try:
-                self._on_stderr(line)
-            except Exception:  # a faulty callback must not stop the reader (the pipe would fill)
-                logger.exception("%s: stderr callback failed", self.host)
-
         try:
             for chunk in iter(read, b""):
                 for line in splitter.feed(chunk):
-                    emit(line)
+                    self._emit_stderr(line)
         except (OSError, EOFError, ValueError) as exc:
             logger.debug("%s: stderr reader stopped: %s", self.host, exc)
         finally:
             for line in splitter.finish():
-                emit(line)
+                self._emit_stderr(line)
 
     def _log_stderr(self, line: str) -> None:
         logger.info("%s: %s", self.host, line)
@@ -311,8 +320,9 @@ def _closing_reader(stream: IO[bytes]) -> Callable[[], bytes]:
 
 
 class _LocalSession(Session):
-    def __init__(self, host: str, proc: subprocess.Popen, on_stderr: Optional[LineCallback]) -> None:
-        super().__init__(host, on_stderr)
+    def __init__(self, host: str, proc: subprocess.Popen, on_stderr: Optional[LineCallback],
+                 on_lines: Optional[BatchCallback] = None) -> None:
+        super().__init__(host, on_stderr, on_lines)
         self._proc = proc
         # stdin, stdout and stderr are all pipes: _popen passes PIPE for each
         self._stdin = cast(IO[bytes], proc.stdin)
@@ -346,12 +356,13 @@ class _LocalSession(Session):
 class _FailedSession(Session):
     """A program that could not start: no output, one stderr line, the shell's exit code."""
 
-    def __init__(self, host: str, exit_code: int, message: str, on_stderr: Optional[LineCallback]) -> None:
-        super().__init__(host, on_stderr)
+    def __init__(self, host: str, exit_code: int, message: str, on_stderr: Optional[LineCallback],
+                 on_lines: Optional[BatchCallback] = None) -> None:
+        super().__init__(host, on_stderr, on_lines)
         self._code = exit_code
-        self._lines.put(None)
         self._stderr_tail.append(message)
         self._on_stderr(message)
+        self._deliver(None)
 
     def _write(self, data: bytes) -> None:
         raise BrokenPipeError("process did not start")
@@ -367,10 +378,48 @@ class _FailedSession(Session):
 
 
 class _SSHSession(Session):
-    def __init__(self, host: str, channel, on_stderr: Optional[LineCallback]) -> None:
-        super().__init__(host, on_stderr)
+    """One reader thread per channel for stdout and stderr both: the channel's fileno() becomes
+    readable when either has data or the channel is at EOF (paramiko's "or" pipe)."""
+
+    def __init__(self, host: str, channel, on_stderr: Optional[LineCallback],
+                 on_lines: Optional[BatchCallback] = None) -> None:
+        super().__init__(host, on_stderr, on_lines)
         self._channel = channel
-        self._start_pumps(lambda: channel.recv(_READ_SIZE), lambda: channel.recv_stderr(_READ_SIZE))
+        self._ready_fd = channel.fileno()  # before the thread: data already buffered is signalled too
+        thread = threading.Thread(target=self._pump_channel, daemon=True, name=f"{host}-channel")
+        thread.start()
+        self._threads.append(thread)
+
+    def _pump_channel(self) -> None:
+        channel = self._channel
+        out, err = _LineSplitter(), _LineSplitter()
+        poller = select.poll()  # not select(): a fleet's launcher holds more than 1024 descriptors
+        poller.register(self._ready_fd, select.POLLIN)
+        try:
+            while True:
+                poller.poll(1000)
+                while channel.recv_stderr_ready():
+                    for line in err.feed(channel.recv_stderr(_READ_SIZE)):
+                        self._emit_stderr(line)
+                while channel.recv_ready():
+                    data = channel.recv(_READ_SIZE)
+                    if not data:
+                        break
+                    lines = out.feed(data)
+                    if lines:
+                        self._deliver(lines)
+                if (channel.eof_received or channel.closed) and not channel.recv_ready() \
+                        and not channel.recv_stderr_ready():
+                    return
+        except (OSError, EOFError, ValueError) as exc:
+            logger.debug("%s: channel reader stopped: %s", self.host, exc)
+        finally:
+            for line in err.finish():
+                self._emit_stderr(line)
+            rest = out.finish()
+            if rest:
+                self._deliver(rest)
+            self._deliver(None)
 
     def _write(self, data: bytes) -> None:
         self._channel.sendall(data)
@@ -452,14 +501,15 @@ class LocalExecutor:
         env: Mapping[str, str],
         cwd: Optional[str],
         on_stderr: Optional[LineCallback] = None,
+        on_lines: Optional[BatchCallback] = None,
     ) -> Session:
         try:
             proc = self._popen(argv, env, cwd, subprocess.PIPE)
         except OSError as exc:
             code, message = _spawn_failure(argv, cwd, exc)
-            return _FailedSession(self.host, code, message, on_stderr)
+            return _FailedSession(self.host, code, message, on_stderr, on_lines)
         logger.debug("%s: started pid %s: %s", self.host, proc.pid, shlex.join(argv))
-        return _LocalSession(self.host, proc, on_stderr)
+        return _LocalSession(self.host, proc, on_stderr, on_lines)
 
     def close(self) -> None:
         pass
@@ -660,6 +710,7 @@ class SSHExecutor:
         env: Mapping[str, str],
         cwd: Optional[str],
         on_stderr: Optional[LineCallback] = None,
+        on_lines: Optional[BatchCallback] = None,
     ) -> Session:
         import paramiko
 
@@ -671,7 +722,7 @@ class SSHExecutor:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(f"host {self.label}: cannot start `{shlex.join(argv)}`: {exc}") from exc
         logger.debug("host %s: started %s", self.label, line)
-        return _SSHSession(self.host, channel, on_stderr)
+        return _SSHSession(self.host, channel, on_stderr, on_lines)
 
     def close(self) -> None:
         with self._lock:

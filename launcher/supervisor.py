@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Mapping, Optional, TextIO, Union
+from typing import Any, Callable, Deque, Mapping, Optional, TextIO, Union
 
 from launcher.executor import Executor, Session
 from launcher import watchdog
@@ -302,21 +302,23 @@ class Supervisor:
 
     # -- starting ----------------------------------------------------------------------------------
     def _start(self, name: str, host: _Host) -> None:
-        """One thread per host: start its agent, then turn each line it prints into a typed item."""
-        try:
-            session = host.executor.start(self.agent_argv(name), env=self.agent_env(name),
-                                          cwd=self.agent_cwd(name),
-                                          on_stderr=lambda line, n=name: self.items.put((n, AgentStderr(line))))
-            host.session = session
-            session.write(host.spec.to_json() + "\n")
-            host.heard_at = time.monotonic()
-            if self.stopping_since is not None:  # stop() ran before this session existed
-                session.close_stdin()
-        except Exception as exc:  # noqa: BLE001 - any failure to start is this host's failure, reported once
-            self.items.put((name, AgentGone(None, f"could not start the agent on {name}: {exc}")))
-            return
-        for lines in session.batches():  # one hand-over per read: a fleet sends thousands of lines a second
-            host.read_at = time.monotonic()
+        """Start a host's agent (a thread per host while it starts). Its lines then reach the queue
+        as typed items from the session's own reader thread: none of the launcher's per host."""
+        started = threading.Event()
+        holder: dict[str, Any] = {}
+        starter = threading.current_thread()
+
+        def on_lines(lines: Optional[list[str]]) -> None:
+            if lines is None:  # EOF: how the agent's session ended
+                if threading.current_thread() is starter:  # a program that could not start: no reader thread
+                    holder["eof_now"] = True
+                    return
+                started.wait(60)
+                session = holder.get("session")
+                code = session.wait(timeout=30) if session is not None else None
+                self.items.put((name, AgentGone(code, holder.get("failed", ""))))
+                return
+            host.read_at = time.monotonic()  # one hand-over per read: a fleet sends thousands of lines a second
             batch: list[HostItem] = []
             for line in lines:
                 try:
@@ -324,7 +326,29 @@ class Supervisor:
                 except ProtocolError as exc:
                     batch.append(AgentStderr(f"mscluster: a bad message from the agent on {name}: {exc}"))
             self.items.put((name, batch))
-        self.items.put((name, AgentGone(session.wait(timeout=30))))
+
+        try:
+            session = host.executor.start(self.agent_argv(name), env=self.agent_env(name),
+                                          cwd=self.agent_cwd(name),
+                                          on_stderr=lambda line, n=name: self.items.put((n, AgentStderr(line))),
+                                          on_lines=on_lines)
+        except Exception as exc:  # noqa: BLE001 - any failure to start is this host's failure, reported once
+            self.items.put((name, AgentGone(None, f"could not start the agent on {name}: {exc}")))
+            return
+        holder["session"] = host.session = session
+        started.set()
+        if holder.get("eof_now"):
+            self.items.put((name, AgentGone(session.wait(timeout=30))))
+            return
+        try:
+            session.write(host.spec.to_json() + "\n")
+        except Exception as exc:  # noqa: BLE001 - reported once, by the EOF that follows
+            holder["failed"] = f"could not start the agent on {name}: {exc}"
+            session.kill()
+            return
+        host.heard_at = time.monotonic()
+        if self.stopping_since is not None:  # stop() ran before this session existed
+            session.close_stdin()
 
     # -- stopping ----------------------------------------------------------------------------------
     def stop(self, why: str) -> None:
