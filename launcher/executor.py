@@ -60,7 +60,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _READ_SIZE = 32768
 RUN_POLL_S = 0.02
 LineCallback = Callable[[str], None]
-BatchCallback = Callable[[Optional[List[str]]], None]  # a read's stdout lines; None: EOF
+BatchCallback = Callable[["Session", Optional[List[str]]], None]  # the session, a read's stdout lines; None: EOF
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,8 @@ class Executor(Protocol):
     ) -> "Session":
         """Start a long-running process with a stdin we write to. Raises HostUnreachable.
 
-        ``on_lines``: called in the session's reader thread with each read's stdout lines, and
-        with None at EOF, instead of queueing them for `Session.lines()` (a launcher of many hosts
+        ``on_lines``: called in the session's reader thread with the session and each read's
+        stdout lines, and with None at EOF (where ``session.wait()`` may be called), instead of queueing them for `Session.lines()` (a launcher of many hosts
         then needs no thread of its own per host to read them)."""
         ...
 
@@ -176,7 +176,7 @@ class Session:
     def __init__(self, host: str, on_stderr: Optional[LineCallback], on_lines: Optional[BatchCallback] = None) -> None:
         self.host = host
         self._lines: "queue.Queue[Optional[List[str]]]" = queue.Queue()  # a read's lines; None: EOF
-        self._deliver: BatchCallback = on_lines or self._lines.put
+        self._on_lines: BatchCallback = on_lines or (lambda session, lines: self._lines.put(lines))
         self._eof = False
         self._stderr_tail: Deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._on_stderr = on_stderr or self._log_stderr
@@ -273,16 +273,20 @@ class Session:
         splitter = _LineSplitter()
         try:
             for chunk in iter(read, b""):
-                lines = splitter.feed(chunk)
-                if lines:
-                    self._deliver(lines)
+                self._deliver(splitter.feed(chunk))
         except (OSError, EOFError, ValueError) as exc:
             logger.debug("%s: stdout reader stopped: %s", self.host, exc)
         finally:
-            rest = splitter.finish()
-            if rest:
-                self._deliver(rest)
-            self._deliver(None)
+            self._end_stdout(splitter)
+
+    def _deliver(self, lines: List[str]) -> None:
+        if lines:
+            self._on_lines(self, lines)
+
+    def _end_stdout(self, splitter: "_LineSplitter") -> None:
+        """The last partial line, then EOF."""
+        self._deliver(splitter.finish())
+        self._on_lines(self, None)
 
     def _emit_stderr(self, line: str) -> None:
         self._stderr_tail.append(line)
@@ -362,7 +366,7 @@ class _FailedSession(Session):
         self._code = exit_code
         self._stderr_tail.append(message)
         self._on_stderr(message)
-        self._deliver(None)
+        self._on_lines(self, None)
 
     def _write(self, data: bytes) -> None:
         raise BrokenPipeError("process did not start")
@@ -405,9 +409,7 @@ class _SSHSession(Session):
                     data = channel.recv(_READ_SIZE)
                     if not data:
                         break
-                    lines = out.feed(data)
-                    if lines:
-                        self._deliver(lines)
+                    self._deliver(out.feed(data))
                 if (channel.eof_received or channel.closed) and not channel.recv_ready() \
                         and not channel.recv_stderr_ready():
                     return
@@ -416,10 +418,7 @@ class _SSHSession(Session):
         finally:
             for line in err.finish():
                 self._emit_stderr(line)
-            rest = out.finish()
-            if rest:
-                self._deliver(rest)
-            self._deliver(None)
+            self._end_stdout(out)
 
     def _write(self, data: bytes) -> None:
         self._channel.sendall(data)

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Mapping, Optional, TextIO, Union
+from typing import Callable, Deque, Mapping, Optional, TextIO, Union
 
 from launcher.executor import Executor, Session
 from launcher import watchdog
@@ -263,6 +263,7 @@ class _Host:
     gone: bool = False
     heard_at: Optional[float] = None  # monotonic time of its agent's last word (None: not started yet)
     read_at: float = float("-inf")  # when its reader thread last got bytes: a busy launcher's backlog is no silence
+    start_error: str = ""  # why its agent could not be given its spec (the EOF that follows reports it)
 
 
 class Supervisor:
@@ -304,19 +305,11 @@ class Supervisor:
     def _start(self, name: str, host: _Host) -> None:
         """Start a host's agent (a thread per host while it starts). Its lines then reach the queue
         as typed items from the session's own reader thread: none of the launcher's per host."""
-        started = threading.Event()
-        holder: dict[str, Any] = {}
-        starter = threading.current_thread()
 
-        def on_lines(lines: Optional[list[str]]) -> None:
+        def on_lines(session: Session, lines: Optional[list[str]]) -> None:
             if lines is None:  # EOF: how the agent's session ended
-                if threading.current_thread() is starter:  # a program that could not start: no reader thread
-                    holder["eof_now"] = True
-                    return
-                started.wait(60)
-                session = holder.get("session")
-                code = session.wait(timeout=30) if session is not None else None
-                self.items.put((name, AgentGone(code, holder.get("failed", ""))))
+                host.session = host.session or session  # its stderr tail, for the failure table
+                self.items.put((name, AgentGone(session.wait(timeout=30), host.start_error)))
                 return
             host.read_at = time.monotonic()  # one hand-over per read: a fleet sends thousands of lines a second
             batch: list[HostItem] = []
@@ -335,15 +328,11 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - any failure to start is this host's failure, reported once
             self.items.put((name, AgentGone(None, f"could not start the agent on {name}: {exc}")))
             return
-        holder["session"] = host.session = session
-        started.set()
-        if holder.get("eof_now"):
-            self.items.put((name, AgentGone(session.wait(timeout=30))))
-            return
+        host.session = session
         try:
             session.write(host.spec.to_json() + "\n")
         except Exception as exc:  # noqa: BLE001 - reported once, by the EOF that follows
-            holder["failed"] = f"could not start the agent on {name}: {exc}"
+            host.start_error = f"could not start the agent on {name}: {exc}"
             session.kill()
             return
         host.heard_at = time.monotonic()
