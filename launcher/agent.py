@@ -11,12 +11,18 @@ the write end, for ``mscluster.rank``). One thread reads them all through a sele
 process's end is noticed by waiting on its pid, not by EOF on a pipe that a child of it may
 still hold. Each process runs in its own session (its pid is its process group) with
 PR_SET_PDEATHSIG, so even a SIGKILLed agent takes its ranks with it. Imports no MindSpore.
+
+Under Slurm (``launcher.slurm``) one srun step starts the agent on every node; each connects back
+to the launcher (``MSCLUSTER_AGENT_CONNECT``) and uses that connection as its stdin and stdout.
+A ``preempt`` line forwards SIGUSR1 to every rank (Slurm's warning before the time limit): the
+built-in trainer's rank 0 then saves a checkpoint and exits with ``mscluster.rank.PREEMPT_EXIT``.
 """
 from __future__ import annotations
 
 import ctypes
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -26,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Optional
 
-from launcher.protocol import (STACKS_REQUEST, AgentMessage, AgentSpec, Alive, Done, Exited, Output, ProcessSpec,
+from launcher.protocol import (PREEMPT_REQUEST, STACKS_REQUEST, AgentMessage, AgentSpec, Alive, Done, Exited, Output, ProcessSpec,
                                Relayed, Stacks, Started, encode_message, split_cpus)
 from mscluster import events, jobfiles
 from mscluster.fsutil import write_atomic
@@ -307,8 +313,22 @@ class Agent:
         if not data or b"stop" in data:
             self.stop_requested = True
             self.selector.unregister(self.stdin_fd)
-        elif STACKS_REQUEST.encode() in data:
+            return
+        if PREEMPT_REQUEST.encode() in data:
+            self.forward_preempt()
+        if STACKS_REQUEST.encode() in data:
             self.dump_stacks()
+
+    def forward_preempt(self) -> None:
+        """SIGUSR1 to each rank's own process (not its group: a data loader's workers would die of it)."""
+        from mscluster.rank import PREEMPT_SIGNAL
+
+        for run in self.running:
+            if run.spec.rank is not None and not run.reported and run.proc.poll() is None:
+                try:
+                    os.kill(run.proc.pid, PREEMPT_SIGNAL)
+                except ProcessLookupError:
+                    pass
 
     def dump_stacks(self) -> None:
         """Every live process's Python stack (``py-spy dump``, all at once, 10 s at most), each written
@@ -456,13 +476,38 @@ def _read_spec_line(fd: int) -> tuple[str, bytes]:
     return line.decode("utf-8"), rest
 
 
+class _SocketWriter:
+    """The agent's stdout under Slurm: its connection to the launcher, which the agent's loop has
+    made non-blocking (one file description for reading and writing): write all, waiting as a pipe would."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fd, view):]
+            except BlockingIOError:
+                select.select([], [self.fd], [], 1.0)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def main() -> int:
-    stdin_fd = sys.stdin.fileno()
+    from launcher import slurm
+
+    sock = slurm.connect_back(os.environ)
+    for name in (slurm.CONNECT_ENV, slurm.TOKEN_ENV):
+        os.environ.pop(name, None)  # the agent's own environment: its ranks need neither
+    stdin_fd = sock.fileno() if sock is not None else sys.stdin.fileno()
     first, rest = _read_spec_line(stdin_fd)
     if not first.strip():
         return 2
     spec = AgentSpec.from_json(first)
-    agent = Agent(spec, sys.stdout.buffer, stdin_fd)
+    agent = Agent(spec, _SocketWriter(stdin_fd) if sock is not None else sys.stdout.buffer, stdin_fd)  # type: ignore[arg-type]
     agent.stop_requested = b"stop" in rest
 
     def on_signal(*_: object) -> None:
@@ -470,7 +515,13 @@ def main() -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, on_signal)
-    return agent.run()
+    code = agent.run()
+    if sock is not None:
+        sock.close()
+        # the launcher has the result (Done): a non-zero exit would make srun's --kill-on-bad-exit cut
+        # the other nodes' agents short of their orderly stop
+        return 0
+    return code
 
 
 if __name__ == "__main__":

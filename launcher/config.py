@@ -25,6 +25,9 @@ The format (see cluster_configs/ for commented examples)::
     command: [python, my_train.py, --epochs, "2"]   # the program every rank runs
     cwd: /shared/project      # its folder on every host (default: the folder launch runs in)
     watchdog: {stall_timeout: 300, startup_timeout: 900, beat_interval: 5}   # or: false
+    scheduler: ssh            # ssh (the hosts: above) | slurm (the allocation's nodes, no hosts:)
+    slurm: {nodes: 2, devices_per_host: 1, partition: null, account: null, time: "1:00:00", requeue: false,
+            warning_s: 120, exclusive: true, start_timeout: 120, sbatch_options: []}
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ import yaml
 
 from launcher.errors import ConfigError
 from launcher.plan import is_reserved_env
-from launcher.spec import ClusterSpec, HostSpec, SSHSpec, WatchdogSpec, is_ipv4
+from launcher.spec import DEFAULT_DEVICES_PER_HOST, ClusterSpec, HostSpec, SlurmSpec, SSHSpec, WatchdogSpec, is_ipv4
 from mscluster import safeyaml
 from trainer import config as train_config
 from trainer.errors import ConfigError as TrainConfigError
@@ -47,7 +50,10 @@ from trainer.overrides import OverrideError, merge, parse_pairs
 BACKENDS = ("cpu", "ascend")
 ASCEND_MAX_DEVICES = 8  # NPUs per Ascend server; device ids 0..7
 TOP_KEYS = ("name", "backend", "workdir", "python", "ssh", "hosts", "scheduler_port", "restarts",
-            "bind_cores", "env", "console", "train", "command", "cwd", "watchdog")
+            "bind_cores", "env", "console", "train", "command", "cwd", "watchdog", "scheduler", "slurm")
+SCHEDULERS = ("ssh", "slurm")
+SLURM_KEYS = tuple(f.name for f in fields(SlurmSpec))
+MAX_SLURM_NODES = 4096
 SSH_KEYS = tuple(f.name for f in fields(SSHSpec))
 HOST_KEYS = ("address", "devices", "device_ips")
 TRAIN_KEYS = tuple(f.name for f in fields(train_config.TrainConfig))
@@ -79,9 +85,11 @@ def format_path(path: Path) -> str:
 class _Where:
     """Where each field came from: a line of the file, or ``--set``; builds the one-line errors."""
 
-    def __init__(self, source: str, lines: dict[Path, int], set_paths: set[Path], command_given: bool = False):
+    def __init__(self, source: str, lines: dict[Path, int], set_paths: set[Path], command_given: bool = False,
+                 texts: Optional[dict[Path, str]] = None):
         self.source = source
         self.lines = lines
+        self.texts = texts or {}  # a scalar's text as written, where YAML read it as a number
         self.set_paths = set_paths
         self.command_given = command_given
 
@@ -128,7 +136,7 @@ def parse_cluster(text: str, source: str, set_pairs: Sequence[str] = (),
     Raises:
         ConfigError: not YAML, a bad ``--set`` pair, or a bad field (one line: file, field, line).
     """
-    data, lines = _compose(text, source)
+    data, lines, texts = _compose(text, source)
     try:
         overrides = parse_pairs(set_pairs)
     except OverrideError as exc:
@@ -146,10 +154,10 @@ def parse_cluster(text: str, source: str, set_pairs: Sequence[str] = (),
         data = {k: v for k, v in data.items() if k != "train"}
         data["command"] = list(command)
         set_paths.add(("command",))
-    return _validate(data, _Where(source, lines, set_paths, command is not None))
+    return _validate(data, _Where(source, lines, set_paths, command is not None, texts))
 
 
-def _compose(text: str, source: str) -> tuple[Any, dict[Path, int]]:
+def _compose(text: str, source: str) -> tuple[Any, dict[Path, int], dict[Path, str]]:
     """Parse YAML (within ``mscluster.safeyaml``'s bounds), keeping the line of every mapping key and list item."""
     try:
         node, loader = safeyaml.compose(text)
@@ -161,14 +169,15 @@ def _compose(text: str, source: str) -> tuple[Any, dict[Path, int]]:
         raise ConfigError(_yaml_error(source, exc)) from None
     try:
         lines: dict[Path, int] = {}
+        texts: dict[Path, str] = {}
         if node is not None:
-            _record_lines(node, (), lines, source, set())
+            _record_lines(node, (), lines, source, set(), texts)
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_error(source, exc)) from None
     finally:
         loader.dispose()
-    return data, lines
+    return data, lines, texts
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> str:
@@ -179,7 +188,7 @@ def _yaml_error(source: str, exc: yaml.YAMLError) -> str:
 
 
 def _record_lines(node: yaml.Node, path: Path, lines: dict[Path, int], source: str,
-                  active: set[int]) -> None:
+                  active: set[int], texts: dict[Path, str]) -> None:
     if id(node) in active:  # a recursive alias; the constructor reports it
         return
     active = active | {id(node)}
@@ -195,11 +204,13 @@ def _record_lines(node: yaml.Node, path: Path, lines: dict[Path, int], source: s
                                   f"(first at line {first_seen[key]})")
             first_seen[key] = line
             lines[path + (key,)] = line
-            _record_lines(value_node, path + (key,), lines, source, active)
+            _record_lines(value_node, path + (key,), lines, source, active, texts)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[path + (index,)] = item.start_mark.line + 1
-            _record_lines(item, path + (index,), lines, source, active)
+            _record_lines(item, path + (index,), lines, source, active, texts)
+    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
+        texts[path] = str(node.value)  # YAML 1.1 reads 1:30:00 as the integer 5400 (base 60)
 
 
 def _leaf_paths(tree: Mapping[str, Any], prefix: Path = ()) -> Iterable[Path]:
@@ -214,7 +225,10 @@ def _leaf_paths(tree: Mapping[str, Any], prefix: Path = ()) -> Iterable[Path]:
 
 def _validate(data: dict, where: _Where) -> ClusterSpec:
     _check_keys(data, TOP_KEYS, (), where)
-    for required in ("name", "hosts"):
+    scheduler = _string(data.get("scheduler", "ssh"), ("scheduler",), where)
+    if scheduler not in SCHEDULERS:
+        raise where.error(("scheduler",), f"expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    for required in ("name",) if scheduler == "slurm" else ("name", "hosts"):
         if required not in data:
             raise where.error((required,), "missing (required)")
     name = _string(data["name"], ("name",), where)
@@ -223,7 +237,16 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
     backend = _string(data.get("backend", "cpu"), ("backend",), where)
     if backend not in BACKENDS:
         raise where.error(("backend",), f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    hosts = _hosts(data["hosts"], backend, where)
+    slurm = _slurm(data.get("slurm"), scheduler, backend, where)
+    if scheduler == "slurm":
+        if "hosts" in data:
+            raise where.error(("hosts",), "not used with scheduler: slurm: the nodes come from the allocation "
+                              "(SLURM_JOB_NODELIST); remove hosts:, or set scheduler: ssh")
+        hosts: tuple[HostSpec, ...] = ()
+        world = (slurm.nodes or 0) * (slurm.devices_per_host or DEFAULT_DEVICES_PER_HOST[backend]) or None
+    else:
+        hosts = _hosts(data["hosts"], backend, where)
+        world = sum(len(h.devices) for h in hosts)
     scheduler_port = _port(data.get("scheduler_port"), ("scheduler_port",), where, optional=True)
     if scheduler_port is not None and backend != "cpu":
         raise where.error(("scheduler_port",), "only used by the cpu backend (ascend uses the rank table)")
@@ -261,8 +284,10 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         scheduler_port=scheduler_port,
         command=command,
         cwd=cwd,
-        console=_console(data.get("console", [0]), sum(len(h.devices) for h in hosts), where),
+        console=_console(data.get("console", [0]), world, where),
         watchdog=_watchdog(data.get("watchdog"), where),
+        scheduler=scheduler,
+        slurm=slurm,
         source=where.source,
     )
 
@@ -416,6 +441,69 @@ def _ssh(raw: Any, where: _Where) -> SSHSpec:
     return SSHSpec(**values)
 
 
+_SLURM_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._,:+-]{0,127}")  # a partition, account or time value
+_SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")  # sbatch --time's formats
+
+
+def _slurm(raw: Any, scheduler: str, backend: str, where: _Where) -> SlurmSpec:
+    if raw is None:
+        return SlurmSpec()
+    if scheduler != "slurm":
+        raise where.error(("slurm",), "only used with scheduler: slurm (this file runs over SSH: scheduler: ssh)")
+    if not isinstance(raw, dict):
+        raise where.error(("slurm",), f"expected a mapping of Slurm settings, got {_describe(raw)}")
+    _check_keys(raw, SLURM_KEYS, ("slurm",), where)
+    values: dict[str, Any] = {}
+    for key, top in (("nodes", MAX_SLURM_NODES), ("devices_per_host", MAX_DEVICES_PER_HOST)):
+        if raw.get(key) is not None:
+            number = _integer(raw[key], ("slurm", key), where)
+            if not 1 <= number <= top:
+                raise where.error(("slurm", key), f"must be 1..{top}, got {number}")
+            values[key] = number
+    if backend == "ascend" and values.get("devices_per_host", 1) > ASCEND_MAX_DEVICES:
+        raise where.error(("slurm", "devices_per_host"), f"an Ascend server has at most {ASCEND_MAX_DEVICES} NPUs, "
+                          f"got {values['devices_per_host']}")
+    for key in ("partition", "account", "time"):
+        if raw.get(key) is not None:
+            value = raw[key]
+            if isinstance(value, int) and not isinstance(value, bool):  # minutes, or 1:30:00 as YAML wrote it
+                value = where.texts.get(("slurm", key), str(value))
+            text = _string(value, ("slurm", key), where)
+            pattern = _SLURM_TIME if key == "time" else _SLURM_WORD
+            if not pattern.fullmatch(text):
+                what = ("a time limit as sbatch reads it (minutes, H:MM:SS or D-HH:MM:SS)" if key == "time"
+                        else f"a Slurm {key} name (letters, digits and . _ , : + -)")
+                raise where.error(("slurm", key), f"expected {what}, got {text!r}")
+            values[key] = text
+    for key in ("requeue", "exclusive"):
+        if key in raw:
+            values[key] = _boolean(raw[key], ("slurm", key), where)
+    if "warning_s" in raw:
+        warning = _integer(raw["warning_s"], ("slurm", "warning_s"), where)
+        if not 1 <= warning <= 65535:  # sbatch --signal's limit
+            raise where.error(("slurm", "warning_s"), f"must be 1..65535 seconds, got {warning}")
+        values["warning_s"] = warning
+    if "start_timeout" in raw:
+        timeout = raw["start_timeout"]
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= 3600:
+            raise where.error(("slurm", "start_timeout"), f"expected seconds from 1 to 3600, got {_describe(timeout)}")
+        values["start_timeout"] = float(timeout)
+    options = raw.get("sbatch_options")
+    if options is not None:
+        if not isinstance(options, list):
+            raise where.error(("slurm", "sbatch_options"), f"expected a list of sbatch options such as "
+                              f"[--qos=high], got {_describe(options)}")
+        words = []
+        for index, option in enumerate(options):
+            text = option if isinstance(option, str) else None
+            if text is None or not text.startswith("-") or any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+                raise where.error(("slurm", "sbatch_options", index), f"expected one sbatch option on one line, "
+                                  f"starting with '-' (e.g. --qos=high), got {_describe(option)}")
+            words.append(text)
+        values["sbatch_options"] = tuple(words)
+    return SlurmSpec(**values)
+
+
 WATCHDOG_KEYS = tuple(f.name for f in fields(WatchdogSpec))
 STACK_TOOLS = ("auto", "py-spy", "faulthandler")
 WATCHDOG_BOUNDS = {"stall_timeout": (5.0, 86400.0), "startup_timeout": (5.0, 86400.0), "beat_interval": (0.2, 600.0)}
@@ -505,15 +593,18 @@ def _path_text(value: Any, path: Path, where: _Where) -> str:
     return text
 
 
-def _console(raw: Any, world_size: int, where: _Where) -> Optional[tuple[int, ...]]:
+def _console(raw: Any, world_size: Optional[int], where: _Where) -> Optional[tuple[int, ...]]:
+    """``world_size`` None: not known before the allocation (Slurm); only ranks >= 0 are checked."""
     if raw == "all":
         return None
     if not isinstance(raw, list) or not raw:
         raise where.error(("console",), f"expected all, or a list of ranks (e.g. [0, 3]), got {_describe(raw)}")
     ranks = []
     for index, item in enumerate(raw):
-        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < world_size:
-            raise where.error(("console", index), f"expected a rank 0..{world_size - 1}, got {_describe(item)}")
+        top = world_size if world_size is not None else 1 << 30
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < top:
+            expected = f"a rank 0..{world_size - 1}" if world_size is not None else "a rank (an integer >= 0)"
+            raise where.error(("console", index), f"expected {expected}, got {_describe(item)}")
         ranks.append(item)
     return tuple(sorted(set(ranks)))
 
@@ -611,13 +702,21 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         "console": "all" if spec.console is None else list(spec.console),
         "watchdog": {f.name: getattr(spec.watchdog, f.name) for f in fields(WatchdogSpec)},
     }
+    nodes = ""
+    if spec.on_slurm:  # the nodes come from each allocation: the file form has no hosts:
+        del data["hosts"]
+        data["scheduler"] = "slurm"
+        data["slurm"] = {f.name: (list(v) if isinstance(v := getattr(spec.slurm, f.name), tuple) else v)
+                         for f in fields(SlurmSpec)}
+        if spec.hosts:
+            nodes = "# this run's allocation: " + ", ".join(h.label for h in spec.hosts) + "\n"
     if spec.command:
         data["command"] = list(spec.command)
         if spec.cwd is not None:
             data["cwd"] = spec.cwd
     else:
         data["train"] = spec.train_dict()
-    header = f"# {spec.name}: resolved from {spec.source} (defaults and --set applied)\n"
+    header = f"# {spec.name}: resolved from {spec.source} (defaults and --set applied)\n" + nodes
     return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                               allow_unicode=True)
 

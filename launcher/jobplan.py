@@ -64,12 +64,12 @@ def host_job_dir(host: HostSpec, job_dir: str) -> str:
     """The job folder as seen on ``host``: absolute for local hosts, as given (home-relative) on remote ones."""
     if job_dir == JOB_DIR_AT_LAUNCH:
         return job_dir
-    return os.path.abspath(job_dir) if host.is_local else job_dir
+    return os.path.abspath(job_dir) if host.sees_launch_folder else job_dir
 
 
 def host_python(cluster: ClusterSpec, host: HostSpec, local_python: Optional[str] = None) -> str:
     """The interpreter that runs the agent (and ``python`` in a command) on ``host``."""
-    return cluster.python or ((local_python or sys.executable) if host.is_local else "python3")
+    return cluster.python or ((local_python or sys.executable) if host.sees_launch_folder else "python3")
 
 
 def launch_folder(cluster: ClusterSpec, host: HostSpec, launch_dir: str) -> Optional[str]:
@@ -81,7 +81,7 @@ def launch_folder(cluster: ClusterSpec, host: HostSpec, launch_dir: str) -> Opti
     """
     if cluster.command:
         return os.path.join(launch_dir, cluster.cwd) if cluster.cwd else launch_dir
-    return launch_dir if host.is_local else None
+    return launch_dir if host.sees_launch_folder else None
 
 
 def program_argv(cluster: ClusterSpec, host: HostSpec, job_dir_on_host: str, attempt: int,

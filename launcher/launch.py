@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
+from launcher import slurm
 from launcher.config import load_cluster, resolved_yaml
 from launcher.errors import HostUnreachable, JobDirError
 from launcher.executor import Executor, ProgramCheck, check_host, check_ssh_files, executor_for
@@ -28,6 +29,7 @@ from launcher.spec import ClusterSpec, HostSpec, Plan
 from launcher.supervisor import AttemptResult, LogSink, Supervisor, console_levels
 from mscluster import jobfiles
 from mscluster.fsutil import write_atomic, write_json_atomic
+from mscluster.rank import PREEMPT_EXIT
 from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class LaunchRequest:
     grace_period: float = 5.0
     command: Optional[tuple[str, ...]] = None  # the program after ``--``: replaces the file's command:
     console: Optional[str] = None  # ``--console``: all, or ranks "0,3"
+    # set by a SIGUSR1 handler (Slurm's warning before the time limit): rank 0 saves and the job ends "preempted"
+    preempt: Optional[threading.Event] = field(default=None, compare=False)
+    from_sbatch: bool = False  # run by the sbatch.sh of `mscluster submit`: its job folder exists; resume: auto
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ class AttemptRecord:
 class JobResult:
     """How the whole job ended (what ``result.json`` holds)."""
 
-    status: str  # succeeded | failed | interrupted
+    status: str  # succeeded | failed | interrupted | preempted
     exit_code: int
     job_dir: str
     restarts: int = 0
@@ -215,7 +220,7 @@ def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_di
             folder = launch_folder(cluster, host, launch_dir)
             program = ProgramCheck(folder=folder or "", argv=program_argv(cluster, host, "", 0),
                                    python_first=cluster.command[0] == PYTHON_WORD)
-        check_host(executors[host.address], python, timeout, cwd=launch_dir if host.is_local else None,
+        check_host(executors[host.address], python, timeout, cwd=launch_dir if host.sees_launch_folder else None,
                    needs_mindspore=needs_mindspore, program=program)
 
     _in_parallel(check, list(cluster.hosts))
@@ -284,17 +289,28 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
     """
     cluster = load_cluster(request.cluster_path, request.set_pairs + console_pairs(request.console), request.command)
     launch_dir = os.getcwd()
+    if request.from_sbatch:
+        check_sbatch_folder(request.job_dir, cluster)
+        if cluster.builtin_trainer and not wants_resume(cluster):  # a requeued run goes on from its checkpoint
+            cluster = dataclasses.replace(cluster, train=tuple({**cluster.train_dict(), "resume": "auto"}.items()))
+    allocation = None
+    if cluster.on_slurm:
+        allocation = slurm.read_allocation(os.environ)
+        cluster = slurm.with_allocation(cluster, allocation)
     job_dir = request.job_dir or default_job_dir(cluster, time.time())
-    resume = wants_resume(cluster)
+    resume = wants_resume(cluster) or request.from_sbatch
     if request.job_dir is None and os.path.exists(job_dir):
         job_dir = f"{job_dir}-{os.getpid()}"
     lock = None
     if os.path.exists(job_dir):
         create_job_dir(job_dir, resume)  # an existing folder is checked before connecting anywhere
         lock = JobLock(job_dir).acquire()  # ... and refused while another launcher runs it
-    if not all(h.is_local for h in cluster.hosts):
-        check_ssh_files(cluster.ssh, cluster.source)
-    executors = {h.address: make_executor(h, cluster.ssh) for h in cluster.hosts}
+    if allocation is not None:
+        executors: dict[str, Executor] = dict(slurm.executors(cluster, allocation, os.environ))
+    else:
+        if not all(h.is_local for h in cluster.hosts):
+            check_ssh_files(cluster.ssh, cluster.source)
+        executors = {h.address: make_executor(h, cluster.ssh) for h in cluster.hosts}
     try:
         began = time.monotonic()
         preflight(cluster, executors, launch_dir)
@@ -320,14 +336,31 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
                                   rank_table=rank_table, grace_period=request.grace_period, launch_dir=launch_dir)
 
         _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
-                      f"{len(cluster.hosts)} host(s), backend {cluster.backend}")
+                      f"{len(cluster.hosts)} host(s), backend {cluster.backend}"
+                      + (f"; Slurm job {allocation.job_id}: " + ", ".join(h.label for h in cluster.hosts)
+                         if allocation is not None else ""))
         return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep,
-                             preflight_s=preflight_s)
+                             preflight_s=preflight_s, preempt=request.preempt)
     finally:
         for ex in executors.values():
             ex.close()
         if lock is not None:
             lock.release()
+
+
+def check_sbatch_folder(job_dir: Optional[str], cluster: ClusterSpec) -> None:
+    """``--from-sbatch``: the job folder ``mscluster submit`` made (its sbatch.sh in it), inside Slurm.
+
+    Raises:
+        JobDirError: no --job-dir, or a folder submit did not write.
+        SlurmError: the cluster file does not say scheduler: slurm.
+    """
+    if not cluster.on_slurm:
+        raise slurm.SlurmError(f"{cluster.source}: --from-sbatch is for a scheduler: slurm job (this file says "
+                               f"scheduler: {cluster.scheduler})")
+    if job_dir is None or not os.path.isfile(os.path.join(job_dir, slurm.SBATCH_SCRIPT)):
+        raise JobDirError(f"{job_dir}: not a job folder of mscluster submit (no {slurm.SBATCH_SCRIPT}); "
+                          "--from-sbatch is what that script passes")
 
 
 def previous_attempts(job_dir: str) -> list[AttemptRecord]:
@@ -359,7 +392,8 @@ def _since(start: Optional[float], end: Optional[float]) -> Optional[float]:
 
 def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], job_dir: str,
                   executors: Mapping[str, Executor], launch_dir: str, console: Optional[TextIO],
-                  sleep: Callable[[float], None], preflight_s: Optional[float] = None) -> JobResult:
+                  sleep: Callable[[float], None], preflight_s: Optional[float] = None,
+                  preempt: Optional[threading.Event] = None) -> JobResult:
     by_host = {h.address: h for h in cluster.hosts}
     result = JobResult(status="failed", exit_code=1, job_dir=os.path.abspath(job_dir), preflight_s=preflight_s)
     # a job continued by hand goes on numbering its attempts: logs get a separator, nothing is overwritten
@@ -367,6 +401,9 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
     first = max((a.attempt for a in result.attempts), default=-1) + 1
     attempt_result: Optional[AttemptResult] = None
     for attempt in range(first, first + cluster.restarts + 1):
+        if preempt is not None and preempt.is_set():  # between attempts: nothing to save, nothing more to start
+            result.status, result.exit_code = "preempted", PREEMPT_EXIT
+            break
         if attempt > first:
             restart = attempt - first
             delay = BACKOFF_S[min(restart - 1, len(BACKOFF_S) - 1)]
@@ -392,10 +429,10 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                        console_levels({a.host: a for a in job.agents}))
         supervisor = Supervisor({a.host: a for a in job.agents}, executors,
                                 agent_argv=lambda h: [host_python(cluster, by_host[h]), "-m", "launcher.agent"],
-                                agent_cwd=lambda h: launch_dir if by_host[h].is_local else None,
+                                agent_cwd=lambda h: launch_dir if by_host[h].sees_launch_folder else None,
                                 # a remote line carries no user data: the job folder travels in the spec
                                 agent_env=lambda h: {"MSCLUSTER_JOB_DIR": job.agent(h).job_dir} if by_host[h].is_local else {},
-                                sink=sink, attempt=attempt, watch=cluster.watchdog)
+                                sink=sink, attempt=attempt, watch=cluster.watchdog, preempt=preempt)
         attempt_result = supervisor.run()
         result.failures.extend(attempt_result.failures)
         ordered = order_failures(attempt_result.failures)
@@ -426,6 +463,9 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
             break
         if attempt_result.interrupted:
             result.status, result.exit_code = "interrupted", 130
+            break
+        if attempt_result.preempted:  # no restart here: the allocation is ending; requeue (sbatch.sh) resumes
+            result.status, result.exit_code = "preempted", PREEMPT_EXIT
             break
         if attempt < first + cluster.restarts:
             _say(console, format_failures(attempt_result.failures, f"attempt {attempt} failed"))

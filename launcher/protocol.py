@@ -1,8 +1,9 @@
 """What the launcher and a host's agent say to each other: one JSON object per line, typed both ways.
 
 Launcher -> agent (stdin): the first line is an ``AgentSpec``; then only ``beat`` lines (every
-``keepalive_interval``: the launcher and the network to it are up) and ``stacks`` (dump every
-process's Python stack, for the stall watchdog). EOF on the agent's stdin (the
+``keepalive_interval``: the launcher and the network to it are up), ``stacks`` (dump every
+process's Python stack, for the stall watchdog) and ``preempt`` (SIGUSR1 to every rank: Slurm's
+warning before the time limit). EOF on the agent's stdin (the
 launcher closed it, died, or the SSH connection dropped) means: stop every process now.
 
 Agent -> launcher (stdout): one message a line, each a frozen dataclass here:
@@ -31,6 +32,7 @@ from mscluster import events
 from mscluster.jobfiles import SCHEDULER, is_process_name
 
 STACKS_REQUEST = "stacks"
+PREEMPT_REQUEST = "preempt"  # forward SIGUSR1 to every rank: save a checkpoint, the job is about to end
 BEAT_LINE = "beat"
 
 __all__ = ["SCHEDULER", "ProcessSpec", "AgentSpec", "Started", "Output", "Relayed", "Exited", "Stacks", "Alive", "Done",

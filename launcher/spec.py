@@ -56,16 +56,47 @@ class WatchdogSpec:
 
 
 @dataclass(frozen=True)
+class SlurmSpec:
+    """``scheduler: slurm``: the allocation's shape and what ``mscluster submit`` asks sbatch for."""
+
+    nodes: Optional[int] = None  # None: every node of the allocation (submit asks for 1)
+    devices_per_host: Optional[int] = None  # None: the backend's default (ascend 8, cpu 1)
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    time: Optional[str] = None  # sbatch --time, Slurm's format ("90", "1:30:00", "2-00:00:00")
+    requeue: bool = False  # preempted (time limit near): requeue the job, which resumes
+    warning_s: int = 120  # sbatch --signal=B:USR1@<warning_s>: USR1 this long before the time limit
+    exclusive: bool = True  # whole nodes: every core of a node for its ranks
+    start_timeout: float = 120.0  # seconds for the agent step to start on every node
+    sbatch_options: tuple[str, ...] = ()  # more #SBATCH lines, e.g. ["--qos=high", "--gres=npu:8"]
+
+
+DEFAULT_DEVICES_PER_HOST = {"ascend": 8, "cpu": 1}
+
+
+@dataclass(frozen=True)
 class HostSpec:
     """One host of the cluster and the devices (NPUs, or CPU worker slots) it runs ranks on."""
 
     address: str
     devices: tuple[int, ...]
     device_ips: tuple[tuple[int, str], ...] = ()  # (device id, NPU ip) given in the cluster file
+    node: Optional[str] = None  # its Slurm node name (scheduler: slurm); None for a host of hosts:
 
     @property
     def is_local(self) -> bool:
         return self.address in LOCAL_ADDRESSES
+
+    @property
+    def sees_launch_folder(self) -> bool:
+        """Whether its processes see the launcher's folders and interpreter at the same paths: a
+        local host, or a Slurm node (srun starts a step in the folder it was run in)."""
+        return self.is_local or self.node is not None
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``n1 (10.0.0.2)`` for a Slurm node, else its address."""
+        return f"{self.node} ({self.address})" if self.node is not None else self.address
 
     def device_ip(self, device_id: int) -> Optional[str]:
         return dict(self.device_ips).get(device_id)
@@ -90,7 +121,13 @@ class ClusterSpec:
     cwd: Optional[str] = None  # a command's folder on every host; None = the folder launch runs in
     console: Optional[tuple[int, ...]] = (0,)  # ranks whose every line the terminal shows; None = all
     watchdog: WatchdogSpec = field(default_factory=WatchdogSpec)
+    scheduler: str = "ssh"  # ssh: the hosts: list over SSH; slurm: the allocation's nodes through srun
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
     source: str = "<cluster file>"  # the path it was read from, for messages
+
+    @property
+    def on_slurm(self) -> bool:
+        return self.scheduler == "slurm"
 
     @property
     def builtin_trainer(self) -> bool:

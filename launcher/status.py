@@ -148,8 +148,8 @@ class StatusWriter:
         self._pending = True  # every agent ends this way: 64 hosts were 64 rewrites in a row
         self.flush()
 
-    def attempt_ended(self, ok: bool, interrupted: bool) -> None:
-        self.data["state"] = SUCCEEDED if ok else ("interrupted" if interrupted else FAILED)
+    def attempt_ended(self, ok: bool, interrupted: bool, preempted: bool = False) -> None:
+        self.data["state"] = SUCCEEDED if ok else ("interrupted" if interrupted else ("preempted" if preempted else FAILED))
         for p in self.data["processes"].values():
             if p["state"] in (PENDING, RUNNING):
                 p["state"] = SUCCEEDED if ok else STOPPED

@@ -6,6 +6,7 @@ An attempt's life (torchelastic's WorkerState, reduced to what we need):
         |           |
         +-----------+--> STOPPING --> FAILED        a rank failed, a host's agent or SSH session
                                   \\-> INTERRUPTED   ended early / the user pressed Ctrl-C
+                                  \\-> PREEMPTED     Slurm's warning (SIGUSR1): rank 0 saved and left
 
 STARTING: agents are being started; RUNNING: every process of every host has started. STOPPING
 closes every agent's stdin; each agent then stops its processes (TERM to the process group, a
@@ -31,18 +32,20 @@ from typing import Callable, Deque, Mapping, Optional, TextIO, Union
 
 from launcher.executor import Executor, Session
 from launcher import watchdog
-from launcher.protocol import (BEAT_LINE, STACKS_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output,
+from launcher.protocol import (BEAT_LINE, PREEMPT_REQUEST, STACKS_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output,
                                ProtocolError, Relayed, Stacks, Started, decode_message)
 from launcher.report import RankFailure, traceback_tail
 from launcher.spec import WatchdogSpec
 from launcher.status import StatusWriter
 from mscluster import events, jobfiles
+from mscluster.rank import PREEMPT_EXIT
 
 logger = logging.getLogger(__name__)
 
 STOP_MARGIN_S = 15.0
 STACKS_WAIT_S = 12.0  # how long a stall waits for every process's stack before it reports
 STATUS_EVERY_S = 0.5  # status.json is rewritten at most this often while the attempt runs
+PREEMPT_WAIT_S = 60.0  # after SIGUSR1, how long rank 0 may take to save and leave before everything is stopped
 OUTPUT_TAIL = 30
 AGENT = "agent"  # the name of a host's agent in logs and failure tables
 
@@ -54,6 +57,7 @@ class AttemptState(enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    PREEMPTED = "preempted"
 
 
 @dataclass
@@ -80,6 +84,10 @@ class AttemptResult:
     @property
     def interrupted(self) -> bool:
         return self.state is AttemptState.INTERRUPTED
+
+    @property
+    def preempted(self) -> bool:
+        return self.state is AttemptState.PREEMPTED
 
 
 # -- what reaches the loop besides agent messages ----------------------------------------------------
@@ -272,8 +280,11 @@ class Supervisor:
     def __init__(self, specs: Mapping[str, AgentSpec], executors: Mapping[str, Executor],
                  agent_argv: Callable[[str], list[str]], agent_cwd: Callable[[str], Optional[str]],
                  sink: LogSink, attempt: int = 0, agent_env: Callable[[str], Mapping[str, str]] = lambda h: {},
-                 watch: WatchdogSpec = WatchdogSpec(enabled=False)):
+                 watch: WatchdogSpec = WatchdogSpec(enabled=False), preempt: Optional[threading.Event] = None):
         self.hosts = {h: _Host(spec, executors[h]) for h, spec in specs.items()}
+        self.preempt = preempt  # set (by a SIGUSR1 handler): the job is about to be stopped; save and leave
+        self.preempting_since: Optional[float] = None
+        self.preempted_by: Optional[str] = None  # the process that saved and exited with PREEMPT_EXIT
         self.agent_argv, self.agent_cwd, self.sink, self.attempt = agent_argv, agent_cwd, sink, attempt
         self.agent_env = agent_env
         self.watch = watch
@@ -364,6 +375,13 @@ class Supervisor:
     # -- items -------------------------------------------------------------------------------------
     def _on_exit(self, host: str, msg: Exited) -> None:
         if msg.code == 0:
+            return
+        left = msg.code == PREEMPT_EXIT or (self.preempting_since is not None and msg.signal == "SIGUSR1")
+        if left and msg.rank is not None and self.preempted_by is None:
+            # saved its checkpoint and left, as a preempted rank does: the attempt ends preempted
+            self.preempted_by = f"{msg.name} on {host}"
+            self.preempting_since = self.preempting_since or time.monotonic()
+            self.stop(f"preempted: {msg.name} on {host} saved a checkpoint and exited {PREEMPT_EXIT}")
             return
         proc = self._proc_info.get((host, msg.name))
         # a program that left no error file: the last lines of its stderr (else of its stdout)
@@ -496,6 +514,27 @@ class Supervisor:
                 threading.Thread(target=session.kill, daemon=True, name=f"cut-{name}").start()
             self.stop(f"lost the host {name}")
 
+    # -- preemption --------------------------------------------------------------------------------
+    def _check_preempt(self) -> None:
+        """SIGUSR1 came (Slurm's warning before the time limit): forward it to every rank once; stop
+        everything once a rank has saved and left, or after PREEMPT_WAIT_S."""
+        if self.preempt is None or not self.preempt.is_set():
+            return
+        now = time.monotonic()
+        if self.preempting_since is None:
+            self.preempting_since = now
+            if self.stopping_since is not None:
+                return
+            logger.warning("preempted (SIGUSR1): every rank is told; rank 0 saves a checkpoint and leaves")
+            for host in self.hosts.values():
+                if host.session is not None and not host.gone:
+                    try:
+                        host.session.write(PREEMPT_REQUEST + "\n")
+                    except BrokenPipeError:
+                        pass
+        elif self.stopping_since is None and now - self.preempting_since > PREEMPT_WAIT_S:
+            self.stop(f"preempted: no rank saved and left within {PREEMPT_WAIT_S:g} s")
+
     # -- the stall watchdog ------------------------------------------------------------------------
     def _watch(self) -> None:
         """Find a stall; then gather every process's stack, name the culprit, and stop the job."""
@@ -559,6 +598,7 @@ class Supervisor:
         try:
             while not all(h.gone for h in self.hosts.values()):
                 self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
+                self._check_preempt()
                 self._watch()
                 self._keepalive()
                 self._check_disk()
@@ -579,12 +619,14 @@ class Supervisor:
         self.result.ended_at = time.time()
         if interrupted:
             self.state = AttemptState.INTERRUPTED
-        elif not self.result.failures and all(h.done for h in self.hosts.values()):
+        elif not self.result.failures and all(h.done for h in self.hosts.values()) and self.preempted_by is None:
             self.state = AttemptState.SUCCEEDED
+        elif self.preempting_since is not None and not [f for f in self.result.failures if not f.during_teardown]:
+            self.state = AttemptState.PREEMPTED
         else:
             self.state = AttemptState.FAILED
         self.result.state = self.state
-        self.status.attempt_ended(self.result.ok, self.result.interrupted)
+        self.status.attempt_ended(self.result.ok, self.result.interrupted, self.result.preempted)
         return self.result
 
     def _drain_after_interrupt(self) -> None:

@@ -1,10 +1,11 @@
-"""The launcher's subcommands: ``plan``, ``ranktable``, ``launch``. Parsing and printing only."""
+"""The launcher's subcommands: ``plan``, ``ranktable``, ``launch``, ``submit``, ``cancel``. Parsing and printing only."""
 from __future__ import annotations
 
 import argparse
 import os
 import signal
 import sys
+import threading
 from typing import Callable
 
 from launcher.errors import ConfigError
@@ -19,10 +20,28 @@ def _load(args: argparse.Namespace):
     return load_cluster(args.cluster, pairs, args.program)
 
 
+def _allocated(cluster):
+    """A scheduler: slurm cluster with the allocation's nodes as hosts, or placeholders outside one
+    (with a note saying so); any other cluster as it is."""
+    from launcher import slurm
+
+    if not cluster.on_slurm:
+        return cluster, ""
+    if os.environ.get("SLURM_JOB_ID"):
+        return slurm.with_allocation(cluster, slurm.read_allocation(os.environ)), ""
+    placeholder = slurm.placeholder_allocation(cluster)
+    note = (f"(scheduler slurm, outside an allocation: the nodes are shown as {', '.join(placeholder.nodes)} at "
+            "placeholder addresses; inside salloc or sbatch they are the allocation's)")
+    return slurm.with_allocation(cluster, placeholder), note
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from launcher.jobplan import build_job_plan, format_job_plan
 
-    print(format_job_plan(build_job_plan(_load(args), grace_period=5.0)))
+    cluster, note = _allocated(_load(args))
+    if note:
+        print(note)
+    print(format_job_plan(build_job_plan(cluster, grace_period=5.0)))
     return 0
 
 
@@ -31,12 +50,19 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
     from launcher.launch import make_rank_table
     from launcher.plan import plan_ranks
 
+    from launcher import slurm
+
     cluster = _load(args)
     if cluster.backend != "ascend":
         raise ConfigError(f"{args.cluster}: backend: the rank table is for backend ascend (this file says {cluster.backend})")
-    if not all(h.is_local for h in cluster.hosts):
-        check_ssh_files(cluster.ssh, cluster.source)
-    executors = {h.address: executor_for(h, cluster.ssh) for h in cluster.hosts}
+    if cluster.on_slurm:  # the nodes, and their devices' addresses, through srun in the allocation
+        allocation = slurm.read_allocation(os.environ)
+        cluster = slurm.with_allocation(cluster, allocation)
+        executors = dict(slurm.executors(cluster, allocation, os.environ))
+    else:
+        if not all(h.is_local for h in cluster.hosts):
+            check_ssh_files(cluster.ssh, cluster.source)
+        executors = {h.address: executor_for(h, cluster.ssh) for h in cluster.hosts}
     try:
         text = make_rank_table(plan_ranks(cluster), executors)
     finally:
@@ -63,13 +89,20 @@ def cmd_launch(args: argparse.Namespace) -> int:
     def on_term(signum, frame):  # TERM, or HUP (its terminal closed), stops the job like Ctrl-C does
         raise KeyboardInterrupt
 
+    preempt = threading.Event()
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    # Slurm's warning before the time limit (sbatch --signal=B:USR1@s, or scancel --signal=USR1 --batch)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: preempt.set())
     request = LaunchRequest(args.cluster, tuple(flatten(args.set)), args.job_dir, args.grace_period,
-                            command=args.program, console=args.console)
+                            command=args.program, console=args.console, preempt=preempt,
+                            from_sbatch=args.from_sbatch)
     result = launch(request, console=None if args.quiet else sys.stdout)
     where = result.job_dir
-    if result.status == "succeeded":
+    if result.status == "preempted":
+        print(f"mscluster: job preempted: rank 0 saved a checkpoint and the job stopped (exit {result.exit_code}); "
+              "it continues from there with train.resume=auto")
+    elif result.status == "succeeded":
         top1 = result.eval.get("top1")
         print("mscluster: job succeeded" + (f", top1={top1:.4f}" if top1 is not None else "")
               + (f" after {result.restarts} restart(s)" if result.restarts else ""))
@@ -82,7 +115,47 @@ def cmd_launch(args: argparse.Namespace) -> int:
           f"  logs:        {os.path.join(where, 'logs')}\n"
           f"  tensorboard: {os.path.join(where, 'tensorboard')}\n"
           f"  result:      {os.path.join(where, 'result.json')}")
+    if result.status == "preempted" and args.from_sbatch:
+        _requeue_if_asked(where)
     return result.exit_code
+
+
+def _requeue_if_asked(job_dir: str) -> None:
+    """slurm.requeue: put this batch job back in the queue (last thing: Slurm then ends this run)."""
+    from launcher.config import load_cluster
+    from launcher.submit import requeue
+
+    cluster = load_cluster(os.path.join(job_dir, "cluster.yaml"))
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not cluster.slurm.requeue or not job_id:
+        print("mscluster: not requeued (slurm.requeue is false): submit it again, or run sbatch "
+              f"{os.path.join(job_dir, 'sbatch.sh')}")
+        return
+    print(f"mscluster: requeueing Slurm job {job_id} (slurm.requeue): the next run resumes", flush=True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Slurm ends this run of the script now
+    failed = requeue(job_id)
+    if failed:
+        print(f"mscluster: could not requeue Slurm job {job_id}: {failed}", file=sys.stderr)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from launcher.submit import SubmitRequest, submit
+
+    done = submit(SubmitRequest(args.cluster, tuple(flatten(args.set)), args.job_dir, tuple(args.program or ())))
+    print(f"mscluster: submitted Slurm job {done.job_id}\n"
+          f"  job folder: {done.job_dir}\n"
+          f"  script:     {done.script}\n"
+          f"  follow it:  mscluster status {done.job_dir}   |   mscluster logs -f {done.job_dir}\n"
+          f"  stop it:    mscluster cancel {done.job_dir}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from launcher.submit import cancel
+
+    job_id = cancel(args.job_dir)
+    print(f"mscluster: cancelled Slurm job {job_id} ({args.job_dir})")
+    return 0
 
 
 
@@ -117,7 +190,21 @@ def add_commands(sub, add_set: Callable[[argparse.ArgumentParser, str], None]) -
 
     p.add_argument("--grace-period", type=seconds, default=5.0, help="seconds between TERM and KILL (default 5)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the ranks' output")
+    p.add_argument("--from-sbatch", action="store_true",
+                   help="what the sbatch.sh of mscluster submit passes: the job folder is the one submit made, and "
+                        "a requeued run resumes from its newest checkpoint")
     p.set_defaults(func=cmd_launch, program=None)
+
+    p = sub.add_parser("submit", help="hand the job to Slurm: write <job>/sbatch.sh and sbatch it (scheduler: slurm)",
+                       usage="mscluster submit CLUSTER.yaml [--set ...] [--job-dir DIR] [-- SBATCH_OPTIONS...]")
+    p.add_argument("cluster", metavar="CLUSTER.yaml")
+    add_set(p, "cluster-file fields with dotted keys, e.g. --set slurm.nodes=4 train.epochs=3")
+    p.add_argument("--job-dir", help="job folder (default: <workdir>/<name>-<time>); must not exist")
+    p.set_defaults(func=cmd_submit, program=None)
+
+    p = sub.add_parser("cancel", help="cancel the Slurm job of a submitted job folder (scancel)")
+    p.add_argument("job_dir", metavar="JOB_DIR")
+    p.set_defaults(func=cmd_cancel)
 
     from mscluster import monitor_cli  # status, logs, tensorboard
     monitor_cli.add_commands(sub, add_set)

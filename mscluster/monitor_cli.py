@@ -16,13 +16,29 @@ DEFAULT_TB_PORT = 6006
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from launcher.errors import JobDirError
     from launcher.status import format_status, read_status
+    from launcher.submit import slurm_lines
 
-    status = read_status(args.job_dir)
+    slurm = slurm_lines(args.job_dir) if os.path.isdir(args.job_dir) else None
+    try:
+        status = read_status(args.job_dir)
+    except JobDirError:
+        if slurm is None:
+            raise
+        status = None  # submitted, not started yet: Slurm's word is all there is
     if args.json:
-        print(json.dumps(status.to_dict(), indent=1))
-    else:
-        print(format_status(status))
+        data = status.to_dict() if status is not None else {"job_dir": args.job_dir, "state": "submitted"}
+        if slurm is not None:
+            data["slurm"] = slurm
+        print(json.dumps(data, indent=1))
+        return 0
+    lines = format_status(status).splitlines() if status is not None else [f"job {args.job_dir}",
+                                                                            "  state:     submitted, not started"]
+    if slurm is not None:
+        lines.insert(2, f"  slurm:     job {slurm['job_id']} {slurm['state']}"
+                        + (f" ({slurm['reason']})" if slurm["reason"] else ""))
+    print("\n".join(lines))
     return 0
 
 

@@ -41,6 +41,8 @@ RESTART_COUNT_ENV = "MSCLUSTER_RESTART_COUNT"
 BEAT_INTERVAL_ENV = "MSCLUSTER_BEAT_INTERVAL"  # seconds between liveness beats; 0 or unset: none
 STACK_FILE_ENV = "MSCLUSTER_STACK_FILE"  # where faulthandler writes every thread's stack on STACK_SIGNAL
 STACK_SIGNAL = signal.SIGUSR2  # USR1 is left to the program (Slurm's warning before a time limit)
+PREEMPT_SIGNAL = signal.SIGUSR1  # the launcher forwards Slurm's warning before the time limit as this
+PREEMPT_EXIT = 75  # exit with this after saving (EX_TEMPFAIL): the job ends "preempted", to be requeued
 
 SINGLE = "single"                    # one process, no launcher
 DYNAMIC_CLUSTER = "dynamic_cluster"  # MindSpore's scheduler + workers (MS_ROLE ...)
@@ -272,6 +274,21 @@ def _register_stack_dump() -> None:
 
 
 _channel = _Channel()
+_preempted = threading.Event()
+
+
+def watch_preemption() -> None:
+    """From now on SIGUSR1 (``launch`` forwards Slurm's warning before the time limit) does not
+    kill this process but sets `preempt_requested`: save a checkpoint, then ``sys.exit(PREEMPT_EXIT)``.
+
+    Call it from the main thread. Without it, SIGUSR1's default action ends the process.
+    """
+    signal.signal(PREEMPT_SIGNAL, lambda signum, frame: _preempted.set())
+
+
+def preempt_requested() -> bool:
+    """Whether SIGUSR1 arrived since `watch_preemption`: the job is about to be stopped."""
+    return _preempted.is_set()
 
 
 def report(step: int, *, epoch: Optional[int] = None, loss: Optional[float] = None, **scalars: float) -> None:

@@ -74,3 +74,4 @@ def cifar_dir(standin_info) -> str:
 # Real-sshd and network-namespace fixtures (skip on a user's machine without them; fail in CI).
 from sshd_util import sshd  # noqa: F401,E402
 from netns_util import fleet_hosts, netns_hosts  # noqa: F401,E402
+from slurm_util import slurm_cluster  # noqa: F401,E402

@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Optional, TextIO
 import numpy as np
 from mindspore.train import Callback
 
-from mscluster.rank import RankInfo, report
+from mscluster.rank import RankInfo, preempt_requested, report
 from trainer.config import TrainConfig
 from trainer.errors import TrainerError
 from trainer.monitor import (GRID_SAMPLES, EventWriter, SystemSampler, config_markdown, confusion_image, eta_seconds,
@@ -236,3 +236,18 @@ class StepCheckpointer(Callback):
         m = self.monitor
         if m.global_step % self.every == 0 and m.step_in_epoch < self.per_epoch:
             self.save(m.epoch, m.step_in_epoch, m.global_step, {})
+
+
+class PreemptCheckpointer(Callback):
+    """Rank 0, once SIGUSR1 came (Slurm's warning before the time limit, forwarded by the launcher):
+    at the end of the step under way, save and leave (``leave``). Inside an epoch only: at its last
+    step the epoch's own end (statistics, evaluation) comes first, and the loop saves there."""
+
+    def __init__(self, monitor: StepMonitor, steps_per_epoch: int, leave: Callable[[int, int, int], None]):
+        super().__init__()
+        self.monitor, self.per_epoch, self.leave = monitor, steps_per_epoch, leave
+
+    def on_train_step_end(self, run_context) -> None:
+        m = self.monitor
+        if preempt_requested() and m.step_in_epoch < self.per_epoch:
+            self.leave(m.epoch, m.step_in_epoch, m.global_step)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from mscluster.rank import RankInfo, rank_info, report_checkpoint, report_eval
+from mscluster.rank import (PREEMPT_EXIT, RankInfo, preempt_requested, rank_info, report_checkpoint, report_eval,
+                            watch_preemption)
 from trainer import checkpoint as ckpt
 from trainer import faults
 from trainer.collectives import all_gather_counts, barrier, sync_batchnorm_stats
@@ -256,6 +258,22 @@ class _Checkpointing:
         sync_batchnorm_stats(self.run.net, self.info.world_size)
         return self.save(epoch, step_in_epoch, global_step, metrics) if self.info.rank == 0 else None
 
+    def leave_preempted(self, epoch: int, step_in_epoch: int, global_step: int, monitor,
+                        saved: Optional[str] = None) -> None:
+        """Rank 0, preempted: save here (unless ``saved`` already holds this step), wait for the file,
+        and exit with PREEMPT_EXIT at once. Its own weights are every rank's (identical after each
+        step); the BatchNorm statistics saved are rank 0's, not averaged: that would need every rank
+        in one more collective, and the others may already be a step further. The launcher stops them.
+        """
+        path = saved or self.save(epoch, step_in_epoch, global_step, {})
+        self.writer.wait()
+        monitor.close()
+        emit(f"preempted: saved {path} at global step {global_step}; exiting {PREEMPT_EXIT} to be requeued")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # no interpreter shutdown: MindSpore's would wait on its peers' collectives, which wait on us
+        os._exit(PREEMPT_EXIT)
+
 
 def _evaluate(cfg: TrainConfig, info: RankInfo, run: _Run, epoch: int, eval_ds, monitor) -> tuple[dict, Any]:
     """Step 5: every rank evaluates its shard of the test set; the counts are summed over the ranks.
@@ -302,8 +320,11 @@ def _epoch_loop(cfg: TrainConfig, info: RankInfo, run: _Run, start: Position, sa
         if metrics:
             result.eval = metrics
         last = epoch + 1 == cfg.epochs
+        saved = None
         if info.rank == 0 and (last or (cfg.save_every_epochs and (epoch + 1) % cfg.save_every_epochs == 0)):
-            result.checkpoint = saver.save(epoch + 1, 0, monitor.global_step, metrics)
+            result.checkpoint = saved = saver.save(epoch + 1, 0, monitor.global_step, metrics)
+        if info.rank == 0 and preempt_requested() and not last:
+            saver.leave_preempted(epoch + 1, 0, monitor.global_step, monitor, saved)
     return result
 
 
@@ -317,6 +338,7 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
     from trainer.data import resolve_data_dir, validate_split
 
     info = rank_info(environ)
+    watch_preemption()  # SIGUSR1 (Slurm's warning, forwarded by the launcher) does not kill any rank
     if info.is_scheduler:  # MindSpore's scheduler serves the workers inside init(); nothing more to do
         init_backend(info, cfg.mode == "graph")
         return TrainResult(rank=-1, world_size=info.world_size)
@@ -334,13 +356,16 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
         emit(f"resumed from {resume_path} epoch={start.epoch} step={start.step_in_epoch}")
     saver = _Checkpointing(cfg, info, run, where["checkpoints"], fingerprint)
 
-    from trainer.callbacks import StepCheckpointer, StepMonitor
+    from trainer.callbacks import PreemptCheckpointer, StepCheckpointer, StepMonitor
 
     monitor = StepMonitor(cfg, info, run.per_epoch, run.lr, where["tensorboard"] if cfg.tensorboard else None,
                           start.global_step)
     callbacks: list = [monitor, *faults.fault_callbacks(cfg, info, monitor)]
     if cfg.save_every_steps:
         callbacks.append(StepCheckpointer(monitor, cfg.save_every_steps, run.per_epoch, saver.save_mid_epoch))
+    if info.rank == 0:
+        callbacks.append(PreemptCheckpointer(monitor, run.per_epoch,
+                                             lambda e, s, g: saver.leave_preempted(e, s, g, monitor)))
     try:
         result = _epoch_loop(cfg, info, run, start, saver, monitor, callbacks)
         saver.writer.wait()  # the final checkpoint is complete (renamed, sidecar written) before the rank ends

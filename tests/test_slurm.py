@@ -1,0 +1,221 @@
+"""``scheduler: slurm`` against a real Slurm: slurmctld here, a slurmd in each of two namespaces.
+
+Every job here is the built-in trainer on real MindSpore (CPU, dynamic cluster), one rank per node:
+inside ``salloc -N2``, through ``mscluster submit`` (sbatch), with a rank SIGKILLed, and preempted
+by USR1 to the batch script then requeued. Root, slurm-wlm and munge are needed (skip, or fail
+under CI, without them): ``scripts/ci_system_deps.sh`` installs them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import TINY_TRAIN, final_digests, only_job_dir, wait_for
+from netns_util import netns_pids
+from slurm_util import SlurmLab
+
+pytestmark = [pytest.mark.integration, pytest.mark.netns]
+
+MSCLUSTER = [sys.executable, "-m", "mscluster.cli"]
+
+
+def slurm_file(path, cifar_dir: str, train: dict = {}, slurm: dict = {}, **fields) -> str:
+    data = {"name": "sl", "backend": "cpu", "scheduler": "slurm", "workdir": str(path.parent / "runs"),
+            "python": sys.executable, "env": {"MS_TOPO_TIMEOUT": "120"}, "console": "all",
+            "slurm": {"nodes": 2, "devices_per_host": 1, **slurm},
+            "train": {**TINY_TRAIN, "data_dir": cifar_dir, "steps_per_epoch": 4, "width": 4, "batch_size": 8, **train}}
+    data.update(fields)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def salloc(lab: SlurmLab, nodes: int, *argv: str, cwd, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(["salloc", f"-N{nodes}", "--quiet", *argv], cwd=str(cwd), env=lab.env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def leftovers(lab: SlurmLab) -> dict[str, list[str]]:
+    """What runs in each node's namespace besides slurmd (and the test's sshd)."""
+    import psutil
+
+    left = {}
+    for node, host in zip(lab.nodes, lab.lab.hosts):
+        names = []
+        for pid in netns_pids(host.netns):
+            try:
+                name = psutil.Process(pid).name()
+            except psutil.NoSuchProcess:
+                continue
+            if name not in ("slurmd", "sshd"):
+                names.append(f"{pid}:{name}")
+        if names:
+            left[node] = names
+    return left
+
+
+def no_steps_left(lab: SlurmLab) -> bool:
+    return lab.run("squeue", "-h", "-s", check=False).stdout.strip() == ""
+
+
+def wait_job_gone(lab: SlurmLab, job_id: str, timeout: float) -> str:
+    """Until Slurm's queue no longer lists the job; its final state."""
+    wait_for(lambda: lab.run("squeue", "-h", "-j", job_id, check=False).stdout.strip() == "", timeout,
+             interval=1.0, what=f"Slurm job {job_id} to leave the queue")
+    return lab.job_state(job_id)
+
+
+@pytest.mark.mindspore
+def test_launch_in_a_two_node_allocation_ends_with_one_set_of_weights(slurm_cluster, tmp_path, cifar_dir):
+    cluster = slurm_file(tmp_path / "c.yaml", cifar_dir)
+    proc = salloc(slurm_cluster, 2, *MSCLUSTER, "launch", cluster, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert re.search(r"Slurm job \d+: n1 \(10\.[\d.]+\), n2 \(10\.[\d.]+\)", out), out[-3000:]
+    job = only_job_dir(str(tmp_path / "runs"))
+    digests = final_digests(job)
+    addresses = [slurm_cluster.address(n) for n in slurm_cluster.nodes]
+    assert sorted(digests) == sorted(f"{a}:{r}" for r, a in enumerate(addresses)), digests  # rank r on node r
+    assert len(set(digests.values())) == 1, digests
+    assert leftovers(slurm_cluster) == {} and no_steps_left(slurm_cluster)
+    saved = open(os.path.join(job, "cluster.yaml")).read()
+    assert "scheduler: slurm" in saved and "hosts:" not in saved and "allocation: n1" in saved
+
+
+@pytest.mark.mindspore
+def test_sigkill_of_rank_1_stops_both_nodes_and_names_it(slurm_cluster, tmp_path, cifar_dir):
+    cluster = slurm_file(tmp_path / "c.yaml", cifar_dir, train={"steps_per_epoch": 30, "debug_fail_step": 2,
+                                                                 "debug_fail_rank": 1, "debug_fail_signal": 9})
+    proc = salloc(slurm_cluster, 2, *MSCLUSTER, "launch", cluster, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    root = next(line for line in proc.stderr.splitlines() if "root cause" in line and "SIG" in line)
+    assert slurm_cluster.address("n2") in root and " 1 " in root and "SIGKILL" in root, proc.stderr[-3000:]
+    job = only_job_dir(str(tmp_path / "runs"))
+    result = json.load(open(os.path.join(job, "result.json")))
+    assert result["status"] == "failed" and result["attempts"][0]["root_cause"]["rank"] == 1
+    assert leftovers(slurm_cluster) == {} and no_steps_left(slurm_cluster)
+
+
+@pytest.mark.mindspore
+def test_submit_runs_the_job_and_status_says_so(slurm_cluster, tmp_path, cifar_dir):
+    cluster = slurm_file(tmp_path / "c.yaml", cifar_dir, slurm={"time": "10"})
+    proc = subprocess.run([*MSCLUSTER, "submit", cluster, "--job-dir", str(tmp_path / "job")], cwd=str(tmp_path),
+                          env=slurm_cluster.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job_id = re.search(r"submitted Slurm job (\d+)", proc.stdout).group(1)
+    script = (tmp_path / "job" / "sbatch.sh").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --time=10" in script and "#SBATCH --signal=B:USR1@120" in script
+    assert wait_job_gone(slurm_cluster, job_id, 400) == "COMPLETED", (tmp_path / "job" / "logs").iterdir()
+    status = subprocess.run([*MSCLUSTER, "status", str(tmp_path / "job")], env=slurm_cluster.env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "state:     succeeded" in status.stdout and f"slurm:     job {job_id} COMPLETED" in status.stdout, status.stdout
+    digests = final_digests(str(tmp_path / "job"))
+    assert len(digests) == 2 and len(set(digests.values())) == 1, digests
+    assert leftovers(slurm_cluster) == {}
+
+
+@pytest.mark.mindspore
+def test_usr1_saves_a_checkpoint_requeues_and_the_next_run_completes(slurm_cluster, tmp_path, cifar_dir):
+    steps = 60
+    cluster = slurm_file(tmp_path / "c.yaml", cifar_dir, train={"steps_per_epoch": steps},
+                         slurm={"requeue": True, "time": "20"})
+    job = tmp_path / "job"
+    proc = subprocess.run([*MSCLUSTER, "submit", cluster, "--job-dir", str(job)], cwd=str(tmp_path),
+                          env=slurm_cluster.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job_id = re.search(r"submitted Slurm job (\d+)", proc.stdout).group(1)
+
+    def step0() -> int:
+        try:
+            return json.load(open(job / "status.json"))["processes"]["rank0"].get("global_step") or 0
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    wait_for(lambda: step0() >= 3, 300, what="rank 0 at step 3")
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", job_id)  # what --signal=B:USR1@s sends
+    wait_for(lambda: (job / "result.json").exists() and json.load(open(job / "result.json"))["status"] == "preempted",
+             120, what="the first run to end preempted")
+    preempted_at = json.load(open(job / "result.json"))
+    assert preempted_at["exit_code"] == 75, preempted_at
+    saved = [p for p in os.listdir(job / "checkpoints") if p.endswith(".ckpt")]
+    assert saved, "no checkpoint written on USR1"
+    assert wait_job_gone(slurm_cluster, job_id, 400) == "COMPLETED"
+    result = json.load(open(job / "result.json"))
+    assert result["status"] == "succeeded", result
+    log = "".join(p.read_text() for p in (job / "logs").glob("slurm-*.out"))
+    assert "preempted: saved" in log and "requeueing Slurm job" in log, log[-3000:]
+    resumed = re.search(r"resumed from \S+ epoch=0 step=(\d+)", (job / "logs" / "rank_0.log").read_text())
+    assert resumed and 3 <= int(resumed.group(1)) < steps, (job / "logs" / "rank_0.log").read_text()[-3000:]
+    assert leftovers(slurm_cluster) == {}
+
+
+# -- bad input: one line, no traceback ------------------------------------------------------------
+
+def test_launch_outside_an_allocation_is_one_line(slurm_cluster, tmp_path):
+    cluster = slurm_file(tmp_path / "c.yaml", str(tmp_path))
+    proc = subprocess.run([*MSCLUSTER, "launch", cluster], cwd=str(tmp_path), env=slurm_cluster.env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "mscluster launch: error: not inside a Slurm allocation (SLURM_JOB_ID is not set): run it under salloc "
+        "(salloc -N2 mscluster launch ...) or submit it with mscluster submit"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_allocation_smaller_than_the_file_is_one_line(slurm_cluster, tmp_path):
+    cluster = slurm_file(tmp_path / "c.yaml", str(tmp_path))
+    proc = salloc(slurm_cluster, 1, *MSCLUSTER, "launch", cluster, cwd=tmp_path, timeout=60)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("salloc:")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert re.fullmatch(r"mscluster launch: error: Slurm job \d+ has 1 node \(n1\), but .*c\.yaml asks for "
+                        r"slurm.nodes: 2: allocate 2 \(salloc -N2\) or lower slurm.nodes", lines[0]), lines[0]
+
+
+def test_missing_srun_and_sbatch_are_one_line(slurm_cluster, tmp_path):
+    cluster = slurm_file(tmp_path / "c.yaml", str(tmp_path))
+    bare = {**slurm_cluster.env, "PATH": os.path.dirname(sys.executable)}  # no Slurm tools on it
+    inside = {**bare, "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n[1-2]"}
+    proc = subprocess.run([*MSCLUSTER, "launch", cluster], cwd=str(tmp_path), env=inside, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "mscluster launch: error: srun not found on PATH: scheduler: slurm needs Slurm's client tools (srun, "
+        "scontrol; sbatch for submit) on this machine"], proc.stderr
+    proc = subprocess.run([*MSCLUSTER, "submit", cluster], cwd=str(tmp_path), env=bare, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "mscluster submit: error: sbatch not found on PATH: scheduler: slurm needs Slurm's client tools (srun, "
+        "scontrol; sbatch for submit) on this machine"], proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sbatch_refusing_the_job_leaves_no_folder(slurm_cluster, tmp_path):
+    cluster = slurm_file(tmp_path / "c.yaml", str(tmp_path), slurm={"partition": "nosuch"})
+    proc = subprocess.run([*MSCLUSTER, "submit", cluster, "--job-dir", str(tmp_path / "job")], cwd=str(tmp_path),
+                          env=slurm_cluster.env, capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("mscluster submit: error: sbatch refused "
+                                                                            "the job: "), proc.stderr
+    assert "partition" in lines[0].lower() and not (tmp_path / "job").exists()
+
+
+def test_cancel_of_a_pending_job(slurm_cluster, tmp_path):
+    # --begin an hour from now: it pends until cancelled
+    cluster = slurm_file(tmp_path / "c.yaml", str(tmp_path), slurm={"nodes": 2})
+    job = tmp_path / "job"
+    proc = subprocess.run([*MSCLUSTER, "submit", cluster, "--job-dir", str(job), "--", "--begin=now+1hour"],
+                          cwd=str(tmp_path), env=slurm_cluster.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job_id = re.search(r"submitted Slurm job (\d+)", proc.stdout).group(1)
+    status = subprocess.run([*MSCLUSTER, "status", str(job)], env=slurm_cluster.env, capture_output=True, text=True,
+                            timeout=60)
+    assert status.returncode == 0 and f"slurm:     job {job_id} PENDING (BeginTime)" in status.stdout, status.stdout
+    done = subprocess.run([*MSCLUSTER, "cancel", str(job)], env=slurm_cluster.env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and f"cancelled Slurm job {job_id}" in done.stdout, done.stderr
+    assert wait_job_gone(slurm_cluster, job_id, 60) == "CANCELLED"
