@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the system packages the ssh/netns tests need: openssh-server (sshd, ssh-keygen),
-# iproute2 (ip netns) and pdsh (the fan-out peer scripts/bench_scale.py times). Idempotent:
+# Install the system packages the ssh/netns/slurm tests need: openssh-server (sshd, ssh-keygen),
+# iproute2 (ip netns), pdsh (the fan-out peer scripts/bench_scale.py times), and Debian's Slurm
+# (slurm-wlm: slurmctld, slurmd, srun, sbatch, ...) with munge (its authentication). Idempotent:
 # installs only what is missing, runs `apt-get update` only when an install is needed. As
 # non-root it prints what is missing and exits 0 (the tests then skip, or fail when CI is set).
 set -euo pipefail
@@ -11,6 +12,10 @@ declare -A wanted=(
     [/usr/sbin/ip]=iproute2
     [/usr/bin/curl]=curl
     [/usr/bin/pdsh]=pdsh
+    [/usr/sbin/slurmctld]=slurm-wlm
+    [/usr/sbin/slurmd]=slurm-wlm
+    [/usr/bin/sbatch]=slurm-wlm
+    [/usr/sbin/munged]=munge
 )
 
 missing=()
@@ -22,7 +27,7 @@ for path in "${!wanted[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "ci_system_deps: nothing to do (sshd, ssh-keygen, ip, curl, pdsh present)"
+    echo "ci_system_deps: nothing to do (sshd, ssh-keygen, ip, curl, pdsh, slurm, munge present)"
     exit 0
 fi
 
@@ -54,6 +59,6 @@ if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1
     exit 1
 fi
 rm -f "$log"
-# Debian's postinst may start the system sshd on port 22 where an init system runs; the tests
-# start private servers and need none. Only report it.
+# Debian's postinst may start the system sshd (port 22), munged or slurmd where an init system
+# runs; the tests start private ones (own key, socket, slurm.conf) and need none. Only report it.
 echo "ci_system_deps: installed ${missing[*]}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher import slurm
 from launcher.config import load_cluster, parse_cluster, resolved_yaml
 from launcher.errors import ConfigError
 from launcher.plan import plan_ranks
@@ -457,9 +458,11 @@ def test_a_file_error_beside_set_pairs_keeps_its_line(tmp_path):
 def test_every_shipped_file_parses_and_plans():
     assert {p.name for p in SHIPPED} >= {"local_cpu.yaml", "ascend_1x8.yaml", "ascend_2x8.yaml", "cpu_2hosts.yaml"}
     expected = {"local_cpu.yaml": ("cpu", 2), "ascend_1x8.yaml": ("ascend", 8),
-                "ascend_2x8.yaml": ("ascend", 16), "cpu_2hosts.yaml": ("cpu", 4)}
+                "ascend_2x8.yaml": ("ascend", 16), "cpu_2hosts.yaml": ("cpu", 4), "slurm_cpu.yaml": ("cpu", 2)}
     for path in SHIPPED:
         spec = load_cluster(str(path))
+        if spec.on_slurm:  # its hosts come from the allocation: plan it on placeholder nodes, as `plan` does
+            spec = slurm.with_allocation(spec, slurm.placeholder_allocation(spec))
         plan = plan_ranks(spec)
         if path.name in expected:
             assert (spec.backend, len(plan.ranks)) == expected[path.name], path.name
