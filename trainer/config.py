@@ -214,7 +214,7 @@ def load(path: Optional[str] = None, set_pairs: tuple[str, ...] | list[str] = ()
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of training settings")
-        if isinstance(loaded.get("train"), dict) and "hosts" in loaded:
+        if isinstance(loaded.get("train"), dict) and ("hosts" in loaded or "scheduler" in loaded):
             loaded = loaded["train"]  # a cluster file: take its train: section
         values = loaded
     try:
