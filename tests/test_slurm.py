@@ -158,6 +158,45 @@ def test_usr1_saves_a_checkpoint_requeues_and_the_next_run_completes(slurm_clust
     assert leftovers(slurm_cluster) == {}
 
 
+# Prints exactly what the real `hccn_tool -i <id> -ip -g` prints (as tests/test_ranktable.py's does); the
+# third octet comes from the node it runs on (n1 -> 91, n2 -> 92), the last from the device id.
+FAKE_HCCN_TOOL = """#!/bin/sh
+if [ "$1" != "-i" ] || [ "$3" != "-ip" ] || [ "$4" != "-g" ]; then
+    echo "usage: hccn_tool -i <id> -ip -g" >&2; exit 2
+fi
+node=$(echo "$SLURMD_NODENAME" | tr -dc 0-9)
+echo "ipaddr:192.98.9${node}.10$2"
+echo "netmask:255.255.255.0"
+"""
+
+
+def test_ascend_under_slurm_discovers_device_ips_on_each_node_and_starts_every_rank(slurm_cluster, tmp_path):
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir()
+    (fakebin / "hccn_tool").write_text(FAKE_HCCN_TOOL)
+    (fakebin / "hccn_tool").chmod(0o755)
+    program = "import os; print('rank', os.environ['RANK_ID'], 'device', os.environ['DEVICE_ID'], 'table', os.environ['RANK_TABLE_FILE'])"
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump({
+        "name": "npu", "backend": "ascend", "scheduler": "slurm", "workdir": str(tmp_path / "runs"),
+        "python": sys.executable, "console": "all", "bind_cores": False,
+        "slurm": {"nodes": 2, "devices_per_host": 2}, "command": ["python", "-c", program]}))
+    env = {**slurm_cluster.env, "PATH": f"{fakebin}:{slurm_cluster.env['PATH']}"}  # srun passes it to the nodes
+    proc = subprocess.run(["salloc", "-N2", "--quiet", *MSCLUSTER, "launch", str(cluster)], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job = only_job_dir(str(tmp_path / "runs"))
+    table = json.load(open(os.path.join(job, "rank_table.json")))
+    n1, n2 = slurm_cluster.address("n1"), slurm_cluster.address("n2")
+    assert [s["server_id"] for s in table["server_list"]] == [n1, n2]
+    assert [[(d["device_id"], d["device_ip"], d["rank_id"]) for d in s["device"]] for s in table["server_list"]] == [
+        [("0", "192.98.91.100", "0"), ("1", "192.98.91.101", "1")],
+        [("0", "192.98.92.100", "2"), ("1", "192.98.92.101", "3")]]
+    for rank, (host, device) in enumerate([(n1, 0), (n1, 1), (n2, 0), (n2, 1)]):
+        assert f"[{host}:{rank}] rank {rank} device {device} table {job}/rank_table.json" in proc.stdout, proc.stdout
+    assert leftovers(slurm_cluster) == {} and no_steps_left(slurm_cluster)
+
+
 # -- bad input: one line, no traceback ------------------------------------------------------------
 
 def test_launch_outside_an_allocation_is_one_line(slurm_cluster, tmp_path):
