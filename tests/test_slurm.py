@@ -59,6 +59,22 @@ def leftovers(lab: SlurmLab) -> dict[str, list[str]]:
     return left
 
 
+def nothing_left(lab: SlurmLab) -> bool:
+    """No process of the job on any node and no step in Slurm's queue (slurmstepd takes a moment to go)."""
+    left: dict = {}
+
+    def clean() -> bool:
+        nonlocal left
+        left = leftovers(lab)
+        return left == {} and no_steps_left(lab)
+
+    try:
+        wait_for(clean, 20, interval=0.5, what="the nodes to be clean")
+    except AssertionError:
+        raise AssertionError(f"left on the nodes: {left}; steps: {lab.run('squeue', '-h', '-s', check=False).stdout}")
+    return True
+
+
 def no_steps_left(lab: SlurmLab) -> bool:
     return lab.run("squeue", "-h", "-s", check=False).stdout.strip() == ""
 
@@ -82,7 +98,7 @@ def test_launch_in_a_two_node_allocation_ends_with_one_set_of_weights(slurm_clus
     addresses = [slurm_cluster.address(n) for n in slurm_cluster.nodes]
     assert sorted(digests) == sorted(f"{a}:{r}" for r, a in enumerate(addresses)), digests  # rank r on node r
     assert len(set(digests.values())) == 1, digests
-    assert leftovers(slurm_cluster) == {} and no_steps_left(slurm_cluster)
+    assert nothing_left(slurm_cluster)
     saved = open(os.path.join(job, "cluster.yaml")).read()
     assert "scheduler: slurm" in saved and "\nhosts:" not in saved and "allocation: n1" in saved
 
@@ -98,7 +114,7 @@ def test_sigkill_of_rank_1_stops_both_nodes_and_names_it(slurm_cluster, tmp_path
     job = only_job_dir(str(tmp_path / "runs"))
     result = json.load(open(os.path.join(job, "result.json")))
     assert result["status"] == "failed" and result["attempts"][0]["root_cause"]["rank"] == 1
-    assert leftovers(slurm_cluster) == {} and no_steps_left(slurm_cluster)
+    assert nothing_left(slurm_cluster)
 
 
 @pytest.mark.mindspore
@@ -117,7 +133,7 @@ def test_submit_runs_the_job_and_status_says_so(slurm_cluster, tmp_path, cifar_d
     assert "state:     succeeded" in status.stdout and f"slurm:     job {job_id} COMPLETED" in status.stdout, status.stdout
     digests = final_digests(str(tmp_path / "job"))
     assert len(digests) == 2 and len(set(digests.values())) == 1, digests
-    assert leftovers(slurm_cluster) == {}
+    assert nothing_left(slurm_cluster)
 
 
 @pytest.mark.mindspore
@@ -155,7 +171,7 @@ def test_usr1_saves_a_checkpoint_requeues_and_the_next_run_completes(slurm_clust
     assert "preempted: saved" in log and "requeueing Slurm job" in log, log[-3000:]
     resumed = re.search(r"resumed from \S+ epoch=0 step=(\d+)", (job / "logs" / "rank_0.log").read_text())
     assert resumed and 3 <= int(resumed.group(1)) < steps, (job / "logs" / "rank_0.log").read_text()[-3000:]
-    assert leftovers(slurm_cluster) == {}
+    assert nothing_left(slurm_cluster)
 
 
 # Prints exactly what the real `hccn_tool -i <id> -ip -g` prints (as tests/test_ranktable.py's does); the
@@ -194,7 +210,46 @@ def test_ascend_under_slurm_discovers_device_ips_on_each_node_and_starts_every_r
         [("0", "192.98.92.100", "2"), ("1", "192.98.92.101", "3")]]
     for rank, (host, device) in enumerate([(n1, 0), (n1, 1), (n2, 0), (n2, 1)]):
         assert f"[{host}:{rank}] rank {rank} device {device} table {job}/rank_table.json" in proc.stdout, proc.stdout
-    assert leftovers(slurm_cluster) == {} and no_steps_left(slurm_cluster)
+    assert nothing_left(slurm_cluster)
+
+
+def test_a_frozen_agent_is_cut_off_and_its_step_cancelled_leaving_nothing(slurm_cluster, tmp_path):
+    import psutil
+
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir()
+    (fakebin / "hccn_tool").write_text(FAKE_HCCN_TOOL)
+    (fakebin / "hccn_tool").chmod(0o755)
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump({
+        "name": "npu", "backend": "ascend", "scheduler": "slurm", "workdir": str(tmp_path / "runs"),
+        "python": sys.executable, "bind_cores": False, "ssh": {"keepalive_interval": 1, "keepalive_count": 3},
+        "slurm": {"nodes": 2, "devices_per_host": 1},
+        "command": ["python", "-c", "import time; print('up', flush=True); time.sleep(300)"]}))
+    env = {**slurm_cluster.env, "PATH": f"{fakebin}:{slurm_cluster.env['PATH']}"}
+    proc = subprocess.Popen(["salloc", "-N2", "--quiet", *MSCLUSTER, "launch", str(cluster), "--console", "all"],
+                            cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    n2 = slurm_cluster.lab.hosts[1]
+
+    def agent_on_n2():
+        for pid in netns_pids(n2.netns):
+            try:
+                p = psutil.Process(pid)
+                if "launcher.agent" in p.cmdline() and p.children():
+                    return p
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    agent = wait_for(agent_on_n2, 60, what="the agent on n2 with its rank")
+    wait_for(lambda: len(agent.children()) == 1 and "time.sleep" in " ".join(agent.children()[0].cmdline()), 30,
+             what="the rank on n2")
+    agent.suspend()  # frozen: it neither beats nor stops its rank
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-2000:] + err[-2000:]
+    assert "no word from the agent on" in err and slurm_cluster.address("n2") in err, err[-3000:]
+    assert re.search(r"the agent step did not end with its agents; cancelling it \(\d+\.\d+\)", err), err[-3000:]
+    assert nothing_left(slurm_cluster)  # scancel of the step took it all
 
 
 # -- bad input: one line, no traceback ------------------------------------------------------------
