@@ -9,7 +9,7 @@ Slurm command the tests run gets through ``SlurmLab.env``).
 
 Teardown stops every daemon by its pid file (slurmd by the namespaces' own process lists), then the
 namespaces go. A run killed before its teardown is cleaned up by the next lab: the daemons' pid
-files are recorded in ``/run/mscluster-test-labs/slurm-<tag>.json`` first.
+files are recorded in ``/run/mscluster-test-labs/slurm/<tag>.json`` first.
 """
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def _conf(workdir: Path, lab: NetnsLab, nodes: Sequence[str], socket_path: Path)
         "ClusterName=mscluster-test",
         f"SlurmctldHost={socket.gethostname()}({lab.gateway})",  # the real hostname, else "not a valid controller"
         "SlurmUser=root", "SlurmdUser=root",
-        "AuthType=auth/munge", f"AuthInfo=socket={socket_path}", "CredType=cred/munge",
+        # cred_expire: also how long a requeued job waits before it may start again (default 120 s)
+        "AuthType=auth/munge", f"AuthInfo=socket={socket_path},cred_expire=10", "CredType=cred/munge",
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none",
         "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
         "ReturnToService=2", "SchedulerType=sched/backfill",
@@ -162,9 +163,12 @@ def _stop_pid_file(path: Path, name: str) -> None:
             stop_process_tree(pid, grace=2.0)
 
 
-def reap_stale_slurm(state_dir: str = LAB_STATE_DIR) -> None:
+SLURM_STATE_DIR = os.path.join(LAB_STATE_DIR, "slurm")  # not beside the netns labs' files: another format
+
+
+def reap_stale_slurm(state_dir: str = SLURM_STATE_DIR) -> None:
     """Stop the daemons of a Slurm lab whose owner died before its teardown."""
-    for state_file in Path(state_dir).glob("slurm-*.json"):
+    for state_file in Path(state_dir).glob("*.json"):
         try:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError):
@@ -186,7 +190,8 @@ def slurm_lab(workdir: Path, count: int = 2) -> Iterator[SlurmLab]:
     workdir.mkdir(parents=True, exist_ok=True)
     with netns_lab(workdir / "netns", count=count) as lab:
         nodes = tuple(f"n{i + 1}" for i in range(count))
-        state_file = Path(LAB_STATE_DIR) / f"slurm-{lab.bridge}.json"
+        os.makedirs(SLURM_STATE_DIR, mode=0o700, exist_ok=True)
+        state_file = Path(SLURM_STATE_DIR) / f"{lab.bridge}.json"
         munge_dir = Path(tempfile.mkdtemp(prefix="mscluster-munge-", dir="/tmp"))
         munge_dir.chmod(0o755)  # the munge user enters it; its munge/ folder is the munge user's alone
         munge_pid = munge_dir / "munge" / "munged.pid"
