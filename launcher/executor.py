@@ -351,10 +351,7 @@ class _LocalSession(Session):
             return None
 
     def _kill(self) -> None:
-        try:
-            os.killpg(self._proc.pid, signal.SIGKILL)  # its own session: start_new_session=True
-        except ProcessLookupError:
-            pass
+        kill_process_group(self._proc.pid)  # its own session: start_new_session=True
 
 
 class _FailedSession(Session):
@@ -439,6 +436,14 @@ class _SSHSession(Session):
 # --------------------------------------------------------------------------- local
 
 
+def kill_process_group(pgid: int) -> None:
+    """SIGKILL to a process group we started (start_new_session=True); gone already is fine."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _spawn_failure(argv: Sequence[str], cwd: Optional[str], exc: OSError) -> tuple[int, str]:
     """The exit code and message a shell would give for a program that cannot start."""
     if cwd is not None and not os.path.isdir(cwd):
@@ -485,10 +490,7 @@ class LocalExecutor:
         try:
             out, err = proc.communicate(input.encode("utf-8") if input else None, timeout=timeout)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_process_group(proc.pid)
             proc.communicate()
             raise HostUnreachable(_timed_out(self.host, argv, timeout)) from None
         return RunResult(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Callable, Deque, Mapping, Optional, Sequence
 
 from launcher.errors import HostUnreachable, LauncherError
-from launcher.executor import BatchCallback, LineCallback, RunResult, Session, _LineSplitter
+from launcher.executor import BatchCallback, LineCallback, RunResult, Session, _LineSplitter, kill_process_group
 from launcher.spec import DEFAULT_DEVICES_PER_HOST, ClusterSpec, HostSpec, is_ipv4
 
 logger = logging.getLogger(__name__)
@@ -281,10 +281,7 @@ def _stop_srun(proc: subprocess.Popen, grace: float = 3.0) -> None:
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_process_group(proc.pid)
         proc.wait()
 
 

@@ -491,12 +491,7 @@ class Supervisor:
         now = time.monotonic()
         if now - self._beat_sent_at >= self.keepalive_interval:
             self._beat_sent_at = now
-            for h in self.hosts.values():
-                if h.session is not None and not h.gone:
-                    try:
-                        h.session.write(BEAT_LINE + "\n")
-                    except BrokenPipeError:
-                        pass
+            self._tell_agents(BEAT_LINE)
         for name, h in self.hosts.items():
             if h.gone or h.heard_at is None or now - max(h.heard_at, h.read_at) <= self.silence_limit:
                 continue
@@ -514,6 +509,15 @@ class Supervisor:
                 threading.Thread(target=session.kill, daemon=True, name=f"cut-{name}").start()
             self.stop(f"lost the host {name}")
 
+    def _tell_agents(self, line: str) -> None:
+        """One line to every agent still there (one that is gone just misses it)."""
+        for host in self.hosts.values():
+            if host.session is not None and not host.gone:
+                try:
+                    host.session.write(line + "\n")
+                except BrokenPipeError:
+                    pass
+
     # -- preemption --------------------------------------------------------------------------------
     def _check_preempt(self) -> None:
         """SIGUSR1 came (Slurm's warning before the time limit): forward it to every rank once; stop
@@ -526,12 +530,7 @@ class Supervisor:
             if self.stopping_since is not None:
                 return
             logger.warning("preempted (SIGUSR1): every rank is told; rank 0 saves a checkpoint and leaves")
-            for host in self.hosts.values():
-                if host.session is not None and not host.gone:
-                    try:
-                        host.session.write(PREEMPT_REQUEST + "\n")
-                    except BrokenPipeError:
-                        pass
+            self._tell_agents(PREEMPT_REQUEST)
         elif self.stopping_since is None and now - self.preempting_since > PREEMPT_WAIT_S:
             self.stop(f"preempted: no rank saved and left within {PREEMPT_WAIT_S:g} s")
 
@@ -546,12 +545,7 @@ class Supervisor:
                 return
             self.stall_since = now
             logger.warning("a rank has stalled: capturing every rank's stack before stopping the job")
-            for host in self.hosts.values():
-                if host.session is not None and not host.gone:
-                    try:
-                        host.session.write(STACKS_REQUEST + "\n")
-                    except BrokenPipeError:
-                        pass
+            self._tell_agents(STACKS_REQUEST)
             return
         alive = [n for (h, n) in self._proc_info if (h, n) not in self.exited and not self.hosts[h].gone]
         if now - self.stall_since < STACKS_WAIT_S and not all(n in self.stacks for n in alive):
