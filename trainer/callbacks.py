@@ -105,7 +105,7 @@ class StepMonitor(Callback):
             self._t_first = now
         else:
             self._steps_after_first += 1
-        img_s = self.cfg.batch_size / wall if wall > 0 else 0.0
+        img_s = self.cfg.batch_size * self.cfg.grad_accumulation / wall if wall > 0 else 0.0
         lr = float(self.lr[min(self.global_step - 1, len(self.lr) - 1)])
         if not np.isfinite(loss):
             logger.warning("rank %d: loss is %s at step %d", self.info.rank, loss, self.global_step)
@@ -115,18 +115,22 @@ class StepMonitor(Callback):
                        "train/throughput_img_per_s": img_s}
             if self.info.rank == 0:
                 scalars["train/throughput_img_per_s_job"] = img_s * self.info.world_size
+            if self.cfg.grad_accumulation != 1:  # steps are optimizer steps of this many micro-batches
+                scalars["train/grad_accumulation"] = float(self.cfg.grad_accumulation)
             self.writer.add_scalars(scalars, self.global_step)
             self.writer.flush()  # one small write(2): the point survives a kill of this rank
         # the launcher's view (status.json, mscluster status): a typed event, never the printed line
         report(self.global_step, epoch=self.epoch + 1, loss=loss, lr=lr, img_per_s=img_s * self.info.world_size,
-               epochs=self.cfg.epochs, step_in_epoch=self.step_in_epoch, steps_per_epoch=self.per_epoch)
+               epochs=self.cfg.epochs, step_in_epoch=self.step_in_epoch, steps_per_epoch=self.per_epoch,
+               grad_accumulation=self.cfg.grad_accumulation)
         if self.live:
             self._draw(loss, img_s * self.info.world_size, now)
         else:
             every = self.cfg.log_every_steps
             if self.step_in_epoch % every == 0 or self.step_in_epoch == self.per_epoch:
                 self.stream.write(format_plain(self.epoch + 1, self.cfg.epochs, self.step_in_epoch, self.per_epoch,
-                                               self.global_step, loss, lr, img_s * self.info.world_size) + "\n")
+                                               self.global_step, loss, lr, img_s * self.info.world_size,
+                                               self.cfg.grad_accumulation) + "\n")
                 self.stream.flush()
 
     def _draw(self, loss: float, img_s: float, now: float) -> None:

@@ -38,7 +38,11 @@ class TrainConfig:
     stem: str = "imagenet"  # imagenet: 7x7/2 conv + max-pool; cifar: 3x3/1 conv, no pool
     # optimisation
     epochs: int = 1
-    batch_size: int = 32  # images per device per step
+    batch_size: int = 32  # images per device per micro-batch (the step's batch when grad_accumulation is 1)
+    grad_accumulation: int = 1  # micro-batches per optimizer step: global batch = batch_size x ranks x this
+    grad_allreduce_dtype: str = "float32"  # float16: the gradients cross the ranks in half precision
+    grad_buckets: int = 0  # > 0: the gradients cross the ranks in this many flat buffers, not one per parameter
+    resume_other_accumulation: bool = False  # resume a checkpoint taken with another grad_accumulation
     steps_per_epoch: Optional[int] = None  # cap for short runs; None = the whole shard
     lr: float = 0.01  # peak learning rate (per step, not scaled by world size)
     lr_schedule: str = "constant"
@@ -73,11 +77,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def global_batch_size(self, world_size: int) -> int:
-        return self.batch_size * world_size
+        """Images per optimizer step, over every rank."""
+        return self.batch_size * world_size * self.grad_accumulation
 
     def fingerprint(self, world_size: int) -> dict[str, Any]:
-        """The settings a checkpoint must agree on to be resumed (model shape and data order)."""
-        return {
+        """The settings a checkpoint must agree on to be resumed (model shape and data order).
+
+        ``grad_accumulation`` is in it only when it is not 1, so checkpoints of earlier versions
+        (which had none) still resume."""
+        extra = {"grad_accumulation": self.grad_accumulation} if self.grad_accumulation != 1 else {}
+        return {**extra,
             "arch": self.arch,
             "width": self.width,
             "stem": self.stem,
@@ -99,10 +108,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_schedule": ("constant", "warmup_poly", "cosine"),
     "mode": ("graph", "pynative"),
     "amp_level": ("O0", "O1", "O2", "O3"),
+    "grad_allreduce_dtype": ("float32", "float16"),
 }
 POSITIVE = {"image_size", "num_classes", "num_parallel_workers", "width", "epochs", "batch_size",
-            "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale"}
-NON_NEGATIVE = {"warmup_epochs", "momentum", "weight_decay", "seed", "save_every_epochs",
+            "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale", "grad_accumulation"}
+NON_NEGATIVE = {"warmup_epochs", "momentum", "weight_decay", "seed", "save_every_epochs", "grad_buckets",
                 "save_every_steps", "eval_every_epochs", "debug_fail_rank", "debug_fail_step",
                 "debug_fail_signal", "debug_fail_attempt", "debug_pause_in_save", "debug_hang_step",
                 "debug_hang_rank"}
@@ -120,6 +130,8 @@ UPPER = {
     "keep_max": (100000, "checkpoints kept"),
     "log_every_steps": (10 ** 8, "steps"),
     "debug_pause_in_save": (3600, "seconds"),
+    "grad_accumulation": (1024, "micro-batches per optimizer step (each is traced into the step's graph)"),
+    "grad_buckets": (1024, "flat gradient buffers"),
 }
 
 

@@ -284,13 +284,13 @@ def format_progress(epoch: int, epochs: int, step: int, steps: int, loss: float,
 
 
 def format_plain(epoch: int, epochs: int, step: int, steps: int, global_step: int, loss: float, lr: float,
-                 img_s: float) -> str:
+                 img_s: float, accumulation: int = 1) -> str:
     """The line printed every ``log_every_steps`` steps when stdout is not a terminal.
 
-    The launcher's ``status`` parses it (launcher/status.py): keep the two in step.
+    Steps are optimizer steps; with gradient accumulation the line ends ``k=<micro-batches a step>``.
     """
     return (f"epoch={epoch}/{epochs} step={step}/{steps} global_step={global_step} loss={loss:.4f} "
-            f"lr={lr:.5g} img/s={img_s:.1f}")
+            f"lr={lr:.5g} img/s={img_s:.1f}" + (f" k={accumulation}" if accumulation != 1 else ""))
 
 
 # -- system metrics --------------------------------------------------------------------------------

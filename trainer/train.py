@@ -50,6 +50,7 @@ class Position:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
+    renumbered: bool = False  # a checkpoint of another grad_accumulation: its steps counted anew
 
 
 def paths(cfg: TrainConfig, rank: int) -> dict[str, str]:
@@ -133,7 +134,7 @@ FROM_SETTINGS = ("learning_rate", "momentum")  # optimizer parameters the settin
 NOT_PARAMETERS = ("epoch", "step_in_epoch", "dataset_seed", "fingerprint")  # our append_dict
 
 
-def _load_state(train_network, path: str) -> None:
+def _load_state(train_network, path: str, global_step: Optional[int] = None) -> None:
     """Load weights, BatchNorm statistics, optimizer moments and global step from ``path``.
 
     The schedule (the whole per-step learning-rate array) and the momentum coefficient come from
@@ -144,6 +145,10 @@ def _load_state(train_network, path: str) -> None:
     params, _ = ckpt.load_verified(path)  # the very bytes whose SHA-256 the sidecar vouches for
     for key in FROM_SETTINGS + NOT_PARAMETERS:
         params.pop(key, None)
+    if global_step is not None and "global_step" in params:  # another grad_accumulation: the step it becomes
+        import numpy as np
+
+        params["global_step"] = ms.Parameter(ms.Tensor(np.array([global_step], dtype=np.int32)), name="global_step")
     not_loaded, _ = ms.load_param_into_net(train_network, params, strict_load=True)
     missing = [n for n in not_loaded if n not in FROM_SETTINGS]
     if missing:
@@ -174,12 +179,46 @@ def _resume_position(cfg: TrainConfig, info: RankInfo, ckpt_dir: str,
     path = None
     if resume is not None:
         path, meta = resume
-        diff = ckpt.fingerprint_mismatch(meta.fingerprint, fingerprint)
+        saved_k = int(meta.fingerprint.get("grad_accumulation", 1))
+        ignore = ("grad_accumulation", "global_batch_size") if saved_k != cfg.grad_accumulation else ()
+        diff = ckpt.fingerprint_mismatch({k: v for k, v in meta.fingerprint.items() if k not in ignore},
+                                         {k: v for k, v in fingerprint.items() if k not in ignore})
         if diff:
             raise CheckpointError(f"{path}: incompatible with the current settings: {'; '.join(diff)}")
         start = Position(meta.epoch, meta.step_in_epoch, meta.global_step)
+        if ignore:
+            start = _other_accumulation(cfg, path, start, saved_k, int(meta.fingerprint["global_batch_size"]),
+                                        int(fingerprint["global_batch_size"]))
     _check_same_start(info, start, ckpt_dir)
     return path, start
+
+
+def _other_accumulation(cfg: TrainConfig, path: str, start: Position, saved_k: int, saved_batch: int,
+                        batch: int) -> Position:
+    """A checkpoint of another ``grad_accumulation``: refused, unless ``resume_other_accumulation``;
+    then its position carries over in images (it must fall on an optimizer step of the new k).
+
+    Raises:
+        CheckpointError: one line naming both k and the setting that allows it.
+    """
+    if not cfg.resume_other_accumulation:
+        raise CheckpointError(f"{path}: taken with grad_accumulation {saved_k}, the settings say "
+                              f"{cfg.grad_accumulation}: the steps (and so the schedule and data position) "
+                              f"differ; set resume_other_accumulation: true to resume it anyway")
+    images_in_epoch, images = start.step_in_epoch * saved_batch, start.global_step * saved_batch
+    if images_in_epoch % batch or images % batch:
+        raise CheckpointError(f"{path}: taken at global step {start.global_step} with grad_accumulation {saved_k} "
+                              f"({images} images), which is not a whole number of steps of {batch} images with "
+                              f"grad_accumulation {cfg.grad_accumulation}")
+    logger.warning("resuming a checkpoint of grad_accumulation %d with %d: step %d becomes step %d",
+                   saved_k, cfg.grad_accumulation, start.global_step, images // batch)
+    return Position(start.epoch, images_in_epoch // batch, images // batch, renumbered=True)
+
+
+def own_step(cfg: TrainConfig, info: RankInfo) -> bool:
+    """Whether the step is ``trainer.trainstep``'s (accumulation, or an exchange of ours) or MindSpore's own."""
+    return cfg.grad_accumulation > 1 or (info.world_size > 1 and (cfg.grad_allreduce_dtype != "float32"
+                                                                  or cfg.grad_buckets > 0))
 
 
 def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start: Position) -> _Run:
@@ -196,8 +235,10 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
     net = build_resnet(cfg.arch, num_classes=cfg.num_classes, width=cfg.width, stem=cfg.stem)
 
     def epoch_dataset(epoch: int):
-        return create_dataset(data_dir, training=True, image_size=cfg.image_size, batch_size=cfg.batch_size,
-                              rank=info.rank, rank_size=info.world_size, seed=cfg.seed + epoch,
+        # one optimizer step's images at a time: the step splits them into its k micro-batches
+        return create_dataset(data_dir, training=True, image_size=cfg.image_size,
+                              batch_size=cfg.batch_size * cfg.grad_accumulation, rank=info.rank,
+                              rank_size=info.world_size, seed=cfg.seed + epoch,
                               num_parallel_workers=cfg.num_parallel_workers)
 
     per_epoch = steps_per_epoch(epoch_dataset(0).get_dataset_size(), cfg)
@@ -216,7 +257,17 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
         from mindspore.amp import FixedLossScaleManager
 
         extra["loss_scale_manager"] = FixedLossScaleManager(cfg.loss_scale, drop_overflow_update=False)
-    model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=cfg.amp_level, **extra)
+    if own_step(cfg, info):
+        from trainer.trainstep import AccumulatingStep
+
+        network = nn.WithLossCell(net, loss_fn)
+        if cfg.amp_level != "O0":
+            network = ms.amp.auto_mixed_precision(network, cfg.amp_level)
+        step = AccumulatingStep(network, optimizer, cfg.grad_accumulation, cfg.loss_scale, info.world_size,
+                                cfg.grad_allreduce_dtype, cfg.grad_buckets)
+        model = Model(step)
+    else:
+        model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=cfg.amp_level, **extra)
     return _Run(net, model, lr, per_epoch, epoch_dataset, data_dir, class_names(data_dir))
 
 
@@ -352,7 +403,7 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
     resume_path, start = _resume_position(cfg, info, where["checkpoints"], fingerprint)
     run = _model_and_optimizer(cfg, info, data_dir, start)
     if resume_path is not None:
-        _load_state(run.model.train_network, resume_path)
+        _load_state(run.model.train_network, resume_path, start.global_step if start.renumbered else None)
         emit(f"resumed from {resume_path} epoch={start.epoch} step={start.step_in_epoch}")
     saver = _Checkpointing(cfg, info, run, where["checkpoints"], fingerprint)
 
