@@ -61,3 +61,25 @@ def test_predict_names_the_digit_of_a_png(trained, cifar_dir, tmp_path):
     assert all(got), lines
     correct = sum(int(m.group(1)) == int(labels[i]) for i, m in enumerate(got))
     assert correct >= 2, (lines, labels[:3])
+
+
+def test_two_ranks_with_the_float16_gradient_exchange_reach_90_percent(tmp_path, cifar_dir):
+    """grad_allreduce_dtype float16 on 2 ranks (16 images each, the same 32 a step as above)."""
+    import json
+
+    from helpers import run_launch, write_cluster
+
+    train = dict(pair.split("=", 1) for pair in SETTINGS)
+    train = {k: (yaml_scalar(v)) for k, v in train.items()}
+    train.update(batch_size=16, grad_allreduce_dtype="float16", data_dir=cifar_dir)
+    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, train=train)
+    proc = run_launch(cluster, "--job-dir", str(tmp_path / "job"), cwd=str(tmp_path), timeout=900, console="0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.load(open(tmp_path / "job" / "result.json"))
+    assert result["eval"]["top1"] >= 0.90, result["eval"]
+
+
+def yaml_scalar(text: str):
+    import yaml
+
+    return yaml.safe_load(text)

@@ -154,6 +154,63 @@ def test_tensorboard_has_each_step_once_after_the_restart(reference, rank1_sigki
     assert losses(job) == want
 
 
+# -- the same with gradient accumulation: k = 4 micro-batches of 4 images per optimizer step ---------
+
+K4 = {"grad_accumulation": 4, "batch_size": 4}  # 16 images a step per rank, as above; steps are optimizer steps
+
+
+@pytest.fixture(scope="module")
+def reference_k4(tmp_path_factory, cifar_dir):
+    work = tmp_path_factory.mktemp("reference_k4")
+    _, job, argv = _launch(work, cifar_dir, train=K4)
+    proc = subprocess.run(argv, cwd=str(work), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, job
+
+
+def test_k4_ranks_end_with_one_set_of_weights_and_count_optimizer_steps(reference_k4):
+    proc, job = reference_k4
+    finals = _finals(proc.stdout)
+    assert sorted(finals) == [0, 1] and finals[0] == finals[1] and finals[0][0] == 3 * STEPS, finals
+    lines = open(os.path.join(job, "logs", "rank_0.log")).read()
+    assert [s for s, _, _ in _steps(lines)] == list(range(1, 3 * STEPS + 1))  # optimizer steps, each said once
+    assert re.search(r"global_step=1 loss=\S+ lr=\S+ img/s=\S+ k=4$", lines, re.M), lines[-2000:]
+    names = sorted(n for n in os.listdir(os.path.join(job, "checkpoints")) if n.endswith(".ckpt"))
+    assert names[-1] == FINAL and all(int(n[-14:-5]) % 2 == 0 for n in names)  # every 2 optimizer steps
+
+
+def test_k4_resume_after_sigkill_is_bit_identical(reference_k4, tmp_path_factory, cifar_dir):
+    ref, ref_job = reference_k4
+    work = tmp_path_factory.mktemp("sigkill_k4")
+    _, job, argv = _launch(work, cifar_dir, restarts=1,
+                           train={**K4, "debug_fail_rank": 1, "debug_fail_step": 11, "debug_fail_signal": 9,
+                                  "debug_fail_attempt": 0})
+    proc = subprocess.run(argv, cwd=str(work), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0 and "after 1 restart(s)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"resumed from \S+ckpt_e0001_s0000000(10|08)\.ckpt epoch=1 step=(4|2)$", proc.stdout, re.M)
+    assert _finals(proc.stdout) == _finals(ref.stdout)
+    _assert_same_state(os.path.join(job, "checkpoints", FINAL), os.path.join(ref_job, "checkpoints", FINAL))
+
+
+def test_a_checkpoint_of_another_k_is_refused_unless_asked(single_job, tmp_path, cifar_dir):
+    job = _copy_job(single_job, tmp_path)
+    before = sorted(os.listdir(job / "checkpoints"))
+    refused = _train(tmp_path, f"data_dir={cifar_dir}", f"output_dir={job}", "resume=auto", "epochs=3",
+                     "grad_accumulation=2", "batch_size=8")
+    line = _one_error_line(refused)
+    assert line == (f"mscluster train: error: {job / 'checkpoints' / 'ckpt_e0002_s000000004.ckpt'}: taken with "
+                    "grad_accumulation 1, the settings say 2: the steps (and so the schedule and data position) "
+                    "differ; set resume_other_accumulation: true to resume it anyway"), line
+    assert sorted(os.listdir(job / "checkpoints")) == before
+    # asked for: 4 steps of 16 images are 4 steps of 2 x 8 (the same images a step), counted on from step 4
+    allowed = _train(tmp_path, f"data_dir={cifar_dir}", f"output_dir={job}", "resume=auto", "epochs=3",
+                     "grad_accumulation=2", "batch_size=8", "resume_other_accumulation=true")
+    assert allowed.returncode == 0, allowed.stdout[-2000:] + allowed.stderr[-2000:]
+    assert [s for s, _, _ in _steps(allowed.stdout)] == [5, 6]
+
+
 @pytest.fixture(scope="module")
 def rank0_killed_mid_save(tmp_path_factory, cifar_dir):
     """Rank 0 is SIGKILLed while its second checkpoint (global step 4) is half-written; restarts: 1."""
