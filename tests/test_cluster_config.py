@@ -311,6 +311,24 @@ BAD_FILES = [
           - {address: localhost, devices: 1}
         train: {arch: vgg16}
         """, 4, "train.arch", "expected one of resnet18"),
+    ("grad_accumulation of zero", """
+        name: a
+        hosts:
+          - {address: localhost, devices: 1}
+        train: {grad_accumulation: 0}
+        """, 4, "train.grad_accumulation", "must be > 0"),
+    ("an exchange dtype MindSpore's CPU collective does not take", """
+        name: a
+        hosts:
+          - {address: localhost, devices: 1}
+        train: {grad_allreduce_dtype: bfloat16}
+        """, 4, "train.grad_allreduce_dtype", "expected one of float32, float16"),
+    ("grad_buckets too many", """
+        name: a
+        hosts:
+          - {address: localhost, devices: 1}
+        train: {grad_buckets: 5000}
+        """, 4, "train.grad_buckets", "at most 1024"),
     ("train not a mapping", """
         name: a
         hosts:
