@@ -258,14 +258,17 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
 
         extra["loss_scale_manager"] = FixedLossScaleManager(cfg.loss_scale, drop_overflow_update=False)
     if own_step(cfg, info):
-        from trainer.trainstep import AccumulatingStep
+        from trainer.trainstep import AccumulatingModel, ExchangeStep
 
         network = nn.WithLossCell(net, loss_fn)
         if cfg.amp_level != "O0":
             network = ms.amp.auto_mixed_precision(network, cfg.amp_level)
-        step = AccumulatingStep(network, optimizer, cfg.grad_accumulation, cfg.loss_scale, info.world_size,
-                                cfg.grad_allreduce_dtype, cfg.grad_buckets)
-        model = Model(step)
+        if cfg.grad_accumulation > 1:
+            model = AccumulatingModel(network, optimizer, cfg.grad_accumulation, cfg.loss_scale, info.world_size,
+                                      cfg.grad_allreduce_dtype, cfg.grad_buckets)
+        else:
+            model = Model(ExchangeStep(network, optimizer, cfg.loss_scale, info.world_size, cfg.grad_allreduce_dtype,
+                                       cfg.grad_buckets))
     else:
         model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=cfg.amp_level, **extra)
     return _Run(net, model, lr, per_epoch, epoch_dataset, data_dir, class_names(data_dir))
