@@ -178,6 +178,12 @@ def test_k4_ranks_end_with_one_set_of_weights_and_count_optimizer_steps(referenc
     assert re.search(r"global_step=1 loss=\S+ lr=\S+ img/s=\S+ k=4$", lines, re.M), lines[-2000:]
     names = sorted(n for n in os.listdir(os.path.join(job, "checkpoints")) if n.endswith(".ckpt"))
     assert names[-1] == FINAL and all(int(n[-14:-5]) % 2 == 0 for n in names)  # every 2 optimizer steps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(job, "tensorboard", "rank_0"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 3 * STEPS + 1))
+    assert {e.value for e in acc.Scalars("train/grad_accumulation")} == {4.0}
 
 
 def test_k4_resume_after_sigkill_is_bit_identical(reference_k4, tmp_path_factory, cifar_dir):
