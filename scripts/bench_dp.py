@@ -45,6 +45,7 @@ import yaml
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+from bench_train import make_standin  # noqa: E402  (the CIFAR-format stand-in, as bench_train writes it)
 from benchlib import cpu_model  # noqa: E402
 
 PEER = os.path.join(REPO_ROOT, "scripts", "torch_ddp_peer.py")
@@ -158,13 +159,6 @@ def accuracy(args: argparse.Namespace, data: str, tmp: str) -> dict[str, Any]:
         except (OSError, ValueError, KeyError):
             out[dtype] = {"error": f"exit {proc.returncode}", "output_tail": proc.stderr[-1000:]}
     return out
-
-
-def make_standin(tmp: str) -> str:
-    out = os.path.join(tmp, "standin")
-    subprocess.run([sys.executable, "-m", "trainer.standin", out], cwd=REPO_ROOT, env=_env(), check=True,
-                   capture_output=True, text=True, timeout=300)
-    return os.path.join(out, "cifar-10-batches-bin")
 
 
 def make_torch_venv(python: str) -> None:
