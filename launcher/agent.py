@@ -36,7 +36,7 @@ from launcher.protocol import (PREEMPT_REQUEST, STACKS_REQUEST, AgentMessage, Ag
                                Relayed, Stacks, Started, encode_message, split_cpus)
 from mscluster import events, jobfiles
 from mscluster.fsutil import write_atomic
-from mscluster.rank import EVENT_FD_ENV
+from mscluster.rank import EVENT_FD_ENV, PREEMPT_SIGNAL
 
 _PR_SET_PDEATHSIG = 1
 POLL_S = 0.05  # how often exits are looked for while nothing is read
@@ -321,8 +321,6 @@ class Agent:
 
     def forward_preempt(self) -> None:
         """SIGUSR1 to each rank's own process (not its group: a data loader's workers would die of it)."""
-        from mscluster.rank import PREEMPT_SIGNAL
-
         for run in self.running:
             if run.spec.rank is not None and not run.reported and run.proc.poll() is None:
                 try:

@@ -295,8 +295,7 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             cluster = dataclasses.replace(cluster, train=tuple({**cluster.train_dict(), "resume": "auto"}.items()))
     allocation = None
     if cluster.on_slurm:
-        allocation = slurm.read_allocation(os.environ)
-        cluster = slurm.with_allocation(cluster, allocation)
+        cluster, allocation = slurm.allocate(cluster, os.environ)
     job_dir = request.job_dir or default_job_dir(cluster, time.time())
     resume = wants_resume(cluster) or request.from_sbatch
     if request.job_dir is None and os.path.exists(job_dir):

@@ -34,7 +34,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Deque, Mapping, Optional, Sequence
+from typing import Deque, Mapping, Optional, Sequence
 
 from launcher.errors import HostUnreachable, LauncherError
 from launcher.executor import BatchCallback, LineCallback, RunResult, Session, _LineSplitter, kill_process_group
@@ -216,6 +216,16 @@ def read_allocation(environ: Mapping[str, str]) -> Allocation:
     if len(cpus) != len(nodes):
         cpus = [1] * len(nodes)
     return Allocation(job_id=job_id, nodes=nodes, addresses=addresses, cpus=tuple(cpus))
+
+
+def allocate(cluster: ClusterSpec, environ: Mapping[str, str]) -> tuple[ClusterSpec, Allocation]:
+    """The cluster with the hosts of the allocation this process runs in, and that allocation.
+
+    Raises:
+        SlurmError: as `read_allocation` and `with_allocation` do.
+    """
+    allocation = read_allocation(environ)
+    return with_allocation(cluster, allocation), allocation
 
 
 def advertised_address(peer: str) -> str:
@@ -610,17 +620,16 @@ def read_job_id(job_dir: str) -> Optional[str]:
     return str(value) if value is not None and str(value).isdigit() else None
 
 
-def job_state(job_id: str, environ: Mapping[str, str], run: Callable[..., subprocess.CompletedProcess] = subprocess.run
-              ) -> tuple[str, str]:
+def job_state(job_id: str, environ: Mapping[str, str]) -> tuple[str, str]:
     """(state, reason) of a Slurm job: from squeue while Slurm lists it, else ``scontrol show job``;
     ("UNKNOWN", why) when Slurm no longer knows it or does not answer."""
     try:
-        out = run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], env=dict(environ), capture_output=True, text=True,
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], env=dict(environ), capture_output=True, text=True,
                   timeout=20)
         if out.returncode == 0 and out.stdout.strip():
             state, _, reason = out.stdout.strip().splitlines()[0].partition("|")
             return state, "" if reason in ("None", "(null)") else reason
-        out = run(["scontrol", "-o", "show", "job", job_id], env=dict(environ), capture_output=True, text=True,
+        out = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=dict(environ), capture_output=True, text=True,
                   timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return "UNKNOWN", f"Slurm did not answer ({exc})"

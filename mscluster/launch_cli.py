@@ -28,7 +28,7 @@ def _allocated(cluster):
     if not cluster.on_slurm:
         return cluster, ""
     if os.environ.get("SLURM_JOB_ID"):
-        return slurm.with_allocation(cluster, slurm.read_allocation(os.environ)), ""
+        return slurm.allocate(cluster, os.environ)[0], ""
     placeholder = slurm.placeholder_allocation(cluster)
     note = (f"(scheduler slurm, outside an allocation: the nodes are shown as {', '.join(placeholder.nodes)} at "
             "placeholder addresses; inside salloc or sbatch they are the allocation's)")
@@ -56,8 +56,7 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
     if cluster.backend != "ascend":
         raise ConfigError(f"{args.cluster}: backend: the rank table is for backend ascend (this file says {cluster.backend})")
     if cluster.on_slurm:  # the nodes, and their devices' addresses, through srun in the allocation
-        allocation = slurm.read_allocation(os.environ)
-        cluster = slurm.with_allocation(cluster, allocation)
+        cluster, allocation = slurm.allocate(cluster, os.environ)
         executors = dict(slurm.executors(cluster, allocation, os.environ))
     else:
         if not all(h.is_local for h in cluster.hosts):

@@ -45,7 +45,7 @@ import yaml
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-from bench_train import make_standin  # noqa: E402  (the CIFAR-format stand-in, as bench_train writes it)
+from bench_train import base_env, make_standin  # noqa: E402  (the same environment and CIFAR-format stand-in)
 from benchlib import cpu_model  # noqa: E402
 
 PEER = os.path.join(REPO_ROOT, "scripts", "torch_ddp_peer.py")
@@ -72,11 +72,8 @@ def median_img_s(text: str, warmup: int) -> Optional[float]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("GLOG_v", "3")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    """bench_train's environment for a MindSpore process (this repo first on the path), unbuffered."""
+    return {**base_env(os.environ.get("ONEDNN_MAX_CPU_ISA")), "PYTHONUNBUFFERED": "1"}
 
 
 def train_settings(args: argparse.Namespace, size: int, batch: int, steps: int, data: str, extra: dict) -> dict:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import psutil
 import pytest
@@ -225,8 +225,3 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmLab
     with slurm_lab(tmp_path_factory.mktemp("slurm"), count=2) as lab:
         yield lab
 
-
-def allocation_env(lab: SlurmLab, extra: Mapping[str, str] = {}) -> dict[str, str]:
-    env = lab.env
-    env.update(extra)
-    return env

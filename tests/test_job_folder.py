@@ -66,7 +66,9 @@ def test_a_second_launcher_on_a_running_job_is_refused(tmp_path, cifar_dir):
     job = str(tmp_path / "job")
     first = start_launch(cluster, "--job-dir", job, cwd=str(tmp_path))
     try:
-        wait_for(lambda: os.path.exists(os.path.join(job, "status.json")), 90, what="the first job's status")
+        # status.json comes from the launcher, train.attempt0.yaml a moment later from the agent: wait for both
+        wait_for(lambda: all(os.path.exists(os.path.join(job, n)) for n in ("status.json", "train.attempt0.yaml")),
+                 90, what="the first job's status and settings")
         before = {n: os.path.getmtime(os.path.join(job, n)) for n in ("cluster.yaml", "train.attempt0.yaml")}
         second = subprocess.run([sys.executable, "-m", "mscluster.cli", "launch", cluster, "--job-dir", job,
                                  "--set", "train.resume=auto"], cwd=str(tmp_path), capture_output=True, text=True,

@@ -184,11 +184,17 @@ echo "netmask:255.255.255.0"
 """
 
 
-def test_ascend_under_slurm_discovers_device_ips_on_each_node_and_starts_every_rank(slurm_cluster, tmp_path):
+def fake_hccn_tool(tmp_path) -> str:
+    """A folder holding the fake hccn_tool, for the front of PATH (srun passes PATH to the nodes)."""
     fakebin = tmp_path / "fakebin"
     fakebin.mkdir()
     (fakebin / "hccn_tool").write_text(FAKE_HCCN_TOOL)
     (fakebin / "hccn_tool").chmod(0o755)
+    return str(fakebin)
+
+
+def test_ascend_under_slurm_discovers_device_ips_on_each_node_and_starts_every_rank(slurm_cluster, tmp_path):
+    fakebin = fake_hccn_tool(tmp_path)
     program = "import os; print('rank', os.environ['RANK_ID'], 'device', os.environ['DEVICE_ID'], 'table', os.environ['RANK_TABLE_FILE'])"
     cluster = tmp_path / "c.yaml"
     cluster.write_text(yaml.safe_dump({
@@ -214,10 +220,7 @@ def test_ascend_under_slurm_discovers_device_ips_on_each_node_and_starts_every_r
 def test_a_frozen_agent_is_cut_off_and_its_step_cancelled_leaving_nothing(slurm_cluster, tmp_path):
     import psutil
 
-    fakebin = tmp_path / "fakebin"
-    fakebin.mkdir()
-    (fakebin / "hccn_tool").write_text(FAKE_HCCN_TOOL)
-    (fakebin / "hccn_tool").chmod(0o755)
+    fakebin = fake_hccn_tool(tmp_path)
     cluster = tmp_path / "c.yaml"
     cluster.write_text(yaml.safe_dump({
         "name": "npu", "backend": "ascend", "scheduler": "slurm", "workdir": str(tmp_path / "runs"),

@@ -22,6 +22,7 @@ Parameter names are those of MindSpore's own step (no prefix is added), so check
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import mindspore as ms
@@ -61,7 +62,7 @@ class ExchangeStep(nn.Cell):
         self.distributed = world_size > 1
         self.half = reduce_dtype == "float16"
         shapes = [tuple(p.shape) for p in self.weights]
-        sizes = [max(int(_prod(s)), 1) for s in shapes]
+        sizes = [max(math.prod(s), 1) for s in shapes]
         self.bounds = bucket_bounds(sizes, buckets) if self.distributed else []
         self.shapes = shapes
         self.sizes = sizes
@@ -128,20 +129,16 @@ def _scale(factor, grad):
 
 
 class _Accumulate(nn.Cell):
-    """One micro-batch: its gradients added into ``accum``; returns its loss."""
+    """One micro-batch (`ExchangeStep`'s loss and gradients): its gradients added into ``accum``; returns its loss."""
 
-    def __init__(self, network_with_loss: nn.Cell, weights, accum, sens: float):
+    def __init__(self, step: ExchangeStep, accum):
         super().__init__(auto_prefix=False)
-        self.network, self.weights, self.accum = network_with_loss, weights, accum
-        self.network.set_grad()
-        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.step, self.accum = step, accum
         self.hyper_map = ops.HyperMap()
-        self.sens = float(sens)
 
     def construct(self, data, label):
-        loss = self.network(data, label)
-        grads = self.grad(self.network, self.weights)(data, label, ops.fill(ms.float32, (), self.sens))
-        return ops.depend(ops.cast(loss, ms.float32), self.hyper_map(ops.assign_add, self.accum, grads))
+        loss, grads = self.step._micro(data, label, ops.fill(ms.float32, (), self.step.sens))
+        return ops.depend(loss, self.hyper_map(ops.assign_add, self.accum, grads))
 
 
 class _Apply(nn.Cell):
@@ -192,7 +189,7 @@ class AccumulatingModel:
         accum = ms.ParameterTuple([ms.Parameter(ms.Tensor(np.zeros(p.shape, np.float32)), name=f"accum.{p.name}",
                                                 requires_grad=False) for p in optimizer.parameters])
         exchange = ExchangeStep(network_with_loss, optimizer, sens, world_size, reduce_dtype, buckets)
-        self.accumulate = _Accumulate(network_with_loss, optimizer.parameters, accum, sens)
+        self.accumulate = _Accumulate(exchange, accum)
         self.apply = _Apply(exchange, accum, accumulation)
         self.train_network = _Saved(network_with_loss, optimizer)
         for cell in (self.accumulate, self.apply, self.train_network):
@@ -224,9 +221,3 @@ _clear = ops.MultitypeFuncGraph("clear")
 def _zero(buffer):
     return ops.assign(buffer, ops.zeros_like(buffer))
 
-
-def _prod(shape: Sequence[int]) -> int:
-    out = 1
-    for n in shape:
-        out *= int(n)
-    return out
