@@ -265,6 +265,10 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
     if command and data.get("train") is not None:
         raise where.error(("command",), "command: and train: exclude each other: train: sets up the built-in "
                           "trainer, command: runs your own program instead; keep one")
+    train = _train(data.get("train"), where)
+    if backend == "ascend" and dict(train).get("grad_exchange") == "shared_memory":
+        raise where.error(("train", "grad_exchange"), "shared_memory is for backend cpu (on Ascend, HCCL "
+                          "averages the gradients on the devices); use auto or collective")
     cwd = data.get("cwd")
     if cwd is not None:
         cwd = _path_text(cwd, ("cwd",), where)
@@ -280,7 +284,7 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         restarts=restarts,
         bind_cores=_boolean(data.get("bind_cores", True), ("bind_cores",), where),
         env=_env(data.get("env"), where),
-        train=_train(data.get("train"), where),
+        train=train,
         scheduler_port=scheduler_port,
         command=command,
         cwd=cwd,

@@ -56,6 +56,7 @@ class RankInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # ranks on this host (LOCAL_SIZE)
     device_id: int = 0
     host: str = ""
     backend: str = SINGLE  # single | dynamic_cluster | hccl
@@ -108,6 +109,7 @@ def rank_info(environ: Optional[Mapping[str, str]] = None) -> RankInfo:
         "checkpoint_dir": jobfiles.checkpoints_dir(job_dir) if job_dir else None,
         "restart_count": _int(env, RESTART_COUNT_ENV, 0),
         "local_rank": _int(env, "LOCAL_RANK", 0),
+        "local_size": max(_int(env, "LOCAL_SIZE", 1), 1),
     }
     if env.get("RANK_TABLE_FILE"):
         size, rank = _int(env, "RANK_SIZE"), _int(env, "RANK_ID")

@@ -5,10 +5,11 @@ For ResNet-50 (ImageNet stem, 10 classes) at each ``--sizes`` (default 32 and 22
 (``--batch32``/``--batch224``, default 32 and 16), job img/s of:
 
     1proc           ``mscluster train``, one process, batch B
-    2ranks          ``mscluster launch``, 2 local ranks of B/2 (the dynamic cluster's allreduce)
+    2ranks          ``mscluster launch``, 2 local ranks of B/2 (the default exchange: shared memory)
+    2ranks_collective  the same with grad_exchange collective (the dynamic cluster's AllReduce)
     2ranks_k4       2 ranks of B/2 with grad_accumulation 4 (one exchange per 4 micro-batches)
-    2ranks_fp16     2 ranks of B/2 with grad_allreduce_dtype float16
-    2ranks_buckets  2 ranks of B/2 with grad_buckets 8 (8 flat buffers, not one AllReduce per parameter)
+    2ranks_fp16     2 ranks of B/2, the collective with grad_allreduce_dtype float16
+    2ranks_buckets  2 ranks of B/2, the collective with grad_buckets 8 (8 flat buffers, not one per parameter)
     torch_1proc     scripts/torch_ddp_peer.py, one process, batch B (2 threads)
     torch_ddp2      the same under ``torchrun --nproc-per-node 2`` (gloo), B/2 per rank, 1 thread each
 
@@ -51,10 +52,11 @@ from benchlib import cpu_model  # noqa: E402
 PEER = os.path.join(REPO_ROOT, "scripts", "torch_ddp_peer.py")
 MSCLUSTER_CASES = {  # name -> (ranks, train settings beyond the common ones)
     "1proc": (1, {}),
-    "2ranks": (2, {}),
+    "2ranks": (2, {}),  # the default exchange: shared memory between the ranks of this host
+    "2ranks_collective": (2, {"grad_exchange": "collective"}),
     "2ranks_k4": (2, {"grad_accumulation": 4}),
-    "2ranks_fp16": (2, {"grad_allreduce_dtype": "float16"}),
-    "2ranks_buckets": (2, {"grad_buckets": 8}),
+    "2ranks_fp16": (2, {"grad_exchange": "collective", "grad_allreduce_dtype": "float16"}),
+    "2ranks_buckets": (2, {"grad_exchange": "collective", "grad_buckets": 8}),
 }
 TORCH_CASES = ("torch_1proc", "torch_ddp2")
 IMG_S = re.compile(r"global_step=(\d+) .*img/s=([\d.]+)")

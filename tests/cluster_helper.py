@@ -29,10 +29,12 @@ def trainer_command(set_pairs: Sequence[str]) -> list[str]:
 
 
 def run_dynamic_cluster(workers: int, set_pairs: Sequence[str], workdir: str, timeout: float = 240,
-                        extra_env: Optional[Mapping[str, str]] = None) -> list[ProcessResult]:
+                        extra_env: Optional[Mapping[str, str]] = None, one_host: bool = False) -> list[ProcessResult]:
     """Run ``mscluster train`` as a scheduler plus ``workers`` workers; return each one's output.
 
     Results are in the order scheduler, rank 0, rank 1, ... Output goes to files under ``workdir``.
+    ``one_host``: the workers are told they share this host (``LOCAL_RANK``/``LOCAL_SIZE``, as the
+    launcher says it); without it each looks like the only rank of its host.
     """
     port = free_port()
     base = dict(os.environ)
@@ -42,7 +44,9 @@ def run_dynamic_cluster(workers: int, set_pairs: Sequence[str], workdir: str, ti
                  "PYTHONPATH": REPO_ROOT + os.pathsep + base.get("PYTHONPATH", "")})
     roles = [("scheduler", {"MS_ROLE": "MS_SCHED"})]
     roles += [(f"rank{r}", {"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(r), "RANK_ID": str(r),
-                            "RANK_SIZE": str(workers)}) for r in range(workers)]
+                            "RANK_SIZE": str(workers),
+                            **({"LOCAL_RANK": str(r), "LOCAL_SIZE": str(workers)} if one_host else {})})
+              for r in range(workers)]
     procs = []
     try:
         for role, env in roles:

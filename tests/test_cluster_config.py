@@ -329,6 +329,19 @@ BAD_FILES = [
           - {address: localhost, devices: 1}
         train: {grad_buckets: 5000}
         """, 4, "train.grad_buckets", "at most 1024"),
+    ("buckets with the shared-memory exchange, which has none", """
+        name: a
+        hosts:
+          - {address: localhost, devices: 2}
+        train: {grad_exchange: shared_memory, grad_buckets: 8}
+        """, 4, "train", "grad_buckets: applies to grad_exchange collective"),
+    ("the shared-memory exchange on Ascend", """
+        name: a
+        backend: ascend
+        hosts:
+          - {address: 10.0.0.1, devices: [0, 1]}
+        train: {grad_exchange: shared_memory}
+        """, 5, "train.grad_exchange", "shared_memory is for backend cpu"),
     ("train not a mapping", """
         name: a
         hosts:

@@ -2,7 +2,9 @@
 
 Description: two real worker processes train a small ResNet on disjoint shards of the stand-in.
 Expectation: both end with bit-identical trainable weights and a finite loss, only rank 0 wrote
-checkpoints and printed the eval line, and the checkpoint evaluates to what was printed.
+checkpoints and printed the eval line, and the checkpoint evaluates to what was printed. With the
+shared-memory exchange (the ranks told they share a host) the same holds, and every step's loss is
+the collective's to float rounding: both average the same gradients.
 """
 from __future__ import annotations
 
@@ -34,6 +36,31 @@ def two_rank_run(tmp_path_factory, cifar_dir):
     out = work / "out"
     results = run_dynamic_cluster(2, SMALL + [f"data_dir={cifar_dir}", f"output_dir={out}"], str(work))
     return results, out
+
+
+@pytest.fixture(scope="module")
+def shared_memory_run(tmp_path_factory, cifar_dir):
+    work = tmp_path_factory.mktemp("dp-shm")
+    pairs = SMALL + [f"data_dir={cifar_dir}", f"output_dir={work / 'out'}", "grad_exchange=shared_memory"]
+    return run_dynamic_cluster(2, pairs, str(work), one_host=True)
+
+
+def _losses(output: str) -> list[float]:
+    return [float(v) for v in re.findall(r"global_step=\d+ loss=(\S+)", output)]
+
+
+def test_shared_memory_averages_what_the_collective_averages(two_rank_run, shared_memory_run):
+    _, rank0, rank1 = shared_memory_run
+    for r in shared_memory_run:
+        assert r.returncode == 0, f"{r.role} exited {r.returncode}:\n{r.output[-3000:]}"
+    assert "gradient exchange: shared_memory" in rank0.output
+    f0, f1 = _final(rank0.output), _final(rank1.output)
+    assert f0["global_step"] == f1["global_step"] == "12"
+    assert f0["sha"] == f1["sha"], "the ranks ended with different weights"
+    collective = two_rank_run[0][1].output
+    assert "gradient exchange: collective" in collective
+    assert len(_losses(rank0.output)) == len(_losses(collective)) == 7  # steps 2, 4, ..., 12 and the final line
+    assert _losses(rank0.output) == pytest.approx(_losses(collective), rel=2e-3)
 
 
 def test_two_workers_train_one_model(two_rank_run):

@@ -42,6 +42,10 @@ class TrainConfig:
     grad_accumulation: int = 1  # micro-batches per optimizer step: global batch = batch_size x ranks x this
     grad_allreduce_dtype: str = "float32"  # float16: the gradients cross the ranks in half precision
     grad_buckets: int = 0  # > 0: the gradients cross the ranks in this many flat buffers, not one per parameter
+    # how the ranks average gradients: collective = MindSpore's AllReduce; shared_memory (cpu only) = through
+    # the host's memory between the ranks of a host, AllReduce across hosts; auto = shared_memory on cpu
+    # when a host runs several ranks (and grad_buckets is 0), else collective
+    grad_exchange: str = "auto"
     resume_other_accumulation: bool = False  # resume a checkpoint taken with another grad_accumulation
     steps_per_epoch: Optional[int] = None  # cap for short runs; None = the whole shard
     lr: float = 0.01  # peak learning rate (per step, not scaled by world size)
@@ -109,6 +113,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("graph", "pynative"),
     "amp_level": ("O0", "O1", "O2", "O3"),
     "grad_allreduce_dtype": ("float32", "float16"),
+    "grad_exchange": ("auto", "collective", "shared_memory"),
 }
 POSITIVE = {"image_size", "num_classes", "num_parallel_workers", "width", "epochs", "batch_size",
             "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale", "grad_accumulation"}
@@ -198,8 +203,9 @@ def from_dict(values: Mapping[str, Any], source: str = "settings") -> TrainConfi
             raise ConfigError(f"{source}: {exc}") from None
         checked[key] = value
     config = TrainConfig(**checked)
-    if config.stem == "cifar" and config.image_size > 64:
-        pass  # allowed, merely slow
+    if config.grad_exchange == "shared_memory" and config.grad_buckets:
+        raise ConfigError("grad_buckets: applies to grad_exchange collective (shared_memory sums one flat "
+                          "buffer per host); set one of them")
     return config
 
 

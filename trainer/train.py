@@ -11,20 +11,22 @@ same batches the uninterrupted run would have.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from mscluster.rank import (PREEMPT_EXIT, RankInfo, preempt_requested, rank_info, report_checkpoint, report_eval,
-                            watch_preemption)
+from mscluster.rank import (PREEMPT_EXIT, RankInfo, preempt_requested, rank_info,
+                            report_checkpoint, report_eval, watch_preemption)
 from trainer import checkpoint as ckpt
 from trainer import faults
 from trainer.collectives import all_gather_counts, barrier, sync_batchnorm_stats
 from trainer.config import TrainConfig
 from trainer.distributed import init_backend
 from trainer.errors import CheckpointError, ConfigError, DataError
+from trainer.hostexchange import grad_exchange
 from trainer.output import emit
 
 logger = logging.getLogger(__name__)
@@ -215,10 +217,10 @@ def _other_accumulation(cfg: TrainConfig, path: str, start: Position, saved_k: i
     return Position(start.epoch, images_in_epoch // batch, images // batch, renumbered=True)
 
 
-def own_step(cfg: TrainConfig, info: RankInfo) -> bool:
+def own_step(cfg: TrainConfig, info: RankInfo, exchange: str) -> bool:
     """Whether the step is ``trainer.trainstep``'s (accumulation, or an exchange of ours) or MindSpore's own."""
-    return cfg.grad_accumulation > 1 or (info.world_size > 1 and (cfg.grad_allreduce_dtype != "float32"
-                                                                  or cfg.grad_buckets > 0))
+    return cfg.grad_accumulation > 1 or exchange == "shared_memory" or (
+        exchange == "collective" and (cfg.grad_allreduce_dtype != "float32" or cfg.grad_buckets > 0))
 
 
 def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start: Position) -> _Run:
@@ -257,15 +259,25 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
         from mindspore.amp import FixedLossScaleManager
 
         extra["loss_scale_manager"] = FixedLossScaleManager(cfg.loss_scale, drop_overflow_update=False)
-    if own_step(cfg, info):
+    exchange = grad_exchange(cfg, info)
+    host = None
+    if exchange == "shared_memory":
+        from trainer.trainstep import open_host_mean
+
+        host = open_host_mean(info, sum(math.prod(p.shape) or 1 for p in optimizer.parameters),
+                              required=cfg.grad_exchange == "shared_memory")
+        exchange = "shared_memory" if host is not None else "collective"
+    if exchange != "none":
+        emit(f"gradient exchange: {exchange}")
+    if own_step(cfg, info, exchange):
         from trainer.trainstep import AccumulatingModel, ExchangeStep
 
         network = nn.WithLossCell(net, loss_fn)
         if cfg.amp_level != "O0":
             network = ms.amp.auto_mixed_precision(network, cfg.amp_level)
-        if cfg.grad_accumulation > 1:
+        if cfg.grad_accumulation > 1 or host is not None:
             model = AccumulatingModel(network, optimizer, cfg.grad_accumulation, cfg.loss_scale, info.world_size,
-                                      cfg.grad_allreduce_dtype, cfg.grad_buckets)
+                                      cfg.grad_allreduce_dtype, cfg.grad_buckets, host)
         else:
             model = Model(ExchangeStep(network, optimizer, cfg.loss_scale, info.world_size, cfg.grad_allreduce_dtype,
                                        cfg.grad_buckets))
