@@ -3,10 +3,11 @@
 Description: a private sshd on 127.0.0.2 (any address but localhost/127.0.0.1 goes over SSH) runs
 the same 2-rank job as the local test; a host with nothing listening and a refused key fail the
 pre-flight; a fake ``hccn_tool`` on the remote PATH feeds the rank table; two network namespaces
-with their own addresses and sshd run a job whose allreduce crosses between them.
+with their own addresses and sshd run a job of 2 ranks each whose gradients are averaged through
+each host's shared memory and by an allreduce between the hosts.
 Expectation: the SSH job succeeds with identical weights on both ranks; pre-flight failures are
 one line naming the host, exit 3, and nothing starts on the good host; the rank table holds the
-IPs the tool printed; the 2-host job's ranks end with identical weights.
+IPs the tool printed; the 2-host job's 4 ranks end with identical weights.
 """
 from __future__ import annotations
 
@@ -130,17 +131,23 @@ def test_ranktable_discovers_device_ips_over_ssh(tmp_path):
 
 @pytest.mark.netns
 def test_two_hosts_in_network_namespaces_train_one_model(netns_hosts, tmp_path, cifar_dir):
+    """2 hosts x 2 ranks: the ranks of each host average through shared memory, the hosts through
+    MindSpore's AllReduce between the ranks of one local index (the default exchange on cpu)."""
     lab = netns_hosts
     spec = lab.ssh_spec()
-    hosts = [{"address": h.address, "devices": 1} for h in lab.hosts[:2]]
+    hosts = [{"address": h.address, "devices": 2} for h in lab.hosts[:2]]
     cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=hosts, python=sys.executable,
                             ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file,
                                  "connect_timeout": 5, "known_hosts": spec.known_hosts})
     proc = run_launch(cluster, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     a, b = lab.hosts[0].address, lab.hosts[1].address
-    d0 = re.search(rf"^\[{re.escape(a)}:0\] final rank=0 .*weights_sha256=(\w+)$", proc.stdout, re.M)
-    d1 = re.search(rf"^\[{re.escape(b)}:1\] final rank=1 .*weights_sha256=(\w+)$", proc.stdout, re.M)
-    assert d0 and d1 and d0.group(1) == d1.group(1), proc.stdout[-3000:]
+    digests = []
+    for rank, host in enumerate((a, a, b, b)):
+        found = re.search(rf"^\[{re.escape(host)}:{rank}\] final rank={rank} .*weights_sha256=(\w+)$", proc.stdout, re.M)
+        assert found, proc.stdout[-3000:]
+        digests.append(found.group(1))
+        assert re.search(rf"^\[{re.escape(host)}:{rank}\] gradient exchange: shared_memory$", proc.stdout, re.M)
+    assert len(set(digests)) == 1, f"the ranks ended with different weights: {digests}"
     job = only_job_dir(str(tmp_path / "runs"))
     assert job_processes(job) == []
