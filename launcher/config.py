@@ -41,7 +41,8 @@ import yaml
 
 from launcher.errors import ConfigError
 from launcher.plan import is_reserved_env
-from launcher.spec import DEFAULT_DEVICES_PER_HOST, ClusterSpec, HostSpec, SlurmSpec, SSHSpec, WatchdogSpec, is_ipv4
+from launcher.spec import (ASCEND_INIT_MODES, DEFAULT_DEVICES_PER_HOST, RANK_TABLE_VERSIONS, AscendSpec, ClusterSpec,
+                           HostSpec, SlurmSpec, SSHSpec, WatchdogSpec, is_ipv4)
 from mscluster import safeyaml
 from trainer import config as train_config
 from trainer.errors import ConfigError as TrainConfigError
@@ -50,12 +51,13 @@ from trainer.overrides import OverrideError, merge, parse_pairs
 BACKENDS = ("cpu", "ascend")
 ASCEND_MAX_DEVICES = 8  # NPUs per Ascend server; device ids 0..7
 TOP_KEYS = ("name", "backend", "workdir", "python", "ssh", "hosts", "scheduler_port", "restarts",
-            "bind_cores", "env", "console", "train", "command", "cwd", "watchdog", "scheduler", "slurm")
+            "bind_cores", "env", "console", "train", "command", "cwd", "watchdog", "scheduler", "slurm", "ascend")
 SCHEDULERS = ("ssh", "slurm")
 SLURM_KEYS = tuple(f.name for f in fields(SlurmSpec))
 MAX_SLURM_NODES = 4096
 SSH_KEYS = tuple(f.name for f in fields(SSHSpec))
-HOST_KEYS = ("address", "devices", "device_ips")
+HOST_KEYS = ("address", "devices", "device_ips", "host_ip", "super_pod_id", "super_device_ids")
+ASCEND_KEYS = tuple(f.name for f in fields(AscendSpec))
 TRAIN_KEYS = tuple(f.name for f in fields(train_config.TrainConfig))
 
 # every pattern is used with fullmatch: ``$`` would accept a trailing newline
@@ -238,6 +240,7 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
     if backend not in BACKENDS:
         raise where.error(("backend",), f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
     slurm = _slurm(data.get("slurm"), scheduler, backend, where)
+    ascend = _ascend(data.get("ascend"), backend, where)
     if scheduler == "slurm":
         if "hosts" in data:
             raise where.error(("hosts",), "not used with scheduler: slurm: the nodes come from the allocation "
@@ -248,8 +251,11 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         hosts = _hosts(data["hosts"], backend, where)
         world = sum(len(h.devices) for h in hosts)
     scheduler_port = _port(data.get("scheduler_port"), ("scheduler_port",), where, optional=True)
-    if scheduler_port is not None and backend != "cpu":
-        raise where.error(("scheduler_port",), "only used by the cpu backend (ascend uses the rank table)")
+    if scheduler_port is not None and backend == "ascend" and ascend.init == "ranktable":
+        raise where.error(("scheduler_port",), "not used with ascend.init: ranktable (HCCL starts from the rank "
+                          "table; the dynamic cluster's scheduler runs with init: dynamic)")
+    if ascend.rank_table_version == "1.2":
+        _check_superpods(hosts, where)
     restarts = _integer(data.get("restarts", 0), ("restarts",), where)
     if not 0 <= restarts <= MAX_RESTARTS:
         raise where.error(("restarts",), f"must be 0..{MAX_RESTARTS} (each restart relaunches every rank), "
@@ -292,6 +298,7 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         watchdog=_watchdog(data.get("watchdog"), where),
         scheduler=scheduler,
         slurm=slurm,
+        ascend=ascend,
         source=where.source,
     )
 
@@ -407,7 +414,88 @@ def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
                 raise where.error(key_path, f"expected an IPv4 address, got {value!r}")
             pairs.append((device, value))
         device_ips = tuple(sorted(pairs))
-    return HostSpec(address=address, devices=devices, device_ips=device_ips)
+    superpod: dict[str, Any] = {}
+    for key in ("host_ip", "super_pod_id", "super_device_ids"):
+        if raw.get(key) is not None and backend != "ascend":
+            raise where.error(path + (key,), "only used by the ascend backend (rank table 1.2)")
+    if raw.get("host_ip") is not None:
+        host_ip = raw["host_ip"]
+        if not isinstance(host_ip, str) or not is_ipv4(host_ip):
+            raise where.error(path + ("host_ip",), f"expected the server's IPv4 address, got {_describe(host_ip)}")
+        superpod["host_ip"] = host_ip
+    if raw.get("super_pod_id") is not None:
+        pod = raw["super_pod_id"]
+        if isinstance(pod, bool) or not isinstance(pod, (int, str)) or not _SUPER_POD_ID.fullmatch(str(pod)):
+            raise where.error(path + ("super_pod_id",), f"expected the SuperPoD's id (digits or a name), got "
+                              f"{_describe(pod)}")
+        superpod["super_pod_id"] = str(pod)
+    raw_sdids = raw.get("super_device_ids")
+    if raw_sdids is not None:
+        sdid_path = path + ("super_device_ids",)
+        if not isinstance(raw_sdids, dict):
+            raise where.error(sdid_path, f"expected a mapping of device id to its SuperPoD device id (SDID), "
+                              f"got {_describe(raw_sdids)}")
+        sdids = []
+        for key, value in raw_sdids.items():
+            key_path = sdid_path + (str(key),)
+            device = int(key) if isinstance(key, str) and key.isdigit() else key
+            if isinstance(device, bool) or not isinstance(device, int) or device not in devices:
+                raise where.error(key_path, f"device {key!r} is not among this host's devices "
+                                  f"({', '.join(map(str, devices))})")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 32:
+                raise where.error(key_path, f"expected the NPU's SuperPoD device id (an integer, npu-smi info "
+                                  f"-t spod-info: SDID), got {_describe(value)}")
+            sdids.append((device, value))
+        superpod["super_device_ids"] = tuple(sorted(sdids))
+    return HostSpec(address=address, devices=devices, device_ips=device_ips, **superpod)
+
+
+_SUPER_POD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _ascend(raw: Any, backend: str, where: _Where) -> AscendSpec:
+    if raw is None:
+        return AscendSpec()
+    if backend != "ascend":
+        raise where.error(("ascend",), "only used by the ascend backend (this file says backend: cpu)")
+    if not isinstance(raw, dict):
+        raise where.error(("ascend",), f"expected a mapping of Ascend settings, got {_describe(raw)}")
+    _check_keys(raw, ASCEND_KEYS, ("ascend",), where)
+    values: dict[str, str] = {}
+    for key, choices in (("init", ASCEND_INIT_MODES), ("rank_table_version", RANK_TABLE_VERSIONS)):
+        if raw.get(key) is not None:
+            value = raw[key]
+            if isinstance(value, float):  # rank_table_version: 1.2, unquoted
+                value = repr(value)
+            if not isinstance(value, str) or value not in choices:
+                raise where.error(("ascend", key), f"expected one of {', '.join(choices)}, got {_describe(value)}")
+            values[key] = value
+    spec = AscendSpec(**values)
+    if "rank_table_version" in values and spec.init != "ranktable":
+        raise where.error(("ascend", "rank_table_version"), "only used with init: ranktable (init: dynamic starts "
+                          "HCCL without a rank table)")
+    return spec
+
+
+def _check_superpods(hosts: tuple[HostSpec, ...], where: _Where) -> None:
+    """Rank table 1.2: every server names its SuperPoD and every NPU its SDID; a SuperPoD's servers together."""
+    for index, host in enumerate(hosts):
+        if host.super_pod_id is None:
+            raise where.error(("hosts", index, "super_pod_id"), "missing: rank table 1.2 lists every server in "
+                              "its SuperPoD (super_pod_list)")
+        missing = [d for d in host.devices if host.super_device_id(d) is None]
+        if missing:
+            raise where.error(("hosts", index, "super_device_ids"), f"missing for device(s) "
+                              f"{', '.join(map(str, missing))}: rank table 1.2 gives every NPU its super_device_id "
+                              "(npu-smi info -t spod-info -i <id> -c <chip>: SDID)")
+    seen: list[str] = []
+    for index, host in enumerate(hosts):
+        pod = host.super_pod_id
+        if seen and pod != seen[-1] and pod in seen:
+            raise where.error(("hosts", index, "super_pod_id"), f"SuperPoD {pod!r} again after another one: CANN "
+                              "needs the servers of one SuperPoD listed together (and so ranked together)")
+        if not seen or pod != seen[-1]:
+            seen.append(pod)
 
 
 def _ssh(raw: Any, where: _Where) -> SSHSpec:
@@ -691,6 +779,12 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         entry: dict[str, Any] = {"address": host.address, "devices": list(host.devices)}
         if host.device_ips:
             entry["device_ips"] = dict(host.device_ips)
+        if host.host_ip is not None:
+            entry["host_ip"] = host.host_ip
+        if host.super_pod_id is not None:
+            entry["super_pod_id"] = host.super_pod_id
+        if host.super_device_ids:
+            entry["super_device_ids"] = dict(host.super_device_ids)
         hosts.append(entry)
     data = {
         "name": spec.name,
@@ -706,6 +800,10 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         "console": "all" if spec.console is None else list(spec.console),
         "watchdog": {f.name: getattr(spec.watchdog, f.name) for f in fields(WatchdogSpec)},
     }
+    if spec.backend == "ascend":
+        data["ascend"] = {"init": spec.ascend.init}
+        if spec.ascend.init == "ranktable":
+            data["ascend"]["rank_table_version"] = spec.ascend.rank_table_version
     nodes = ""
     if spec.on_slurm:  # the nodes come from each allocation: the file form has no hosts:
         del data["hosts"]

@@ -112,8 +112,8 @@ def train_settings(cluster: ClusterSpec, job_dir_on_host: str, attempt: int) -> 
 def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
     """The backend's own timeouts, from the watchdog's, so the backend never waits longer than we do.
 
-    cpu: the dynamic cluster's heartbeat (``MS_NODE_TIMEOUT``, 30 s by default) and message wait
-    (``MS_RECEIVE_MSG_TIMEOUT``); ascend: HCCL's collective wait (``HCCL_EXEC_TIMEOUT``, 1836 s by
+    the dynamic cluster (cpu, ascend with ``init: dynamic``): its heartbeat (``MS_NODE_TIMEOUT``, 30 s
+    by default) and message wait (``MS_RECEIVE_MSG_TIMEOUT``); ascend: HCCL's collective wait (``HCCL_EXEC_TIMEOUT``, 1836 s by
     default) and link set-up (``HCCL_CONNECT_TIMEOUT``, 120 s; CANN takes 120..7200). Each is the
     watchdog's stall (or startup) timeout plus a margin, so the watchdog names the culprit first;
     a value the cluster file's ``env:`` gives wins.
@@ -121,11 +121,12 @@ def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
     if not cluster.watchdog.enabled:
         return {}
     stall = int(cluster.watchdog.stall_timeout) + BACKEND_MARGIN_S
+    wanted = {}
     if cluster.backend == "ascend":
         wanted = {"HCCL_EXEC_TIMEOUT": str(min(stall, 17340)),
                   "HCCL_CONNECT_TIMEOUT": str(min(max(int(cluster.watchdog.startup_timeout), 120), 7200))}
-    else:
-        wanted = {"MS_NODE_TIMEOUT": str(stall), "MS_RECEIVE_MSG_TIMEOUT": str(stall)}
+    if cluster.uses_scheduler:  # the dynamic cluster's heartbeat, on cpu and on ascend started as msrun does
+        wanted.update({"MS_NODE_TIMEOUT": str(stall), "MS_RECEIVE_MSG_TIMEOUT": str(stall)})
     given = cluster.env_dict()
     return {k: v for k, v in wanted.items() if k not in given}
 
@@ -152,7 +153,7 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
     for host in cluster.hosts:
         jd = host_job_dir(host, job_dir)
         cwd = launch_folder(cluster, host, launch_dir)
-        table_path = os.path.join(jd, jobfiles.RANK_TABLE_FILE) if cluster.backend == "ascend" else None
+        table_path = os.path.join(jd, jobfiles.RANK_TABLE_FILE) if cluster.uses_rank_table else None
 
         def launcher_env(name: str, ours: bool) -> dict[str, str]:
             env = {RESTART_COUNT_ENV: str(attempt), ERROR_FILE_ENV: jobfiles.error_file(jd, name, attempt),
@@ -204,6 +205,11 @@ def format_job_plan(job: JobPlan) -> str:
     program = "command" if cluster.command else "built-in trainer"
     lines = [f"{cluster.name}: backend {cluster.backend}, {len(placement.ranks)} rank(s) on "
              f"{hosts} host{'s' if hosts != 1 else ''}, {program} ({cluster.source})"]
+    if cluster.backend == "ascend":
+        lines.append("HCCL starts " + ("as msrun starts it (ascend.init: dynamic): the scheduler below, MS_* "
+                                       "variables, no rank table" if not cluster.uses_rank_table else
+                                       f"from the rank table (ascend.init: ranktable, version "
+                                       f"{cluster.ascend.rank_table_version}): RANK_TABLE_FILE"))
     unit = "npu" if cluster.backend == "ascend" else "slot"
     rows = [("rank", "host", unit, "local rank")]
     if placement.scheduler is not None:

@@ -214,7 +214,7 @@ def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_di
 
     def check(host: HostSpec) -> None:
         python = host_python(cluster, host)
-        needs_mindspore = cluster.builtin_trainer or cluster.backend == "cpu" and host == cluster.hosts[0]
+        needs_mindspore = cluster.builtin_trainer or cluster.uses_scheduler and host == cluster.hosts[0]
         program = None
         if cluster.command:
             folder = launch_folder(cluster, host, launch_dir)
@@ -315,7 +315,7 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         preflight(cluster, executors, launch_dir)
         preflight_s = round(time.monotonic() - began, 3)
         rank_table = None
-        if cluster.backend == "ascend":
+        if cluster.uses_rank_table:
             rank_table = make_rank_table(plan_ranks(cluster), executors)
         create_job_dir(job_dir, resume)
         if lock is None:
@@ -329,7 +329,7 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             # taken since the last attempt (or in the moment before MindSpore binds it) costs one
             # restart, not the job
             port = cluster.scheduler_port
-            if cluster.backend == "cpu" and port is None:
+            if cluster.uses_scheduler and port is None:
                 port = pick_scheduler_port(cluster, executors[cluster.hosts[0].address])
             return build_job_plan(cluster, job_dir=job_dir, scheduler_port=port, attempt=attempt,
                                   rank_table=rank_table, grace_period=request.grace_period, launch_dir=launch_dir)

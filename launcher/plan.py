@@ -14,6 +14,7 @@ import logging
 from typing import Optional
 
 from launcher.spec import LOCAL_ADDRESSES, ClusterSpec, Plan, RankAssignment, SchedulerAssignment
+from mscluster.rank import DEVICE_TARGET_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def plan_ranks(cluster: ClusterSpec, scheduler_port: Optional[int] = None) -> Pl
             port (``with_scheduler_port``).
 
     Returns:
-        The plan; ``plan.scheduler`` is on the first host for cpu, None for ascend.
+        The plan; ``plan.scheduler`` is on the first host for cpu and for ascend with
+        ``init: dynamic``, None with ``init: ranktable``.
     """
     world_size = cluster.world_size
     ranks: list[RankAssignment] = []
@@ -66,10 +68,10 @@ def plan_ranks(cluster: ClusterSpec, scheduler_port: Optional[int] = None) -> Pl
                 rank=len(ranks), host=host.address, host_index=host_index, device_id=device_id,
                 local_rank=local_rank, local_size=len(devices), world_size=world_size))
     scheduler = None
-    if cluster.backend == "cpu":
+    if cluster.uses_scheduler:
         port = scheduler_port if scheduler_port is not None else cluster.scheduler_port
         scheduler = SchedulerAssignment(host=cluster.hosts[0].address, port=port)
-    elif len(cluster.hosts) > 1:
+    if cluster.uses_rank_table and len(cluster.hosts) > 1:
         server_ids = [connect_address(h.address) for h in cluster.hosts]
         if server_ids != sorted(server_ids):
             logger.warning(
@@ -82,7 +84,7 @@ def plan_ranks(cluster: ClusterSpec, scheduler_port: Optional[int] = None) -> Pl
 def with_scheduler_port(plan: Plan, port: int) -> Plan:
     """Return ``plan`` with the scheduler's port set (the launcher calls it after picking a free port)."""
     if plan.scheduler is None:
-        raise ValueError("this plan has no scheduler (ascend backend)")
+        raise ValueError("this plan has no scheduler (ascend.init: ranktable)")
     return dataclasses.replace(plan, scheduler=dataclasses.replace(plan.scheduler, port=port))
 
 
@@ -99,19 +101,21 @@ def rank_env(plan: Plan, rank: RankAssignment, *, job_dir: str, rank_table_path:
              preview: bool = False) -> dict[str, str]:
     """The variables one rank's process gets (on top of the host's own environment).
 
-    ascend: ``RANK_TABLE_FILE``, ``RANK_SIZE``, ``RANK_ID``, ``DEVICE_ID`` (plus ``DEVICE_NUM``
-    and ``SERVER_ID``), as the model zoo's ``run_distribute_train.sh`` sets them. cpu: the
-    dynamic cluster's ``MS_ROLE=MS_WORKER``, ``MS_SCHED_HOST``, ``MS_SCHED_PORT``,
-    ``MS_WORKER_NUM``, ``MS_NODE_ID`` (= the rank), plus ``RANK_ID``/``RANK_SIZE`` as msrun
-    sets them. Both: ``LOCAL_RANK``, ``LOCAL_SIZE``, ``MSCLUSTER_JOB_DIR`` and the cluster
-    file's ``env:``.
+    ascend, ``init: ranktable``: ``RANK_TABLE_FILE``, ``RANK_SIZE``, ``RANK_ID``, ``DEVICE_ID``
+    (plus ``DEVICE_NUM`` and ``SERVER_ID``), as the model zoo's ``run_distribute_train.sh`` sets
+    them. cpu, and ascend with ``init: dynamic``: the dynamic cluster's ``MS_ROLE=MS_WORKER``,
+    ``MS_SCHED_HOST``, ``MS_SCHED_PORT``, ``MS_WORKER_NUM``, ``MS_TOPO_TIMEOUT``, ``MS_NODE_ID``
+    (= the rank), ``RANK_ID``, ``RANK_SIZE`` as msrun sets them (MindSpore 2.10's
+    ``parallel/cluster/process_entity/_api.py``), and on ascend ``DEVICE_ID`` (msrun: the local
+    index; here the NPU's id, the same for devices 0..n-1). Every one: ``LOCAL_RANK``,
+    ``LOCAL_SIZE``, ``MSCLUSTER_JOB_DIR``, ``MSCLUSTER_DEVICE_TARGET`` and the file's ``env:``.
 
     Args:
         preview: show a placeholder for values chosen at launch (the scheduler port) instead
             of raising; for ``mscluster plan`` only.
 
     Raises:
-        ValueError: ascend without ``rank_table_path``, or cpu before the port is chosen.
+        ValueError: ascend ranktable without ``rank_table_path``, or a scheduler's port not chosen yet.
     """
     cluster = plan.cluster
     env = cluster.env_dict()
@@ -121,10 +125,11 @@ def rank_env(plan: Plan, rank: RankAssignment, *, job_dir: str, rank_table_path:
         "LOCAL_RANK": str(rank.local_rank),
         "LOCAL_SIZE": str(rank.local_size),
         "MSCLUSTER_JOB_DIR": job_dir,
+        DEVICE_TARGET_ENV: device_target(cluster),
     })
-    if cluster.backend == "ascend":
+    if cluster.uses_rank_table:
         if rank_table_path is None:
-            raise ValueError("the ascend backend needs the rank table's path")
+            raise ValueError("ascend.init: ranktable needs the rank table's path")
         env.update({
             "RANK_TABLE_FILE": rank_table_path,
             "DEVICE_ID": str(rank.device_id),
@@ -134,20 +139,30 @@ def rank_env(plan: Plan, rank: RankAssignment, *, job_dir: str, rank_table_path:
     else:
         env.update(_dynamic_cluster_env(plan, preview))
         env.update({"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(rank.rank)})
+        if cluster.backend == "ascend":
+            env["DEVICE_ID"] = str(rank.device_id)
     return env
 
 
+def device_target(cluster: ClusterSpec) -> str:
+    """MindSpore's device target of the job's processes."""
+    return "Ascend" if cluster.backend == "ascend" else "CPU"
+
+
 def scheduler_env(plan: Plan, *, job_dir: Optional[str] = None, preview: bool = False) -> dict[str, str]:
-    """The variables of the dynamic cluster's scheduler process (cpu backend).
+    """The variables of the dynamic cluster's scheduler process (msrun's: ``RANK_ID=0`` and
+    ``RANK_SIZE`` besides the shared ``MS_*``).
 
     Raises:
         ValueError: the plan has no scheduler, or its port is not chosen yet (unless ``preview``).
     """
     if plan.scheduler is None:
-        raise ValueError("this plan has no scheduler (ascend backend)")
+        raise ValueError("this plan has no scheduler (ascend.init: ranktable)")
     env = plan.cluster.env_dict()
     env.update(_dynamic_cluster_env(plan, preview))
-    env["MS_ROLE"] = "MS_SCHED"
+    env.update({"MS_ROLE": "MS_SCHED", DEVICE_TARGET_ENV: device_target(plan.cluster)})
+    if plan.cluster.backend == "ascend":
+        env.update({"RANK_ID": "0", "RANK_SIZE": str(len(plan.ranks))})
     if job_dir is not None:
         env["MSCLUSTER_JOB_DIR"] = job_dir
     return env
@@ -160,7 +175,7 @@ def _dynamic_cluster_env(plan: Plan, preview: bool) -> dict[str, str]:
     worker whose scheduler is gone retries for about an hour.
     """
     if plan.scheduler is None:
-        raise ValueError("a cpu plan needs its scheduler (use plan_ranks)")
+        raise ValueError("a dynamic-cluster plan needs its scheduler (use plan_ranks)")
     shared = {
         "MS_SCHED_HOST": connect_address(plan.scheduler.host),
         "MS_SCHED_PORT": _scheduler_port_text(plan, preview),

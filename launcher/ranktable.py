@@ -1,4 +1,4 @@
-"""The Ascend rank table (hccl_tools' v1.0 JSON) and the discovery of each NPU's IP.
+"""The Ascend rank table (v1.0 as hccl_tools writes it; v1.2 for Atlas A3 SuperPoDs) and the discovery of each NPU's IP.
 
 Building and parsing are pure; discovery runs commands through an injected ``run(host, argv)``
 (a local or an SSH executor), so it is the one step that touches hosts.
@@ -29,7 +29,13 @@ _HCCN_CONF_ADDRESS = re.compile(r"^[ \t]*address_(\d+)[ \t]*=[ \t]*(\S+)[ \t]*\r
 
 
 def build_rank_table(plan: Plan, device_ips: Mapping[tuple[str, int], str]) -> dict:
-    """The rank table of ``plan`` in hccl_tools' v1.0 format; every value a string.
+    """The rank table of ``plan`` in the version its ``ascend.rank_table_version`` names; every value a string.
+
+    1.0: hccl_tools' format (mindspore-ai/models ``utils/hccl_tools/hccl_tools.py``). 1.2 (Atlas A3
+    SuperPoD, CANN's "rank table configuration" for A3, hicann/hccl
+    ``docs/en/user_guide/cluster_info_config/rank_table_config_a3.md``): per server its
+    ``host_ip``, per NPU its ``super_device_id``, and ``super_pod_list`` naming each SuperPoD's
+    servers; the optional port and backup fields are left out (CANN's defaults).
 
     Args:
         plan: an ascend plan (ranks in server order, devices in id order).
@@ -38,22 +44,43 @@ def build_rank_table(plan: Plan, device_ips: Mapping[tuple[str, int], str]) -> d
     Raises:
         DiscoveryError: a device has no IP.
     """
+    v12 = plan.cluster.ascend.rank_table_version == "1.2"
     servers: dict[str, list[dict[str, str]]] = {}
     for rank in plan.ranks:
         ip = device_ips.get((rank.host, rank.device_id))
         if not ip:
             raise DiscoveryError(f"{rank.host}: no IP for device {rank.device_id} (rank {rank.rank}); "
                                  f"set hosts[{rank.host_index}].device_ips in {plan.cluster.source}")
-        servers.setdefault(rank.host, []).append(
-            {"device_id": str(rank.device_id), "device_ip": ip, "rank_id": str(rank.rank)})
+        device = {"device_id": str(rank.device_id), "device_ip": ip, "rank_id": str(rank.rank)}
+        if v12:
+            sdid = plan.cluster.hosts[rank.host_index].super_device_id(rank.device_id)
+            device = {"device_id": str(rank.device_id), "super_device_id": str(sdid), "device_ip": ip,
+                      "rank_id": str(rank.rank)}
+        servers.setdefault(rank.host, []).append(device)
+    if not v12:
+        return {
+            "version": "1.0",
+            "server_count": str(len(servers)),
+            "server_list": [
+                {"server_id": connect_address(host), "device": devices, "host_nic_ip": "reserve"}
+                for host, devices in servers.items()
+            ],
+            "status": "completed",
+        }
+    hosts = {h.address: h for h in plan.cluster.hosts}
+    pods: dict[str, list[dict[str, str]]] = {}
+    for address in servers:
+        pods.setdefault(str(hosts[address].super_pod_id), []).append({"server_id": connect_address(address)})
     return {
-        "version": "1.0",
+        "status": "completed",
+        "version": "1.2",
         "server_count": str(len(servers)),
         "server_list": [
-            {"server_id": connect_address(host), "device": devices, "host_nic_ip": "reserve"}
+            {"server_id": connect_address(host), "host_ip": hosts[host].host_ip or connect_address(host),
+             "device": devices}
             for host, devices in servers.items()
         ],
-        "status": "completed",
+        "super_pod_list": [{"super_pod_id": pod, "server_list": members} for pod, members in pods.items()],
     }
 
 

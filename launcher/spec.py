@@ -73,6 +73,23 @@ class SlurmSpec:
 
 DEFAULT_DEVICES_PER_HOST = {"ascend": 8, "cpu": 1}
 
+ASCEND_INIT_MODES = ("dynamic", "ranktable")
+RANK_TABLE_VERSIONS = ("1.0", "1.2")
+
+
+@dataclass(frozen=True)
+class AscendSpec:
+    """``backend: ascend``: how HCCL starts, and the rank table's format when it starts from one.
+
+    ``dynamic`` is msrun's way (MindSpore 2.x): a scheduler process and the ``MS_*`` variables,
+    HCCL initialised from root info, no rank table. ``ranktable``: every process gets
+    ``RANK_TABLE_FILE`` (the model zoo's ``run_distribute_train.sh``), version 1.0 (servers and
+    their NPUs) or 1.2 (Atlas A3 SuperPoD: ``host_ip``, ``super_device_id``, ``super_pod_list``).
+    """
+
+    init: str = "dynamic"
+    rank_table_version: str = "1.0"
+
 
 @dataclass(frozen=True)
 class HostSpec:
@@ -82,6 +99,11 @@ class HostSpec:
     devices: tuple[int, ...]
     device_ips: tuple[tuple[int, str], ...] = ()  # (device id, NPU ip) given in the cluster file
     node: Optional[str] = None  # its Slurm node name (scheduler: slurm); None for a host of hosts:
+    # rank table 1.2 (Atlas A3 SuperPoD): the server's host IP (default: its address), its SuperPoD,
+    # and each NPU's id in the SuperPoD (npu-smi info -t spod-info: SDID)
+    host_ip: Optional[str] = None
+    super_pod_id: Optional[str] = None
+    super_device_ids: tuple[tuple[int, int], ...] = ()
 
     @property
     def is_local(self) -> bool:
@@ -100,6 +122,9 @@ class HostSpec:
 
     def device_ip(self, device_id: int) -> Optional[str]:
         return dict(self.device_ips).get(device_id)
+
+    def super_device_id(self, device_id: int) -> Optional[int]:
+        return dict(self.super_device_ids).get(device_id)
 
 
 @dataclass(frozen=True)
@@ -123,7 +148,18 @@ class ClusterSpec:
     watchdog: WatchdogSpec = field(default_factory=WatchdogSpec)
     scheduler: str = "ssh"  # ssh: the hosts: list over SSH; slurm: the allocation's nodes through srun
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    ascend: AscendSpec = field(default_factory=AscendSpec)
     source: str = "<cluster file>"  # the path it was read from, for messages
+
+    @property
+    def uses_scheduler(self) -> bool:
+        """Whether the job has a dynamic-cluster scheduler: cpu, and ascend started as msrun does."""
+        return self.backend == "cpu" or self.ascend.init == "dynamic"
+
+    @property
+    def uses_rank_table(self) -> bool:
+        """Whether the ranks start HCCL from a rank table (``RANK_TABLE_FILE``)."""
+        return self.backend == "ascend" and self.ascend.init == "ranktable"
 
     @property
     def on_slurm(self) -> bool:
@@ -160,7 +196,7 @@ class RankAssignment:
 
 @dataclass(frozen=True)
 class SchedulerAssignment:
-    """The dynamic cluster's scheduler process (cpu backend only)."""
+    """The dynamic cluster's scheduler process (cpu, and ascend with ``init: dynamic``)."""
 
     host: str
     port: Optional[int]  # None until the launcher picks a free port (launcher.plan.with_scheduler_port)
@@ -168,7 +204,7 @@ class SchedulerAssignment:
 
 @dataclass(frozen=True)
 class Plan:
-    """Every rank of a job, in rank order, plus the scheduler on cpu."""
+    """Every rank of a job, in rank order, plus the dynamic cluster's scheduler where there is one."""
 
     cluster: ClusterSpec
     ranks: tuple[RankAssignment, ...]

@@ -37,6 +37,8 @@ EVENT_FD_ENV = "MSCLUSTER_EVENT_FD"
 ERROR_FILE_ENV = "MSCLUSTER_ERROR_FILE"
 JOB_DIR_ENV = "MSCLUSTER_JOB_DIR"
 HOST_ENV = "MSCLUSTER_HOST"
+DEVICE_TARGET_ENV = "MSCLUSTER_DEVICE_TARGET"  # Ascend | CPU, set by the launcher for every process
+NPU_DRIVER_NODE = "/dev/davinci_manager"  # the Ascend driver's device: present where NPUs are (pods too)
 RESTART_COUNT_ENV = "MSCLUSTER_RESTART_COUNT"
 BEAT_INTERVAL_ENV = "MSCLUSTER_BEAT_INTERVAL"  # seconds between liveness beats; 0 or unset: none
 STACK_FILE_ENV = "MSCLUSTER_STACK_FILE"  # where faulthandler writes every thread's stack on STACK_SIGNAL
@@ -64,14 +66,24 @@ class RankInfo:
     checkpoint_dir: Optional[str] = None  # <job>/checkpoints: where rank 0 keeps checkpoints
     restart_count: int = 0  # 0 in the first attempt, k after the k-th automatic restart
     is_scheduler: bool = False  # the dynamic cluster's scheduler process (not a rank)
+    device_target: str = "CPU"  # MindSpore's: Ascend (a rank table, or NPUs here) or CPU
 
     @property
     def distributed(self) -> bool:
         return self.backend != SINGLE
 
-    @property
-    def device_target(self) -> str:
-        return "Ascend" if self.backend == HCCL else "CPU"
+
+def _device_target(env: Mapping[str, str]) -> str:
+    """Ascend with a rank table; else what the launcher says; else Ascend where the NPU driver is
+    (a pod that Huawei's ascend-operator started, msrun's own job), CPU elsewhere."""
+    if env.get("RANK_TABLE_FILE"):
+        return "Ascend"
+    given = env.get(DEVICE_TARGET_ENV, "")
+    if given:
+        if given not in ("Ascend", "CPU"):
+            raise RankEnvError(f"environment: {DEVICE_TARGET_ENV}={given!r} is neither Ascend nor CPU")
+        return given
+    return "Ascend" if os.path.exists(NPU_DRIVER_NODE) else "CPU"
 
 
 def _int(environ: Mapping[str, str], name: str, default: Optional[int] = None) -> int:
@@ -110,6 +122,7 @@ def rank_info(environ: Optional[Mapping[str, str]] = None) -> RankInfo:
         "restart_count": _int(env, RESTART_COUNT_ENV, 0),
         "local_rank": _int(env, "LOCAL_RANK", 0),
         "local_size": max(_int(env, "LOCAL_SIZE", 1), 1),
+        "device_target": _device_target(env),
     }
     if env.get("RANK_TABLE_FILE"):
         size, rank = _int(env, "RANK_SIZE"), _int(env, "RANK_ID")

@@ -27,12 +27,14 @@ def fleet_cluster(path: str, hosts: Sequence[str], lab, workdir: str, ranks_per_
                   fleet_args: Optional[Sequence[str]] = None, **fields: Any) -> str:
     """A cluster file of ``hosts`` x ``ranks_per_host`` running ``tests/fleet_rank.py`` through ``command:``.
 
-    ``backend: ascend`` with the device IPs in the file: no scheduler process and no MindSpore on
+    ``backend: ascend`` started from a rank table (``ascend.init: ranktable``) with the device IPs in
+    the file: no scheduler process and no MindSpore on
     the hosts, so what is measured is the launcher and its agents. ``lab``: the netns lab whose
     SSH settings reach the hosts (None: no ssh section). ``fields`` replace top-level keys.
     """
     data: dict[str, Any] = {
-        "name": "fleet", "backend": "ascend", "workdir": workdir, "python": sys.executable,
+        "name": "fleet", "backend": "ascend", "ascend": {"init": "ranktable"}, "workdir": workdir,
+        "python": sys.executable,
         "hosts": [{"address": h, "devices": ranks_per_host, "device_ips": device_ips(i, ranks_per_host)}
                   for i, h in enumerate(hosts)],
         "bind_cores": False, "restarts": 0,

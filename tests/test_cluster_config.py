@@ -225,13 +225,70 @@ BAD_FILES = [
           - {address: localhost, devices: 1}
         scheduler_port: 0
         """, 4, "scheduler_port", "1..65535"),
-    ("scheduler port on ascend", """
+    ("scheduler port on ascend started from a rank table", """
         name: a
         backend: ascend
+        ascend: {init: ranktable}
         hosts:
           - {address: localhost, devices: 8}
         scheduler_port: 29500
-        """, 5, "scheduler_port", "only used by the cpu backend"),
+        """, 6, "scheduler_port", "not used with ascend.init: ranktable"),
+    ("an ascend init mode that does not exist", """
+        name: a
+        backend: ascend
+        ascend: {init: hccl}
+        hosts:
+          - {address: localhost, devices: 8}
+        """, 3, "ascend.init", "expected one of dynamic, ranktable, got 'hccl'"),
+    ("a rank table version without a rank table", """
+        name: a
+        backend: ascend
+        ascend: {rank_table_version: "1.2"}
+        hosts:
+          - {address: localhost, devices: 8}
+        """, 3, "ascend.rank_table_version", "only used with init: ranktable"),
+    ("a rank table version CANN does not have", """
+        name: a
+        backend: ascend
+        ascend: {init: ranktable, rank_table_version: 2.1}
+        hosts:
+          - {address: localhost, devices: 8}
+        """, 3, "ascend.rank_table_version", "expected one of 1.0, 1.2, got '2.1'"),
+    ("ascend settings on cpu", """
+        name: a
+        ascend: {init: dynamic}
+        hosts:
+          - {address: localhost, devices: 2}
+        """, 2, "ascend", "only used by the ascend backend"),
+    ("rank table 1.2 without the server's SuperPoD", """
+        name: a
+        backend: ascend
+        ascend: {init: ranktable, rank_table_version: "1.2"}
+        hosts:
+          - {address: 10.0.0.1, devices: 2, super_device_ids: {0: 0, 1: 1}}
+        """, 5, "hosts[0].super_pod_id", "missing: rank table 1.2 lists every server in its SuperPoD"),
+    ("rank table 1.2 without an NPU's SDID", """
+        name: a
+        backend: ascend
+        ascend: {init: ranktable, rank_table_version: "1.2"}
+        hosts:
+          - {address: 10.0.0.1, devices: 2, super_pod_id: 0, super_device_ids: {0: 0}}
+        """, 5, "hosts[0].super_device_ids", "missing for device(s) 1"),
+    ("an SDID for a device the host does not run", """
+        name: a
+        backend: ascend
+        hosts:
+          - {address: 10.0.0.1, devices: 2, super_device_ids: {5: 5}}
+        """, 4, "hosts[0].super_device_ids.5", "device 5 is not among this host's devices (0, 1)"),
+    ("a SuperPoD split by another", """
+        name: a
+        backend: ascend
+        ascend: {init: ranktable, rank_table_version: "1.2"}
+        hosts:
+          - {address: 10.0.0.1, devices: 1, super_pod_id: 0, super_device_ids: {0: 0}}
+          - {address: 10.0.0.2, devices: 1, super_pod_id: 1, super_device_ids: {0: 0}}
+          - {address: 10.0.0.3, devices: 1, super_pod_id: 0, super_device_ids: {0: 1}}
+        """, 7, "hosts[2].super_pod_id", "SuperPoD '0' again after another one"),
     ("negative restarts", """
         name: a
         hosts:

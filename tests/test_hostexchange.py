@@ -145,6 +145,7 @@ def test_the_key_changes_with_the_job_and_its_attempt(env, same):
     ("auto", "dynamic_cluster", 2, 1, 0, "collective"),      # one rank per host: nothing to share
     ("auto", "dynamic_cluster", 2, 2, 8, "collective"),      # buckets tune the collective: it is asked for
     ("auto", "hccl", 8, 8, 0, "collective"),                 # Ascend: HCCL on the devices
+    ("auto", "dynamic_cluster/Ascend", 8, 8, 0, "collective"),  # Ascend started as msrun does: HCCL too
     ("collective", "dynamic_cluster", 2, 2, 0, "collective"),
     ("shared_memory", "dynamic_cluster", 2, 1, 0, "shared_memory"),
     ("auto", "single", 1, 1, 0, "none"),
@@ -155,7 +156,8 @@ def test_auto_picks_shared_memory_where_a_host_runs_several_cpu_ranks(setting, b
     from trainer.config import TrainConfig
     from trainer.hostexchange import grad_exchange
 
-    info = RankInfo(rank=0, world_size=world, local_size=local, backend=backend)
+    backend, _, target = backend.partition("/")
+    info = RankInfo(rank=0, world_size=world, local_size=local, backend=backend, device_target=target or "CPU")
     assert grad_exchange(TrainConfig(grad_exchange=setting, grad_buckets=buckets), info) == expected
 
 
@@ -166,4 +168,5 @@ def test_shared_memory_asked_for_under_hccl_is_one_line():
     from trainer.hostexchange import grad_exchange
 
     with pytest.raises(ConfigError, match="^grad_exchange: shared_memory is for backend cpu"):
-        grad_exchange(TrainConfig(grad_exchange="shared_memory"), RankInfo(world_size=8, local_size=8, backend="hccl"))
+        grad_exchange(TrainConfig(grad_exchange="shared_memory"), RankInfo(world_size=8, local_size=8, backend="hccl",
+                                                                      device_target="Ascend"))

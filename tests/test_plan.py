@@ -1,7 +1,17 @@
-"""The rank plan and each process's environment, for the shipped 1x2 cpu, 1x8 and 2x8 ascend files."""
+"""The rank plan and each process's environment, for the shipped 1x2 cpu, 1x8 and 2x8 ascend files.
+
+The two ways HCCL starts are checked against their sources: ``ascend.init: dynamic`` against
+msrun's (MindSpore 2.10, ``mindspore/parallel/cluster/process_entity/_api.py``: the installed
+wheel's file is read), ``ascend.init: ranktable`` against the model zoo's
+``official/cv/ResNet/scripts/run_distribute_train.sh`` (mindspore-ai/models): ``RANK_TABLE_FILE``,
+``RANK_SIZE``, ``RANK_ID = 8 * SERVER_ID + i``, ``DEVICE_ID = i``, ``DEVICE_NUM``, ``SERVER_ID``.
+"""
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -9,13 +19,13 @@ import pytest
 from launcher.config import load_cluster, parse_cluster
 from launcher.jobplan import build_job_plan, format_job_plan
 from launcher.plan import PORT_AT_LAUNCH, plan_ranks, rank_env, scheduler_env, with_scheduler_port
-from launcher.spec import RankAssignment, SchedulerAssignment
+from launcher.spec import AscendSpec, RankAssignment, SchedulerAssignment
 
 CONFIGS = Path(__file__).resolve().parent.parent / "cluster_configs"
 
 
-def shipped(name: str):
-    return load_cluster(str(CONFIGS / name))
+def shipped(name: str, *set_pairs: str):
+    return load_cluster(str(CONFIGS / name), set_pairs)
 
 
 def test_local_cpu_plan_two_workers_and_a_scheduler():
@@ -36,7 +46,8 @@ def test_scheduler_port_from_argument_over_file():
 
 def test_ascend_1x8_plan():
     plan = plan_ranks(shipped("ascend_1x8.yaml"))
-    assert plan.scheduler is None
+    assert plan.scheduler == SchedulerAssignment(host="localhost", port=None)  # init: dynamic, as msrun
+    assert plan_ranks(shipped("ascend_1x8.yaml", "ascend.init=ranktable")).scheduler is None
     assert [(r.rank, r.device_id, r.local_rank) for r in plan.ranks] == [(i, i, i) for i in range(8)]
     assert {(r.host, r.local_size, r.world_size) for r in plan.ranks} == {("localhost", 8, 8)}
 
@@ -71,7 +82,7 @@ def test_cpu_rank_env_is_the_dynamic_cluster():
         "GLOG_v": "3", "MS_TOPO_TIMEOUT": "120",  # the file's env:
         "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "40123",
         "MS_WORKER_NUM": "2", "MS_NODE_ID": "1", "RANK_ID": "1", "RANK_SIZE": "2",
-        "LOCAL_RANK": "1", "LOCAL_SIZE": "2", "MSCLUSTER_JOB_DIR": "/runs/job1",
+        "LOCAL_RANK": "1", "LOCAL_SIZE": "2", "MSCLUSTER_JOB_DIR": "/runs/job1", "MSCLUSTER_DEVICE_TARGET": "CPU",
     }
     sched = scheduler_env(plan, job_dir="/runs/job1")
     assert sched["MS_ROLE"] == "MS_SCHED"
@@ -99,19 +110,56 @@ def test_cpu_env_needs_the_port_unless_previewing():
     assert preview["MS_SCHED_PORT"] == PORT_AT_LAUNCH
 
 
-def test_ascend_rank_env_is_the_zoo_scripts():
-    plan = plan_ranks(shipped("ascend_2x8.yaml"))
+def test_ascend_ranktable_env_is_the_zoo_scripts():
+    plan = plan_ranks(shipped("ascend_2x8.yaml", "ascend.init=ranktable"))
     env = rank_env(plan, plan.ranks[9], job_dir="/runs/j", rank_table_path="/runs/j/rank_table.json")
     assert env == {
         "GLOG_v": "2", "HCCL_CONNECT_TIMEOUT": "600",
         "RANK_TABLE_FILE": "/runs/j/rank_table.json", "RANK_SIZE": "16", "RANK_ID": "9",
         "DEVICE_ID": "1", "DEVICE_NUM": "8", "SERVER_ID": "1",
-        "LOCAL_RANK": "1", "LOCAL_SIZE": "8", "MSCLUSTER_JOB_DIR": "/runs/j",
+        "LOCAL_RANK": "1", "LOCAL_SIZE": "8", "MSCLUSTER_JOB_DIR": "/runs/j", "MSCLUSTER_DEVICE_TARGET": "Ascend",
     }
     with pytest.raises(ValueError, match="rank table"):
         rank_env(plan, plan.ranks[0], job_dir="/runs/j", rank_table_path=None)
     with pytest.raises(ValueError, match="no scheduler"):
         scheduler_env(plan)
+
+
+def _msrun_sets() -> tuple[set[str], str]:
+    """The variables msrun's process manager sets (os.environ[...] = ...), read from the installed MindSpore."""
+    try:  # the installed wheel's file, found without importing MindSpore
+        dist = importlib.metadata.distribution("mindspore")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("MindSpore is not installed: msrun's source is not here to compare with")
+    path = str(dist.locate_file("mindspore/parallel/cluster/process_entity/_api.py"))
+    with open(path, encoding="utf-8") as handle:
+        source = handle.read()
+    return set(re.findall(r"os\.environ\[[\"'](\w+)[\"']\]\s*=", source)), path
+
+
+# set by msrun only in modes mscluster does not run: a user's rank table "for other features",
+# simulation (dry runs), MindX's process recovery
+MSRUN_OPTIONAL = {"RANK_TABLE_FILE", "MS_SIMULATION_LEVEL", "MS_ENABLE_RECOVERY"}
+
+
+def test_ascend_dynamic_env_is_msruns():
+    msrun, path = _msrun_sets()
+    assert {"MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID", "RANK_ID", "RANK_SIZE",
+            "DEVICE_ID"} <= msrun, path  # the source still reads as expected
+    plan = plan_ranks(shipped("ascend_2x8.yaml"), scheduler_port=8118)
+    worker = rank_env(plan, plan.ranks[9], job_dir="/runs/j", rank_table_path=None)
+    assert msrun - MSRUN_OPTIONAL <= set(worker), f"msrun sets {sorted(msrun - set(worker))} too ({path})"
+    assert {k: worker[k] for k in ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
+                                   "RANK_ID", "RANK_SIZE", "DEVICE_ID", "MS_TOPO_TIMEOUT")} == {
+        "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "10.0.0.1", "MS_SCHED_PORT": "8118", "MS_WORKER_NUM": "16",
+        "MS_NODE_ID": "9", "RANK_ID": "9", "RANK_SIZE": "16", "DEVICE_ID": "1", "MS_TOPO_TIMEOUT": "300"}
+    assert "RANK_TABLE_FILE" not in worker and worker["MSCLUSTER_DEVICE_TARGET"] == "Ascend"
+    sched = scheduler_env(plan, job_dir="/runs/j")
+    assert {k: sched[k] for k in ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "RANK_ID",
+                                  "RANK_SIZE")} == {
+        "MS_ROLE": "MS_SCHED", "MS_SCHED_HOST": "10.0.0.1", "MS_SCHED_PORT": "8118", "MS_WORKER_NUM": "16",
+        "RANK_ID": "0", "RANK_SIZE": "16"}  # msrun's start_scheduler: "For Scheduler, 'RANK_ID' is always 0."
+    assert "DEVICE_ID" not in sched and "MS_NODE_ID" not in sched
 
 
 def test_every_rank_gets_a_distinct_rank_id():
@@ -146,10 +194,15 @@ def test_plan_output_shows_ranks_processes_and_env():
     assert "MS_NODE_ID=1" in per_process[2] and "RANK_ID=1" in per_process[2]
 
 
-def test_plan_output_ascend_has_no_scheduler_row():
-    text = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml")))
+def test_plan_output_ascend_shows_how_hccl_starts():
+    dynamic = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml")))
+    assert dynamic.splitlines()[1].startswith("HCCL starts as msrun starts it (ascend.init: dynamic)")
+    assert dynamic.splitlines()[3].split()[:3] == ["sched", "10.0.0.1", "-"]
+    assert "rank_table.json" not in dynamic and "RANK_TABLE_FILE" not in dynamic
+    text = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml", "ascend.init=ranktable")))
+    assert text.splitlines()[1].startswith("HCCL starts from the rank table (ascend.init: ranktable, version 1.0)")
     assert "sched" not in text
-    assert text.splitlines()[1].split()[:3] == ["rank", "host", "npu"]
+    assert text.splitlines()[2].split()[:3] == ["rank", "host", "npu"]
     per_process = text.splitlines()[text.splitlines().index("environment per process:") + 1:]
     last = next(line for line in per_process if line.split()[:2] == ["rank", "15"])
     assert "DEVICE_ID=7" in last
@@ -192,10 +245,11 @@ def test_a_restart_attempt_is_numbered_in_env_error_file_and_settings():
     assert name == "train.attempt2.yaml" and "resume: auto" in content
 
 
-def test_unsorted_server_ids_are_warned_about(caplog):
+def test_unsorted_server_ids_are_warned_about_when_a_rank_table_numbers_them(caplog):
     spec = parse_cluster("""
 name: order
 backend: ascend
+ascend: {init: ranktable}
 hosts:
   - {address: 10.0.0.9, devices: 8}
   - {address: 10.0.0.10, devices: 8}
@@ -206,7 +260,8 @@ hosts:
     assert "dictionary order" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="launcher.plan"):
-        plan_ranks(shipped("ascend_2x8.yaml"))
+        plan_ranks(shipped("ascend_2x8.yaml", "ascend.init=ranktable"))
+        plan_ranks(dataclasses.replace(spec, ascend=AscendSpec(init="dynamic")))  # no rank table: no such rule
     assert caplog.text == ""
 
 

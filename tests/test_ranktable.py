@@ -207,3 +207,43 @@ def test_unreadable_hccn_conf_is_reported(tmp_path):
     run, _, _ = local_runner(tmp_path, [empty_bin])
     with pytest.raises(DiscoveryError, match=r"absent\.conf has no address_0 \(exit 1: .*No such file"):
         discover_device_ips(plan, run, hccn_conf=str(tmp_path / "absent.conf"))
+
+
+A3_V12 = """
+name: a3
+backend: ascend
+ascend: {init: ranktable, rank_table_version: "1.2"}
+hosts:
+  - {address: 172.16.0.100, devices: 4, super_pod_id: 0, super_device_ids: {0: 0, 1: 1, 2: 2, 3: 3}}
+  - {address: 172.16.0.101, devices: 4, super_pod_id: 0, super_device_ids: {0: 4, 1: 5, 2: 6, 3: 7}}
+  - {address: 172.16.0.102, devices: 4, super_pod_id: 1, super_device_ids: {0: 0, 1: 1, 2: 2, 3: 3}}
+  - {address: 172.16.0.103, devices: 4, super_pod_id: 1, super_device_ids: {0: 4, 1: 5, 2: 6, 3: 7}}
+"""
+
+
+def test_v12_matches_canns_a3_example():
+    """tests/golden/SOURCES.md: CANN's A3 SuperPoD example, transcribed (server ids = the servers' IPs)."""
+    plan = plan_ranks(parse_cluster(A3_V12, "a3.yaml"))
+    ips = {(f"172.16.0.10{n}", d): f"192.168.{n + 1}.{6 + d}" for n in range(4) for d in range(4)}
+    table = build_rank_table(plan, ips)
+    golden_text = (HERE / "golden" / "ranktable_a3_4x4_v1.2.json").read_text(encoding="utf-8")
+    assert table == json.loads(golden_text)
+    assert key_order(table) == key_order(json.loads(golden_text))
+    assert dump_rank_table(table) == golden_text
+    assert all(isinstance(value, str) for value in all_values(table))
+
+
+def test_v12_host_ip_from_the_file_when_it_is_not_the_address():
+    text = A3_V12.replace("{address: 172.16.0.100, devices: 4,", "{address: 172.16.0.100, host_ip: 10.9.0.1, devices: 4,")
+    plan = plan_ranks(parse_cluster(text, "a3.yaml"))
+    ips = {(f"172.16.0.10{n}", d): f"192.168.{n + 1}.{6 + d}" for n in range(4) for d in range(4)}
+    table = build_rank_table(plan, ips)
+    assert [s["host_ip"] for s in table["server_list"]] == ["10.9.0.1", "172.16.0.101", "172.16.0.102", "172.16.0.103"]
+    assert parse_cluster(text, "a3.yaml").hosts[0].host_ip == "10.9.0.1"
+
+
+def test_the_resolved_file_keeps_the_superpod_fields():
+    from launcher.config import resolved_yaml
+
+    spec = parse_cluster(A3_V12, "a3.yaml")
+    assert parse_cluster(resolved_yaml(spec), "a3.yaml") == spec

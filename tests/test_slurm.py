@@ -198,7 +198,8 @@ def test_ascend_under_slurm_discovers_device_ips_on_each_node_and_starts_every_r
     program = "import os; print('rank', os.environ['RANK_ID'], 'device', os.environ['DEVICE_ID'], 'table', os.environ['RANK_TABLE_FILE'])"
     cluster = tmp_path / "c.yaml"
     cluster.write_text(yaml.safe_dump({
-        "name": "npu", "backend": "ascend", "scheduler": "slurm", "workdir": str(tmp_path / "runs"),
+        "name": "npu", "backend": "ascend", "ascend": {"init": "ranktable"}, "scheduler": "slurm",
+        "workdir": str(tmp_path / "runs"),
         "python": sys.executable, "console": "all", "bind_cores": False,
         "slurm": {"nodes": 2, "devices_per_host": 2}, "command": ["python", "-c", program]}))
     env = {**slurm_cluster.env, "PATH": f"{fakebin}:{slurm_cluster.env['PATH']}"}  # srun passes it to the nodes
@@ -223,7 +224,8 @@ def test_a_frozen_agent_is_cut_off_and_its_step_cancelled_leaving_nothing(slurm_
     fakebin = fake_hccn_tool(tmp_path)
     cluster = tmp_path / "c.yaml"
     cluster.write_text(yaml.safe_dump({
-        "name": "npu", "backend": "ascend", "scheduler": "slurm", "workdir": str(tmp_path / "runs"),
+        "name": "npu", "backend": "ascend", "ascend": {"init": "ranktable"}, "scheduler": "slurm",
+        "workdir": str(tmp_path / "runs"),
         "python": sys.executable, "bind_cores": False, "ssh": {"keepalive_interval": 1, "keepalive_count": 3},
         "slurm": {"nodes": 2, "devices_per_host": 1},
         "command": ["python", "-c", "import time; print('up', flush=True); time.sleep(300)"]}))

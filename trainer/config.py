@@ -51,6 +51,7 @@ class TrainConfig:
     lr: float = 0.01  # peak learning rate (per step, not scaled by world size)
     lr_schedule: str = "constant"
     warmup_epochs: float = 0.0
+    lr_init: Optional[float] = None  # the warm-up's first value (the zoo's lr_init); None: lr / warm-up steps
     momentum: float = 0.9
     weight_decay: float = 0.0
     loss_scale: float = 1.0  # static loss scale (Ascend mixed precision); 1 = none
@@ -117,7 +118,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 POSITIVE = {"image_size", "num_classes", "num_parallel_workers", "width", "epochs", "batch_size",
             "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale", "grad_accumulation"}
-NON_NEGATIVE = {"warmup_epochs", "momentum", "weight_decay", "seed", "save_every_epochs", "grad_buckets",
+NON_NEGATIVE = {"lr_init", "warmup_epochs", "momentum", "weight_decay", "seed", "save_every_epochs", "grad_buckets",
                 "save_every_steps", "eval_every_epochs", "debug_fail_rank", "debug_fail_step",
                 "debug_fail_signal", "debug_fail_attempt", "debug_pause_in_save", "debug_hang_step",
                 "debug_hang_rank"}

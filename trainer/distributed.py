@@ -23,7 +23,7 @@ def init_backend(info: RankInfo, graph_mode: bool) -> RankInfo:
     import mindspore as ms
 
     mode = ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE
-    if info.backend == HCCL:
+    if info.device_target == "Ascend":  # a rank table (HCCL), or the dynamic cluster on NPUs (msrun's way)
         ms.set_context(mode=mode, device_target="Ascend", device_id=info.device_id)
     else:
         ms.set_context(mode=mode, device_target="CPU")

@@ -52,10 +52,10 @@ def grad_exchange(cfg, info: RankInfo) -> str:
         return "none"
     if cfg.grad_exchange == "collective":
         return "collective"
-    if info.backend != DYNAMIC_CLUSTER:
+    if info.backend != DYNAMIC_CLUSTER or info.device_target != "CPU":
         if cfg.grad_exchange == "shared_memory":
-            raise ConfigError("grad_exchange: shared_memory is for backend cpu (MindSpore's dynamic cluster); "
-                              f"this rank runs under {info.backend}")
+            raise ConfigError("grad_exchange: shared_memory is for backend cpu (MindSpore's dynamic cluster on "
+                              f"CPU); this rank runs under {info.backend} on {info.device_target}")
         return "collective"
     if cfg.grad_exchange == "auto" and (info.local_size == 1 or cfg.grad_buckets > 0):
         return "collective"

@@ -248,7 +248,7 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
     if start.global_step > total_steps:
         raise ConfigError(f"epochs: the checkpoint is at step {start.global_step}, past the {cfg.epochs} "
                           f"epoch(s) asked for ({total_steps} steps); ask for more epochs")
-    lr = lr_per_step(cfg.lr_schedule, cfg.lr, max(total_steps, 1), per_epoch, cfg.warmup_epochs)
+    lr = lr_per_step(cfg.lr_schedule, cfg.lr, max(total_steps, 1), per_epoch, cfg.warmup_epochs, cfg.lr_init)
     learning_rate = float(lr[0]) if cfg.lr_schedule == "constant" else ms.Tensor(lr)
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     optimizer = nn.Momentum(_decayed_params(net) if cfg.weight_decay else net.trainable_params(),
