@@ -36,3 +36,9 @@ class RankFailed(LauncherError):
 
 class ProgramNotFound(LauncherError):
     """A ``command:``'s program, script or folder is missing on a host (the message names host and path)."""
+
+
+class NpuCheckFailed(LauncherError):
+    """The NPU pre-flight found problems on Ascend hosts (one line each, naming host and device)."""
+
+    exit_code = 3

@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -136,7 +136,8 @@ def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
 def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
                    scheduler_port: Optional[int] = None, attempt: int = 0, rank_table: Optional[str] = None,
                    grace_period: float = 5.0, launch_dir: Optional[str] = None,
-                   local_python: Optional[str] = None) -> JobPlan:
+                   local_python: Optional[str] = None,
+                   cpus: Optional[Mapping[tuple[str, int], tuple[int, ...]]] = None) -> JobPlan:
     """The complete plan of one attempt of ``cluster``.
 
     Args:
@@ -145,6 +146,8 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
         rank_table: ascend: the rank table's JSON text; None = a placeholder.
         launch_dir: the folder launch runs in (default: this process's).
         local_python: the interpreter of local hosts (default: this one's).
+        cpus: (host, device) -> the cores of that device's rank (ascend: its NPU's CPU affinity,
+            from the pre-flight); the others are split evenly by the agent (``bind_cores``).
     """
     placement = plan_ranks(cluster, scheduler_port)
     preview = job_dir == JOB_DIR_AT_LAUNCH or (placement.scheduler is not None and placement.scheduler.port is None)
@@ -180,8 +183,9 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
             name = jobfiles.rank_name(r.rank)
             env = {**rank_env(placement, r, job_dir=jd, rank_table_path=table_path, preview=preview),
                    **launcher_env(name, cluster.builtin_trainer)}
+            bound = (cpus or {}).get((host.address, r.device_id)) if cluster.bind_cores else ()
             procs.append(ProcessSpec(name, argv, tuple(sorted(env.items())), rank=r.rank, device_id=r.device_id,
-                                     cpus=None if cluster.bind_cores else (), local_rank=r.local_rank,
+                                     cpus=bound or (None if cluster.bind_cores else ()), local_rank=r.local_rank,
                                      local_size=r.local_size, cwd=cwd, error_file=env[ERROR_FILE_ENV]))
         files = []
         if cluster.builtin_trainer:

@@ -23,6 +23,7 @@ from launcher.executor import Executor, ProgramCheck, check_host, check_ssh_file
 from launcher.joblock import JobLock
 from launcher.jobplan import PYTHON_WORD, JobPlan, build_job_plan, host_python, launch_folder, program_argv
 from launcher.plan import plan_ranks
+from launcher.npucheck import npu_preflight
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
 from launcher.report import RankFailure, format_failures, order_failures
 from launcher.spec import ClusterSpec, HostSpec, Plan
@@ -51,6 +52,7 @@ class LaunchRequest:
     # set by a SIGUSR1 handler (Slurm's warning before the time limit): rank 0 saves and the job ends "preempted"
     preempt: Optional[threading.Event] = field(default=None, compare=False)
     from_sbatch: bool = False  # run by the sbatch.sh of `mscluster submit`: its job folder exists; resume: auto
+    skip_preflight: bool = False  # ascend: start without the NPU pre-flight (launcher.npucheck)
 
 
 @dataclass(frozen=True)
@@ -238,12 +240,17 @@ def pick_scheduler_port(cluster: ClusterSpec, executor: Executor) -> int:
                               f"({result.stderr.strip()[-200:] or result.exit_code})") from None
 
 
-def make_rank_table(plan: Plan, executors: Mapping[str, Executor]) -> str:
+def discover_ips(plan: Plan, executors: Mapping[str, Executor]) -> dict[tuple[str, int], str]:
+    """Every rank's NPU IP (the cluster file, else hccn_tool, else /etc/hccn.conf) through the hosts' executors."""
     def run(host: str, argv: list[str]) -> tuple[int, str]:
         res = executors[host].run(argv, timeout=plan.cluster.ssh.connect_timeout + 20.0)
         return res.exit_code, res.stdout + res.stderr
 
-    return dump_rank_table(build_rank_table(plan, discover_device_ips(plan, run)))
+    return discover_device_ips(plan, run)
+
+
+def make_rank_table(plan: Plan, executors: Mapping[str, Executor]) -> str:
+    return dump_rank_table(build_rank_table(plan, discover_ips(plan, executors)))
 
 
 def create_job_dir(path: str, resume: bool) -> None:
@@ -314,9 +321,13 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         began = time.monotonic()
         preflight(cluster, executors, launch_dir)
         preflight_s = round(time.monotonic() - began, 3)
-        rank_table = None
+        rank_table, device_ips, cpus = None, None, None
         if cluster.uses_rank_table:
-            rank_table = make_rank_table(plan_ranks(cluster), executors)
+            device_ips = discover_ips(plan_ranks(cluster), executors)
+            rank_table = dump_rank_table(build_rank_table(plan_ranks(cluster), device_ips))
+        if cluster.backend == "ascend" and not request.skip_preflight:
+            cpus = npu_preflight(cluster, executors, _in_parallel, device_ips)
+            preflight_s = round(time.monotonic() - began, 3)
         create_job_dir(job_dir, resume)
         if lock is None:
             lock = JobLock(job_dir).acquire()
@@ -332,7 +343,8 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             if cluster.uses_scheduler and port is None:
                 port = pick_scheduler_port(cluster, executors[cluster.hosts[0].address])
             return build_job_plan(cluster, job_dir=job_dir, scheduler_port=port, attempt=attempt,
-                                  rank_table=rank_table, grace_period=request.grace_period, launch_dir=launch_dir)
+                                  rank_table=rank_table, grace_period=request.grace_period, launch_dir=launch_dir,
+                                  cpus=cpus)
 
         _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}"

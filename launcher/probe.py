@@ -8,6 +8,10 @@ launcher.probe``. Requests:
         exit 0, or exit 3 with one line ``MSCLUSTER-MISSING <what>`` on stderr, or exit 1 with the
         reason (mindspore missing, an import error)
     {"free_port": true}   prints a TCP port free on this host right now
+    {"npu": {"devices": [ids], "ping": {id: ip}, "data_dir": path | null, "space_dir": path}}
+        prints one JSON object: the outputs of npu-smi and hccn_tool for those devices (run in
+        parallel here), CANN's and MindSpore's versions, data_dir's .bin files and sizes, the free
+        bytes under space_dir, the CPUs this process may use (launcher.npu checks it all)
 
 Imports no MindSpore (it is found, not imported: a second saved per host).
 """
@@ -65,6 +69,72 @@ def check(spec: Mapping[str, Any]) -> int:
     return 0
 
 
+def _command(argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return 127, f"{argv[0]}: command not found"
+    except subprocess.TimeoutExpired:
+        return 124, f"{' '.join(argv)}: no answer in {timeout:g} s"
+    except OSError as exc:
+        return 126, f"{argv[0]}: {exc.strerror}"
+    return done.returncode, done.stdout + done.stderr
+
+
+def npu_report(spec: Mapping[str, Any]) -> int:
+    import importlib.metadata
+    import platform
+    from concurrent.futures import ThreadPoolExecutor
+
+    from launcher.npu import TOOLKIT_HOME, TOOLKIT_INFO, parse_toolkit_version
+
+    devices = [int(d) for d in spec.get("devices", [])]
+    commands: dict[str, list[str]] = {} if spec.get("ping_only") else {"npu-smi info": ["npu-smi", "info"]}
+    if spec.get("topo"):
+        commands["topo"] = ["npu-smi", "info", "-t", "topo"]
+    for d in devices:
+        commands[f"link {d}"] = ["hccn_tool", "-i", str(d), "-link", "-g"]
+        commands[f"health {d}"] = ["hccn_tool", "-i", str(d), "-net_health", "-g"]
+        commands[f"ip {d}"] = ["hccn_tool", "-i", str(d), "-ip", "-g"]
+    for d, address in (spec.get("ping") or {}).items():
+        commands[f"ping {d}"] = ["hccn_tool", "-i", str(d), "-ping", "-g", "address", str(address)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outputs = dict(zip(commands, pool.map(_command, commands.values())))
+    if spec.get("ping_only"):
+        print(json.dumps({"outputs": outputs}))
+        return 0
+    toolkit = None
+    try:
+        home = os.environ.get("ASCEND_TOOLKIT_HOME") or TOOLKIT_HOME
+        with open(TOOLKIT_INFO.format(home=home, machine=platform.machine()), encoding="utf-8",
+                  errors="replace") as handle:
+            toolkit = parse_toolkit_version(handle.read(1 << 16))
+    except OSError:
+        pass
+    try:
+        mindspore = importlib.metadata.version("mindspore")
+    except importlib.metadata.PackageNotFoundError:
+        mindspore = None
+    data_files = None
+    data_dir = spec.get("data_dir")
+    if data_dir and os.path.isdir(data_dir):
+        data_files = {name: os.path.getsize(os.path.join(data_dir, name)) for name in sorted(os.listdir(data_dir))
+                      if name.endswith(".bin") and os.path.isfile(os.path.join(data_dir, name))}
+    free = None
+    space = spec.get("space_dir") or "."
+    while space and not os.path.isdir(space):
+        space = os.path.dirname(space.rstrip("/")) or "/"
+    try:
+        free = shutil.disk_usage(space).free
+    except OSError:
+        pass
+    print(json.dumps({"outputs": outputs, "toolkit": toolkit, "mindspore": mindspore, "data_files": data_files,
+                      "free_bytes": free, "allowed_cpus": sorted(os.sched_getaffinity(0))}))
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
@@ -82,6 +152,8 @@ def main() -> int:
         return check(request["check"])
     if request.get("free_port"):
         return free_port()
+    if "npu" in request:
+        return npu_report(request["npu"])
     sys.stderr.write("launcher.probe: unknown request\n")
     return 2
 

@@ -95,7 +95,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGUSR1, lambda signum, frame: preempt.set())
     request = LaunchRequest(args.cluster, tuple(flatten(args.set)), args.job_dir, args.grace_period,
                             command=args.program, console=args.console, preempt=preempt,
-                            from_sbatch=args.from_sbatch)
+                            from_sbatch=args.from_sbatch, skip_preflight=args.skip_preflight)
     result = launch(request, console=None if args.quiet else sys.stdout)
     where = result.job_dir
     if result.status == "preempted":
@@ -189,6 +189,9 @@ def add_commands(sub, add_set: Callable[[argparse.ArgumentParser, str], None]) -
 
     p.add_argument("--grace-period", type=seconds, default=5.0, help="seconds between TERM and KILL (default 5)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the ranks' output")
+    p.add_argument("--skip-preflight", action="store_true",
+                   help="ascend: start without the NPU pre-flight (npu-smi health and processes, hccn_tool link, "
+                        "network health, IPs and pings, CANN/MindSpore versions, data_dir, free disk)")
     p.add_argument("--from-sbatch", action="store_true",
                    help="what the sbatch.sh of mscluster submit passes: the job folder is the one submit made, and "
                         "a requeued run resumes from its newest checkpoint")

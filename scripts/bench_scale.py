@@ -81,7 +81,8 @@ class LauncherRun:
     """One ``mscluster launch`` in the background: its rusage, peak threads, and when it ended."""
 
     def __init__(self, cluster: str, job_dir: str, cwd: str):
-        argv = [sys.executable, "-m", "mscluster.cli", "launch", cluster, "--job-dir", job_dir, "--console", "0"]
+        argv = [sys.executable, "-m", "mscluster.cli", "launch", cluster, "--job-dir", job_dir, "--console", "0",
+                "--skip-preflight"]  # the stand-in hosts have no NPU tools
         self.started = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)

@@ -2,7 +2,8 @@
 
 Description: eight network-namespace hosts, each with its own sshd, address and host key checked
 strictly (``tests/netns_util.py``). The ranks are ``tests/fleet_rank.py`` through ``command:``
-(``mscluster.rank``, no MindSpore), under ``backend: ascend`` with the device IPs in the file;
+(``mscluster.rank``, no MindSpore), under ``backend: ascend`` with the device IPs in the file
+(``--skip-preflight``: the stand-in hosts have no NPU tools);
 the last test trains the built-in trainer with real MindSpore, one rank per host.
 Expectation: the 64-rank job succeeds with every rank's steps in status and its lines in the logs;
 a rank failing on host 5 stops every rank on every host within seconds, is named as the root
@@ -35,7 +36,7 @@ def test_an_8_host_fleet_of_64_ranks_succeeds_and_leaves_nothing(fleet_hosts, tm
     hosts = [h.address for h in lab.hosts]
     cluster = fleet_cluster(str(tmp_path / "fleet.yaml"), hosts, lab, str(tmp_path / "runs"),
                             fleet_args=["--steps", "10", "--step-rate", "10", "--lines-per-s", "20"])
-    proc = run_launch(cluster, cwd=str(tmp_path), console="0", timeout=240)
+    proc = run_launch(cluster, "--skip-preflight", cwd=str(tmp_path), console="0", timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job = only_job_dir(str(tmp_path / "runs"))
     with open(os.path.join(job, "status.json"), encoding="utf-8") as handle:
@@ -66,7 +67,7 @@ def test_a_rank_failing_on_host_5_stops_every_rank_on_every_host(fleet_hosts, tm
                             fleet_args=["--steps", "1000", "--step-rate", "5", "--fail-step", "4",
                                         "--fail-rank", str(culprit)])
     began = time.monotonic()
-    proc = run_launch(cluster, cwd=str(tmp_path), console="0", timeout=240)
+    proc = run_launch(cluster, "--skip-preflight", cwd=str(tmp_path), console="0", timeout=240)
     elapsed = time.monotonic() - began
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert elapsed < 60, f"the other ranks had 200 s to go; the job took {elapsed:.0f} s"
@@ -97,7 +98,7 @@ def test_real_mindspore_on_8_hosts_ends_with_one_set_of_weights(fleet_hosts, tmp
                             ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file,
                                  "connect_timeout": 20, "known_hosts": spec.known_hosts,
                                  "keepalive_count": 12})
-    proc = run_launch(cluster, cwd=str(tmp_path), console="0", timeout=600)
+    proc = run_launch(cluster, "--skip-preflight", cwd=str(tmp_path), console="0", timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     job = only_job_dir(str(tmp_path / "runs"))
     digests = final_digests(job)

@@ -203,7 +203,8 @@ def test_ascend_under_slurm_discovers_device_ips_on_each_node_and_starts_every_r
         "python": sys.executable, "console": "all", "bind_cores": False,
         "slurm": {"nodes": 2, "devices_per_host": 2}, "command": ["python", "-c", program]}))
     env = {**slurm_cluster.env, "PATH": f"{fakebin}:{slurm_cluster.env['PATH']}"}  # srun passes it to the nodes
-    proc = subprocess.run(["salloc", "-N2", "--quiet", *MSCLUSTER, "launch", str(cluster)], cwd=str(tmp_path), env=env,
+    proc = subprocess.run(["salloc", "-N2", "--quiet", *MSCLUSTER, "launch", str(cluster), "--skip-preflight"],
+                          cwd=str(tmp_path), env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job = only_job_dir(str(tmp_path / "runs"))
@@ -230,7 +231,8 @@ def test_a_frozen_agent_is_cut_off_and_its_step_cancelled_leaving_nothing(slurm_
         "slurm": {"nodes": 2, "devices_per_host": 1},
         "command": ["python", "-c", "import time; print('up', flush=True); time.sleep(300)"]}))
     env = {**slurm_cluster.env, "PATH": f"{fakebin}:{slurm_cluster.env['PATH']}"}
-    proc = subprocess.Popen(["salloc", "-N2", "--quiet", *MSCLUSTER, "launch", str(cluster), "--console", "all"],
+    proc = subprocess.Popen(["salloc", "-N2", "--quiet", *MSCLUSTER, "launch", str(cluster), "--console", "all",
+                             "--skip-preflight"],
                             cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     n2 = slurm_cluster.lab.hosts[1]
 
