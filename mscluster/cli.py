@@ -64,6 +64,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer import config
 
     cfg = config.load(args.config, flatten(args.set))
+    from mscluster import pod
+
+    workers = pod.pod_workers(os.environ)  # a pod of Huawei's ascend-operator: one process per NPU of it
+    if workers is not None:
+        argv = [sys.executable, "-m", "mscluster.cli", "train", *(["--config", args.config] if args.config else []),
+                *(["--set", *flatten(args.set)] if flatten(args.set) else [])]
+        return pod.run_workers(argv, workers, os.environ)
     _prepare_mindspore_process()
     from trainer.faults import InjectedFault
     from trainer.train import train

@@ -106,7 +106,11 @@ def rank_info(environ: Optional[Mapping[str, str]] = None) -> RankInfo:
 
     Three cases, decided by the environment alone: ``RANK_TABLE_FILE`` set, Ascend with HCCL
     (``RANK_ID``, ``RANK_SIZE``, ``DEVICE_ID``); ``MS_ROLE`` set, MindSpore's dynamic cluster
-    (``MS_WORKER_NUM``, ``MS_NODE_ID``); neither, one process, rank 0 of 1.
+    (``MS_WORKER_NUM``, ``MS_NODE_ID``); neither, one process, rank 0 of 1. What Huawei's
+    ascend-operator injects into a MindSpore pod is read too: without ``MS_NODE_ID`` the rank is
+    ``MS_NODE_RANK x MS_LOCAL_WORKER + LOCAL_RANK``, and ``MS_LOCAL_WORKER`` is the host's rank count
+    (``mscluster.pod`` starts one process per NPU of such a pod). ``DEVICE_ID`` defaults to the
+    local rank, as msrun sets it.
 
     Raises:
         RankEnvError: a variable is not an integer, or a rank is out of range.
@@ -121,14 +125,15 @@ def rank_info(environ: Optional[Mapping[str, str]] = None) -> RankInfo:
         "checkpoint_dir": jobfiles.checkpoints_dir(job_dir) if job_dir else None,
         "restart_count": _int(env, RESTART_COUNT_ENV, 0),
         "local_rank": _int(env, "LOCAL_RANK", 0),
-        "local_size": max(_int(env, "LOCAL_SIZE", 1), 1),
+        "local_size": max(_int(env, "LOCAL_SIZE", _int(env, "MS_LOCAL_WORKER", 1)), 1),
         "device_target": _device_target(env),
     }
+    device_id = _int(env, "DEVICE_ID", common["local_rank"])
     if env.get("RANK_TABLE_FILE"):
         size, rank = _int(env, "RANK_SIZE"), _int(env, "RANK_ID")
         if rank >= size:
             raise RankEnvError(f"environment: RANK_ID={rank} must be < RANK_SIZE={size}")
-        return RankInfo(rank=rank, world_size=size, device_id=_int(env, "DEVICE_ID", 0), backend=HCCL, **common)
+        return RankInfo(rank=rank, world_size=size, device_id=device_id, backend=HCCL, **common)
     role = env.get("MS_ROLE")
     if role:
         size = _int(env, "MS_WORKER_NUM")
@@ -136,11 +141,14 @@ def rank_info(environ: Optional[Mapping[str, str]] = None) -> RankInfo:
             return RankInfo(world_size=size, backend=DYNAMIC_CLUSTER, is_scheduler=True, **common)
         if role != "MS_WORKER":
             raise RankEnvError(f"environment: MS_ROLE={role!r} is neither MS_SCHED nor MS_WORKER")
-        rank = _int(env, "MS_NODE_ID", _int(env, "RANK_ID", 0))
+        if env.get("MS_NODE_ID") or not env.get("MS_NODE_RANK"):
+            rank = _int(env, "MS_NODE_ID", _int(env, "RANK_ID", 0))
+        else:  # ascend-operator: the pod's node rank and its local workers
+            rank = _int(env, "MS_NODE_RANK") * common["local_size"] + common["local_rank"]
         if rank >= size:
-            raise RankEnvError(f"environment: MS_NODE_ID={rank} must be < MS_WORKER_NUM={size}")
-        return RankInfo(rank=rank, world_size=size, device_id=_int(env, "DEVICE_ID", 0), backend=DYNAMIC_CLUSTER,
-                        **common)
+            raise RankEnvError(f"environment: rank {rank} (MS_NODE_ID, or MS_NODE_RANK x MS_LOCAL_WORKER + "
+                               f"LOCAL_RANK) must be < MS_WORKER_NUM={size}")
+        return RankInfo(rank=rank, world_size=size, device_id=device_id, backend=DYNAMIC_CLUSTER, **common)
     return RankInfo(**common)
 
 

@@ -392,6 +392,12 @@ BAD_FILES = [
           - {address: localhost, devices: 2}
         train: {grad_exchange: shared_memory, grad_buckets: 8}
         """, 4, "train", "grad_buckets: applies to grad_exchange collective"),
+    ("sink mode with the trainer's own step loop", """
+        name: a
+        hosts:
+          - {address: localhost, devices: 2}
+        train: {sink_mode: true, grad_accumulation: 4}
+        """, 4, "train", "sink_mode: sinks MindSpore's own step"),
     ("the shared-memory exchange on Ascend", """
         name: a
         backend: ascend

@@ -91,7 +91,7 @@ def test_rank_info_reads_each_kind_of_environment():
     assert (hccl.rank, hccl.device_id, hccl.local_rank, hccl.backend, hccl.device_target) == (9, 1, 1, HCCL, "Ascend")
     sched = rank_info({"MS_ROLE": "MS_SCHED", "MS_WORKER_NUM": "2"})
     assert sched.is_scheduler and rank_info({}).backend == SINGLE
-    with pytest.raises(RankEnvError, match="MS_NODE_ID=5 must be < MS_WORKER_NUM=2"):
+    with pytest.raises(RankEnvError, match=r"rank 5 \(MS_NODE_ID, or MS_NODE_RANK x MS_LOCAL_WORKER \+ LOCAL_RANK\) must be < MS_WORKER_NUM=2"):
         rank_info({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "2", "MS_NODE_ID": "5"})
     with pytest.raises(RankEnvError, match="RANK_ID='x' is not an integer"):
         rank_info({"RANK_TABLE_FILE": "/t.json", "RANK_ID": "x", "RANK_SIZE": "2"})

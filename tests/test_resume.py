@@ -35,7 +35,8 @@ STEPS = 6  # per epoch; global steps 7..12 are epoch 2
 TRAIN = {"arch": "resnet18", "stem": "cifar", "width": 8, "image_size": 32, "batch_size": 16,
          "epochs": 3, "steps_per_epoch": STEPS, "save_every_steps": 2, "keep_max": 20,
          "lr": 0.05, "lr_schedule": "cosine", "warmup_epochs": 1.0, "momentum": 0.9, "weight_decay": 1e-4,
-         "log_every_steps": 1, "eval_every_epochs": 0, "tensorboard": True}
+         "log_every_steps": 1, "eval_every_epochs": 0, "tensorboard": True,
+         "grad_exchange": "collective"}  # MindSpore's own step; the k=4 jobs below average through shared memory
 FINAL = f"ckpt_e0003_s{3 * STEPS:09d}.ckpt"
 FINAL_LINE = re.compile(r"^\[localhost:(\d)\] final rank=(\d) global_step=(\d+) loss=(\S+) weights_sha256=(\w+)$", re.M)
 PROGRESS = re.compile(r"global_step=(\d+) loss=(\S+) lr=(\S+)")
@@ -156,7 +157,8 @@ def test_tensorboard_has_each_step_once_after_the_restart(reference, rank1_sigki
 
 # -- the same with gradient accumulation: k = 4 micro-batches of 4 images per optimizer step ---------
 
-K4 = {"grad_accumulation": 4, "batch_size": 4}  # 16 images a step per rank, as above; steps are optimizer steps
+# 16 images a step per rank, as above; steps are optimizer steps; the cpu default exchange (shared memory)
+K4 = {"grad_accumulation": 4, "batch_size": 4, "grad_exchange": "auto"}
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +198,32 @@ def test_k4_resume_after_sigkill_is_bit_identical(reference_k4, tmp_path_factory
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0 and "after 1 restart(s)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"resumed from \S+ckpt_e0001_s0000000(10|08)\.ckpt epoch=1 step=(4|2)$", proc.stdout, re.M)
+    assert _finals(proc.stdout) == _finals(ref.stdout)
+    _assert_same_state(os.path.join(job, "checkpoints", FINAL), os.path.join(ref_job, "checkpoints", FINAL))
+
+
+# -- sink mode: sinks of 3 steps (sink_size 4: the largest divisor of 6 steps an epoch) ----------------------
+
+def test_sink_mode_counts_saves_and_resumes_at_sink_ends_bit_identical(reference, tmp_path_factory, cifar_dir):
+    """On CPU MindSpore runs the steps one by one (it cannot sink there); the trainer's callbacks see
+    one step end per sink, as on Ascend: logs, TensorBoard, checkpoints and the fault at sink ends.
+    The steps are the non-sink job's, so the weights must be too, through a SIGKILL and a resume."""
+    ref, ref_job = reference
+    work = tmp_path_factory.mktemp("sigkill_sink")
+    _, job, argv = _launch(work, cifar_dir, restarts=1,
+                           train={"sink_mode": True, "sink_size": 4, "debug_fail_rank": 1, "debug_fail_step": 11,
+                                  "debug_fail_signal": 9, "debug_fail_attempt": 0})
+    proc = subprocess.run(argv, cwd=str(work), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0 and "after 1 restart(s)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[localhost:0] sink mode: 3 step(s) per sink" in proc.stdout
+    # the fault fires at the end of the sink holding step 11 (step 12); step 9's checkpoint is the newest
+    # complete one (or step 6's, had its background write not ended when rank 0 was stopped)
+    assert re.search(r"resumed from \S+ckpt_e000[12]_s0000000(09|06)\.ckpt epoch=[12] step=[03]$", proc.stdout, re.M)
+    logged = [s for s, _, _ in _steps(open(os.path.join(job, "logs", "rank_0.log")).read())]
+    assert logged and all(s % 3 == 0 for s in logged) and logged[-1] == 3 * STEPS, logged
+    steps = sorted(int(n[-14:-5]) for n in os.listdir(os.path.join(job, "checkpoints")) if n.endswith(".ckpt"))
+    assert steps == [3, 6, 9, 12, 15, 18], steps  # every 2 steps, as a sink's end allows
     assert _finals(proc.stdout) == _finals(ref.stdout)
     _assert_same_state(os.path.join(job, "checkpoints", FINAL), os.path.join(ref_job, "checkpoints", FINAL))
 

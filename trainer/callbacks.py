@@ -52,6 +52,8 @@ class StepMonitor(Callback):
         self.cfg, self.info, self.per_epoch, self.lr = cfg, info, steps_per_epoch, lr
         self.start_step = start_step
         self.global_step = start_step
+        self.last_steps = 1  # steps the last step-end callback covered (a sink's length, else 1)
+        self._call_steps = 0  # MindSpore's cur_step_num at the last step end of this Model.train call
         self.epoch = 0
         self.step_in_epoch = 0
         self.last_loss: Optional[float] = None
@@ -88,14 +90,31 @@ class StepMonitor(Callback):
         self._t_end = self._t_first = None
         self._steps_after_first = 0
 
+    def passed(self, step: int) -> bool:
+        """Whether the last step end reached ``step`` (a sink may cover several steps)."""
+        return self.global_step - self.last_steps < step <= self.global_step
+
+    def passed_multiple(self, every: int) -> bool:
+        """Whether the last step end reached a multiple of ``every`` global steps."""
+        return every > 0 and self.global_step // every > (self.global_step - self.last_steps) // every
+
+    def on_train_begin(self, run_context) -> None:
+        self._call_steps = 0
+
     def on_train_step_begin(self, run_context) -> None:
         self._t_begin = time.perf_counter()
 
     def on_train_step_end(self, run_context) -> None:
         now = time.perf_counter()
-        self.global_step += 1
-        self.step_in_epoch += 1
-        loss = _loss_value(run_context.original_args().net_outputs)
+        args = run_context.original_args()
+        # MindSpore counts the steps of this train call: +1 a step, +sink_size a sink
+        current = getattr(args, "cur_step_num", None)
+        steps = max(int(current) - self._call_steps, 1) if isinstance(current, int) else 1
+        self._call_steps = current if isinstance(current, int) else self._call_steps + 1
+        self.last_steps = steps
+        self.global_step += steps
+        self.step_in_epoch += steps
+        loss = _loss_value(args.net_outputs)
         self.last_loss = loss
         step_s = now - self._t_begin
         # between step ends includes data loading: the honest throughput
@@ -105,7 +124,7 @@ class StepMonitor(Callback):
             self._t_first = now
         else:
             self._steps_after_first += 1
-        img_s = self.cfg.batch_size * self.cfg.grad_accumulation / wall if wall > 0 else 0.0
+        img_s = self.cfg.batch_size * self.cfg.grad_accumulation * steps / wall if wall > 0 else 0.0
         lr = float(self.lr[min(self.global_step - 1, len(self.lr) - 1)])
         if not np.isfinite(loss):
             logger.warning("rank %d: loss is %s at step %d", self.info.rank, loss, self.global_step)
@@ -127,7 +146,7 @@ class StepMonitor(Callback):
             self._draw(loss, img_s * self.info.world_size, now)
         else:
             every = self.cfg.log_every_steps
-            if self.step_in_epoch % every == 0 or self.step_in_epoch == self.per_epoch:
+            if self.step_in_epoch // every > (self.step_in_epoch - steps) // every or self.step_in_epoch == self.per_epoch:
                 self.stream.write(format_plain(self.epoch + 1, self.cfg.epochs, self.step_in_epoch, self.per_epoch,
                                                self.global_step, loss, lr, img_s * self.info.world_size,
                                                self.cfg.grad_accumulation) + "\n")
@@ -238,8 +257,37 @@ class StepCheckpointer(Callback):
 
     def on_train_step_end(self, run_context) -> None:
         m = self.monitor
-        if m.global_step % self.every == 0 and m.step_in_epoch < self.per_epoch:
+        if m.passed_multiple(self.every) and m.step_in_epoch < self.per_epoch:  # a sink's end past a multiple
             self.save(m.epoch, m.step_in_epoch, m.global_step, {})
+
+
+class SinkCallbacks(Callback):
+    """``callbacks`` called as MindSpore calls them in sink mode: one step begin and end per ``steps``
+    steps (CPU, where MindSpore 2.10 runs every step on its own even with dataset_sink_mode)."""
+
+    def __init__(self, callbacks: list, steps: int):
+        super().__init__()
+        self.callbacks, self.steps, self.done = callbacks, steps, 0
+
+    def on_train_begin(self, run_context) -> None:
+        self.done = 0
+        for cb in self.callbacks:
+            cb.on_train_begin(run_context)
+
+    def on_train_step_begin(self, run_context) -> None:
+        if self.done % self.steps == 0:
+            for cb in self.callbacks:
+                cb.on_train_step_begin(run_context)
+
+    def on_train_step_end(self, run_context) -> None:
+        self.done += 1
+        if self.done % self.steps == 0:
+            for cb in self.callbacks:
+                cb.on_train_step_end(run_context)
+
+    def on_train_end(self, run_context) -> None:
+        for cb in self.callbacks:
+            cb.on_train_end(run_context)
 
 
 class PreemptCheckpointer(Callback):

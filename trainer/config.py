@@ -58,6 +58,10 @@ class TrainConfig:
     amp_level: str = "O0"
     seed: int = 1  # the same on every rank: weights are not broadcast, shards need one shuffle order
     mode: str = "graph"
+    # dataset sink: the step loop runs on the device, sink_size steps per call (the zoo's way on Ascend);
+    # None = on for Ascend (unless a step of the trainer's own runs), off for CPU
+    sink_mode: Optional[bool] = None
+    sink_size: Optional[int] = None  # steps per sink; None = a whole epoch; else its largest divisor <= this
     # output
     output_dir: str = "output"  # checkpoints/, logs and tensorboard/ go under it
     save_every_epochs: int = 1
@@ -117,7 +121,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "grad_exchange": ("auto", "collective", "shared_memory"),
 }
 POSITIVE = {"image_size", "num_classes", "num_parallel_workers", "width", "epochs", "batch_size",
-            "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale", "grad_accumulation"}
+            "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale", "grad_accumulation", "sink_size"}
 NON_NEGATIVE = {"lr_init", "warmup_epochs", "momentum", "weight_decay", "seed", "save_every_epochs", "grad_buckets",
                 "save_every_steps", "eval_every_epochs", "debug_fail_rank", "debug_fail_step",
                 "debug_fail_signal", "debug_fail_attempt", "debug_pause_in_save", "debug_hang_step",
@@ -204,6 +208,11 @@ def from_dict(values: Mapping[str, Any], source: str = "settings") -> TrainConfi
             raise ConfigError(f"{source}: {exc}") from None
         checked[key] = value
     config = TrainConfig(**checked)
+    if config.sink_mode and (config.grad_accumulation > 1 or config.grad_exchange == "shared_memory"
+                             or config.grad_allreduce_dtype != "float32" or config.grad_buckets):
+        raise ConfigError("sink_mode: sinks MindSpore's own step; grad_accumulation > 1, grad_exchange "
+                          "shared_memory, a float16 exchange and grad_buckets run the trainer's own step loop: "
+                          "set sink_mode: false (or leave it unset)")
     if config.grad_exchange == "shared_memory" and config.grad_buckets:
         raise ConfigError("grad_buckets: applies to grad_exchange collective (shared_memory sums one flat "
                           "buffer per host); set one of them")

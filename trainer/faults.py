@@ -46,7 +46,7 @@ class FaultInjector(Callback):
         self.monitor, self.step, self.exit_code, self.rank = monitor, step, exit_code, rank
 
     def on_train_step_end(self, run_context) -> None:
-        if self.monitor.global_step == self.step:
+        if self.monitor.passed(self.step):
             raise InjectedFault(f"debug_fail_step: rank {self.rank} fails at step {self.step} as asked",
                                 self.exit_code)
 
@@ -59,7 +59,7 @@ class Hang(Callback):
         self.monitor, self.step = monitor, step
 
     def on_train_step_end(self, run_context) -> None:
-        if self.monitor.global_step == self.step:
+        if self.monitor.passed(self.step):
             hang_in_python(3600.0)
 
 

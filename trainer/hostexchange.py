@@ -45,8 +45,8 @@ ORPHAN_WAIT_S = 330.0  # a rank whose peer died waits this long for the launcher
 def grad_exchange(cfg, info: RankInfo) -> str:
     """How this job's ranks average gradients: ``none`` (one rank), ``collective`` or ``shared_memory``.
 
-    ``auto`` picks shared memory on the cpu backend when a host runs several ranks and no
-    ``grad_buckets`` (which tune the collective) are set. Several hosts also need the same number
+    ``auto`` picks shared memory on the cpu backend when a host runs several ranks, no
+    ``grad_buckets`` (which tune the collective) are set and ``sink_mode`` is not asked for. Several hosts also need the same number
     of ranks on each: `_model_and_optimizer` checks that across the ranks."""
     if info.world_size == 1:
         return "none"
@@ -57,8 +57,8 @@ def grad_exchange(cfg, info: RankInfo) -> str:
             raise ConfigError("grad_exchange: shared_memory is for backend cpu (MindSpore's dynamic cluster on "
                               f"CPU); this rank runs under {info.backend} on {info.device_target}")
         return "collective"
-    if cfg.grad_exchange == "auto" and (info.local_size == 1 or cfg.grad_buckets > 0):
-        return "collective"
+    if cfg.grad_exchange == "auto" and (info.local_size == 1 or cfg.grad_buckets > 0 or cfg.sink_mode):
+        return "collective"  # sink_mode: true sinks MindSpore's own step, whose exchange is the collective
     return "shared_memory"
 
 

@@ -168,6 +168,7 @@ class _Run:
     epoch_dataset: Callable[[int], Any]
     data_dir: str
     class_names: list
+    sink: bool = False  # steps run in sinks (sink_mode)
 
 
 def _resume_position(cfg: TrainConfig, info: RankInfo, ckpt_dir: str,
@@ -221,6 +222,22 @@ def own_step(cfg: TrainConfig, info: RankInfo, exchange: str) -> bool:
     """Whether the step is ``trainer.trainstep``'s (accumulation, or an exchange of ours) or MindSpore's own."""
     return cfg.grad_accumulation > 1 or exchange == "shared_memory" or (
         exchange == "collective" and (cfg.grad_allreduce_dtype != "float32" or cfg.grad_buckets > 0))
+
+
+def sink_steps(remaining: int, sink_size: Optional[int]) -> int:
+    """Steps per sink for an epoch with ``remaining`` steps: ``sink_size``'s largest divisor of it
+    (every sink the same length, the epoch ending on a sink's end), the whole epoch when None."""
+    if remaining <= 0:
+        return 1
+    top = min(sink_size or remaining, remaining)
+    return next(n for n in range(top, 0, -1) if remaining % n == 0)
+
+
+def sinking(cfg: TrainConfig, info: RankInfo, own: bool) -> bool:
+    """Whether steps run in sinks: ``sink_mode``, else on for Ascend with MindSpore's own step."""
+    if cfg.sink_mode is not None:
+        return cfg.sink_mode
+    return info.device_target == "Ascend" and not own
 
 
 def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start: Position) -> _Run:
@@ -283,7 +300,12 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
                                        cfg.grad_buckets))
     else:
         model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=cfg.amp_level, **extra)
-    return _Run(net, model, lr, per_epoch, epoch_dataset, data_dir, class_names(data_dir))
+    sink = sinking(cfg, info, own_step(cfg, info, exchange))
+    if sink:
+        emit(f"sink mode: {sink_steps(per_epoch, cfg.sink_size)} step(s) per sink"
+             + ("" if info.device_target == "Ascend" else
+                " (MindSpore runs CPU steps one by one; progress, logs and checkpoints follow the sinks)"))
+    return _Run(net, model, lr, per_epoch, epoch_dataset, data_dir, class_names(data_dir), sink)
 
 
 class _Checkpointing:
@@ -365,6 +387,27 @@ def _evaluate(cfg: TrainConfig, info: RankInfo, run: _Run, epoch: int, eval_ds, 
     return metrics, eval_ds
 
 
+def _train_epoch(run: _Run, info: RankInfo, dataset, steps: int, callbacks: list, sink_size: Optional[int],
+                 epoch: int) -> None:
+    """One epoch's ``steps`` steps: one by one, or in sinks of equal length.
+
+    On Ascend a sink is ``Model.train(steps / n, dataset, sink_size=n)``: MindSpore counts each
+    sink as an epoch and calls the step callbacks once per sink. On CPU MindSpore 2.10 does not sink
+    (``Model.train``: "The CPU cannot support dataset sink mode currently"): the steps run one by
+    one and `SinkCallbacks` hands the callbacks one call per ``n`` steps, as on Ascend.
+    """
+    if not run.sink:
+        run.model.train(epoch + 1, dataset, callbacks=callbacks, dataset_sink_mode=False, initial_epoch=epoch)
+        return
+    from trainer.callbacks import SinkCallbacks
+
+    n = sink_steps(steps, sink_size)
+    if info.device_target == "Ascend":
+        run.model.train(steps // n, dataset, callbacks=callbacks, dataset_sink_mode=True, sink_size=n)
+    else:
+        run.model.train(1, dataset, callbacks=[SinkCallbacks(callbacks, n)], dataset_sink_mode=False)
+
+
 def _epoch_loop(cfg: TrainConfig, info: RankInfo, run: _Run, start: Position, saver: _Checkpointing,
                 monitor, callbacks: list) -> TrainResult:
     """Step 4: the epochs from the resume position; per epoch: train, BatchNorm sync, evaluate, checkpoint."""
@@ -378,7 +421,7 @@ def _epoch_loop(cfg: TrainConfig, info: RankInfo, run: _Run, start: Position, sa
         monitor.begin_epoch(epoch, skip)
         if skip < run.per_epoch:
             with faults.dying_as_asked(cfg):
-                run.model.train(epoch + 1, dataset, callbacks=callbacks, dataset_sink_mode=False, initial_epoch=epoch)
+                _train_epoch(run, info, dataset, run.per_epoch - skip, callbacks, cfg.sink_size, epoch)
         result.epochs_done, result.global_step, result.last_loss = epoch + 1, monitor.global_step, monitor.last_loss
         # every rank: one BatchNorm statistics, then each evaluates its shard of the test set
         sync_batchnorm_stats(run.net, info.world_size)

@@ -214,6 +214,7 @@ class _Saved(nn.Cell):
 
 class _Args:
     net_outputs = None
+    cur_step_num = 0
 
 
 class _RunContext:
@@ -312,10 +313,13 @@ class AccumulatingModel:
     def train(self, epoch: int, dataset, callbacks=(), dataset_sink_mode: bool = False, initial_epoch: int = 0) -> None:
         """One epoch of ``dataset`` (the trainer calls it once per epoch), the callbacks' step hooks around each step."""
         context = _RunContext()
+        for cb in callbacks:
+            cb.on_train_begin(context)
         for data, label in dataset.create_tuple_iterator(num_epochs=1):
             for cb in callbacks:
                 cb.on_train_step_begin(context)
             context.args.net_outputs = ms.Tensor(self.step(data, label), ms.float32)
+            context.args.cur_step_num += 1
             for cb in callbacks:
                 cb.on_train_step_end(context)
 
