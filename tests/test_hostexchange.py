@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from trainer import hostexchange
-from trainer.hostexchange import HostExchangeError, HostLayout, HostLink, HostMean, chunk_bounds, socket_name
+from trainer.hostexchange import (HostExchangeError, HostLayout, HostLink, HostMean, chunk_bounds, grad_exchange,
+                                  socket_name)
 
 CTX = multiprocessing.get_context("fork")
 
@@ -154,7 +155,6 @@ def test_auto_picks_shared_memory_where_a_host_runs_several_cpu_ranks(setting, b
                                                                         expected):
     from mscluster.rank import RankInfo
     from trainer.config import TrainConfig
-    from trainer.hostexchange import grad_exchange
 
     backend, _, target = backend.partition("/")
     info = RankInfo(rank=0, world_size=world, local_size=local, backend=backend, device_target=target or "CPU")
@@ -165,8 +165,18 @@ def test_shared_memory_asked_for_under_hccl_is_one_line():
     from mscluster.rank import RankInfo
     from trainer.config import TrainConfig
     from trainer.errors import ConfigError
-    from trainer.hostexchange import grad_exchange
 
     with pytest.raises(ConfigError, match="^grad_exchange: shared_memory is for backend cpu"):
         grad_exchange(TrainConfig(grad_exchange="shared_memory"), RankInfo(world_size=8, local_size=8, backend="hccl",
                                                                       device_target="Ascend"))
+
+
+def test_a_float16_exchange_asked_for_is_the_collectives_unless_shared_memory_is():
+    from mscluster.rank import RankInfo
+    from trainer.config import TrainConfig
+
+    info = RankInfo(world_size=2, local_size=2, backend="dynamic_cluster")
+    assert grad_exchange(TrainConfig(grad_allreduce_dtype="float16"), info) == "collective"
+    assert grad_exchange(TrainConfig(grad_allreduce_dtype="float16", grad_exchange="shared_memory"), info) == \
+        "shared_memory"  # then float16 is what the hosts' AllReduce carries
+    assert grad_exchange(TrainConfig(sink_mode=True), info) == "collective"  # a sink runs MindSpore's own step

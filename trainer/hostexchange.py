@@ -45,8 +45,9 @@ ORPHAN_WAIT_S = 330.0  # a rank whose peer died waits this long for the launcher
 def grad_exchange(cfg, info: RankInfo) -> str:
     """How this job's ranks average gradients: ``none`` (one rank), ``collective`` or ``shared_memory``.
 
-    ``auto`` picks shared memory on the cpu backend when a host runs several ranks, no
-    ``grad_buckets`` (which tune the collective) are set and ``sink_mode`` is not asked for. Several hosts also need the same number
+    ``auto`` picks shared memory on the cpu backend when a host runs several ranks, the collective
+    is not tuned (``grad_buckets``, a float16 exchange) and ``sink_mode`` is not asked for. With
+    ``shared_memory`` asked for, a float16 exchange is that of the hosts' AllReduce. Several hosts also need the same number
     of ranks on each: `_model_and_optimizer` checks that across the ranks."""
     if info.world_size == 1:
         return "none"
@@ -57,7 +58,8 @@ def grad_exchange(cfg, info: RankInfo) -> str:
             raise ConfigError("grad_exchange: shared_memory is for backend cpu (MindSpore's dynamic cluster on "
                               f"CPU); this rank runs under {info.backend} on {info.device_target}")
         return "collective"
-    if cfg.grad_exchange == "auto" and (info.local_size == 1 or cfg.grad_buckets > 0 or cfg.sink_mode):
+    tuned = cfg.grad_buckets > 0 or cfg.grad_allreduce_dtype != "float32"  # settings of the collective
+    if cfg.grad_exchange == "auto" and (info.local_size == 1 or tuned or cfg.sink_mode):
         return "collective"  # sink_mode: true sinks MindSpore's own step, whose exchange is the collective
     return "shared_memory"
 

@@ -282,7 +282,8 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
         from trainer.trainstep import open_host_mean
 
         host = open_host_mean(info, sum(math.prod(p.shape) or 1 for p in optimizer.parameters),
-                              required=cfg.grad_exchange == "shared_memory")
+                              required=cfg.grad_exchange == "shared_memory",
+                              half=cfg.grad_allreduce_dtype == "float16")
         exchange = "shared_memory" if host is not None else "collective"
     if exchange != "none":
         emit(f"gradient exchange: {exchange}")

@@ -123,7 +123,7 @@ def uniform_hosts(info) -> bool:
     return all(s == size for s in sizes) and all(local == r % size for r, local in enumerate(locals_))
 
 
-def open_host_mean(info, total: int, required: bool, environ=None):
+def open_host_mean(info, total: int, required: bool, environ=None, half: bool = False):
     """This rank's `HostMean` over ``total`` gradient elements; None where the hosts differ in ranks and
     shared memory was not ``required`` (then the collective it is).
 
@@ -148,7 +148,10 @@ def open_host_mean(info, total: int, required: bool, environ=None):
         group = f"mscluster_local{info.local_rank}"  # the ranks of this local index, one per host
         create_group(group, layout.peers_of_index())
         sum_across = ops.AllReduce(op=ops.ReduceOp.SUM, group=group)
-        across = lambda chunk: sum_across(ms.Tensor(chunk)).asnumpy()  # noqa: E731
+        if half:  # grad_allreduce_dtype float16: the hosts exchange half precision
+            across = lambda chunk: sum_across(ms.Tensor(chunk.astype("float16"))).asnumpy().astype("float32")  # noqa: E731
+        else:
+            across = lambda chunk: sum_across(ms.Tensor(chunk)).asnumpy()  # noqa: E731
 
     env = os.environ if environ is None else environ
     link = HostLink(socket_name(exchange_key(env), layout), info.local_rank, info.local_size,
