@@ -76,6 +76,7 @@ class Agent:
         self.out = out
         self.stdin_fd = stdin_fd
         self.running: list[Running] = []
+        self.finished: set[str] = set()  # processes whose entry point returned (events.Finished)
         self.selector = selectors.DefaultSelector()
         self.stop_requested = False  # the launcher (EOF on stdin) or a signal asked for a stop
         self.kill_at: Optional[float] = None  # a stop is under way: KILL what is left at this time
@@ -216,7 +217,10 @@ class Agent:
         if not raw.strip():
             return
         try:
-            self.emit(Relayed(name=name, event=events.decode(raw)))
+            event = events.decode(raw)
+            if isinstance(event, events.Finished):
+                self.finished.add(name)
+            self.emit(Relayed(name=name, event=event))
         except events.EventError as exc:  # shown to the user, never taken for an event
             self.emit(Output(name=name, stream="stderr", line=f"mscluster agent: ignored a bad event from {name}: {exc}"))
 
@@ -254,7 +258,7 @@ class Agent:
                          code=code if code is None or code >= 0 else None,
                          signal=_signal_name(-code) if code is not None and code < 0 else None,
                          time=time.time(), error=_read_error_file(run.spec.error_file)))
-        if code != 0:
+        if code != 0 and run.spec.name not in self.finished:  # after it finished: a crash at exit, not a failure
             self.begin_stop()  # one failed: the others of this host go too
 
     # -- main loop ---------------------------------------------------------------------------------

@@ -127,8 +127,11 @@ class StatusWriter:
                 self.data["eval"] = {"epoch": event.epoch, **event.metrics}
             elif isinstance(event, events.Checkpoint):
                 proc.update(checkpoint=event.path, checkpoint_step=event.step)
+            elif isinstance(event, events.Finished):
+                proc.update(finished=True)
         elif isinstance(msg, Exited):
-            state = SUCCEEDED if msg.code == 0 else (STOPPED if stopping else FAILED)
+            # a crash after the rank said it finished (the framework's teardown) is not its failure
+            state = SUCCEEDED if msg.code == 0 or proc.get("finished") else (STOPPED if stopping else FAILED)
             proc.update(state=state, exit_code=msg.code, signal=msg.signal)
         else:
             return

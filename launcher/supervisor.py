@@ -295,6 +295,7 @@ class Supervisor:
         self.stacks: dict[str, str] = {}
         self.proc_states: dict[str, str] = {}
         self.exited: set = set()
+        self.finished: set = set()  # (host, name) of processes whose entry point returned (events.Finished)
         self._rank0_first_step_at: Optional[float] = None
         self._waiting_first_step = set(self.liveness)  # (host, name) of ranks yet to report a step
         first = next(iter(specs.values()), None)
@@ -376,6 +377,13 @@ class Supervisor:
     def _on_exit(self, host: str, msg: Exited) -> None:
         if msg.code == 0:
             return
+        if (host, msg.name) in self.finished and msg.code != PREEMPT_EXIT:
+            how = f"signal {msg.signal}" if msg.signal else f"exit code {msg.code}"
+            line = (f"mscluster: {msg.name} on {host} ended by {how} after it reported its work finished "
+                    "(a crash in the teardown at exit): not counted as a failure")
+            logger.warning("%s", line.removeprefix("mscluster: "))
+            self.sink.write(host, AGENT, line)
+            return
         left = msg.code == PREEMPT_EXIT or (self.preempting_since is not None and msg.signal == "SIGUSR1")
         if left and msg.rank is not None and self.preempted_by is None:
             # saved its checkpoint and left, as a preempted rank does: the attempt ends preempted
@@ -434,6 +442,8 @@ class Supervisor:
                         self._waiting_first_step.discard((host, item.name))
                         if not self._waiting_first_step:
                             self.result.all_progress_at = time.time()
+            if isinstance(item.event, events.Finished):
+                self.finished.add((host, item.name))
             if isinstance(item.event, events.Checkpoint):
                 self.result.last_checkpoint_step = item.event.step
             if isinstance(item.event, events.Eval):

@@ -103,10 +103,16 @@ def _faulthandler_frames(stack: str) -> list[str]:
     return frames
 
 
+# the trainer's shared-memory gradient exchange: a rank in its barrier waits for the others, as in
+# MindSpore's collective (trainer/hostexchange.py)
+EXCHANGE_FILE = "hostexchange.py"
+
+
 def inside_mindspore(stack: str) -> bool:
-    """Whether the main thread's innermost frame is MindSpore's (a collective, a graph run)."""
+    """Whether the main thread waits on the others: its innermost frame is MindSpore's (a collective,
+    a graph run), or it is in the trainer's shared-memory gradient exchange (its barrier)."""
     frames = main_thread_frames(stack)
-    return bool(frames) and "mindspore" in frames[0]
+    return bool(frames) and ("mindspore" in frames[0] or any(EXCHANGE_FILE in f for f in frames[:3]))
 
 
 FROZEN_STATES = {"T": "stopped (SIGSTOP or a debugger)", "t": "stopped by a tracer", "D": "in an uninterruptible "

@@ -9,6 +9,7 @@ again, since it trusts no message blindly. Kinds:
     eval        {"v": 1, "kind": "eval", "time", "epoch", "metrics": {name: number}}
     checkpoint  {"v": 1, "kind": "checkpoint", "time", "path", "step"}
     beat        {"v": 1, "kind": "beat", "time"}     every few seconds from a thread: alive, not frozen
+    finished    {"v": 1, "kind": "finished", "time"} the rank's entry point returned: its work is done
 
 ``step`` counts the program's own steps (the built-in trainer: optimizer steps); numbers may be
 NaN or infinite (a diverged loss is worth seeing). Pure data: no I/O, no MindSpore, no launcher.
@@ -71,7 +72,16 @@ class Beat:
     kind = "beat"
 
 
-RankEvent = Union[Progress, Eval, Checkpoint, Beat]
+@dataclass(frozen=True)
+class Finished:
+    """The rank's entry point returned normally (``mscluster.rank.record``): all that is left is the
+    interpreter's and the framework's teardown."""
+
+    time: float
+    kind = "finished"
+
+
+RankEvent = Union[Progress, Eval, Checkpoint, Beat, Finished]
 
 
 def encode(event: RankEvent) -> str:
@@ -86,7 +96,7 @@ def encode(event: RankEvent) -> str:
         body["scalars"] = dict(event.scalars)
     elif isinstance(event, Eval):
         body.update(epoch=event.epoch, metrics=dict(event.metrics))
-    elif isinstance(event, Beat):
+    elif isinstance(event, (Beat, Finished)):
         pass
     else:
         body.update(path=event.path, step=event.step)
@@ -131,6 +141,9 @@ def from_dict(raw: Any) -> RankEvent:
     if kind == "beat":
         _only(raw, {"v", "kind", "time"})
         return Beat(time=when)
+    if kind == "finished":
+        _only(raw, {"v", "kind", "time"})
+        return Finished(time=when)
     if kind == "checkpoint":
         _only(raw, {"v", "kind", "time", "path", "step"})
         path = raw.get("path")

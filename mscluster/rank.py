@@ -190,11 +190,15 @@ def record(fn: F) -> F:
     """Decorate a rank's entry point: an uncaught exception writes the error file, then propagates.
 
     ``SystemExit`` with code 0 or None and ``KeyboardInterrupt`` are not failures and write nothing.
+    When it returns, the launcher is told the rank finished (``report_finished``): a crash after that,
+    in the interpreter's or MindSpore's teardown, does not fail the job.
     """
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            report_finished()
+            return result
         except SystemExit as exc:
             if exc.code not in (0, None):
                 write_error_file(exc, exc.code if isinstance(exc.code, int) else 1)
@@ -335,6 +339,13 @@ def report(step: int, *, epoch: Optional[int] = None, loss: Optional[float] = No
 def report_eval(epoch: int, **metrics: float) -> None:
     """Tell the launcher an evaluation's results (``top1=0.91, loss=0.3``); the job's last one is kept."""
     _channel.send(events.Eval(epoch=int(epoch), time=time.time(), metrics={k: float(v) for k, v in metrics.items()}))
+
+
+def report_finished() -> None:
+    """Tell the launcher this rank's work is done (``record`` does it when the entry point returns):
+    an exit by a signal or a non-zero code after it (a crash in a framework's teardown at exit) is
+    then a warning, not the job's failure."""
+    _channel.send(events.Finished(time=time.time()))
 
 
 def report_checkpoint(path: str, step: int) -> None:

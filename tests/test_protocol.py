@@ -50,6 +50,7 @@ def test_rank_events_round_trip_and_keep_a_diverged_loss():
     assert math.isnan(nan_loss.loss) and nan_loss.step == 1 and nan_loss.scalars == {}
     ev = events.Eval(epoch=4, time=2.0, metrics={"top1": 0.5, "loss": 1.25})
     assert events.decode(events.encode(ev)) == ev
+    assert events.decode(events.encode(events.Finished(time=3.0))) == events.Finished(time=3.0)
 
 
 @pytest.mark.parametrize("line, why", [

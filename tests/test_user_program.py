@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -187,6 +188,44 @@ def test_an_exit_is_seen_even_when_a_child_keeps_the_output_open(tmp_path):
     assert root.split()[3:7] == ["localhost", "0", "0", "exit"] and root.split()[7] == "3", proc.stderr
     job = only_job_dir(str(tmp_path / "runs"))
     assert job_processes(job) == []  # the sleeping child went with its rank's process group
+
+
+CRASH_AT_EXIT = """
+import atexit, os, signal, sys
+from mscluster.rank import record
+
+@record
+def main():
+    print('work done', flush=True)
+    if sys.argv[1] == 'before':
+        os.kill(os.getpid(), signal.SIGSEGV)  # dies in the middle of its work
+
+atexit.register(lambda: os.kill(os.getpid(), signal.SIGSEGV))  # as MindSpore's teardown did, now and then
+main()
+"""
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_a_crash_after_the_entry_point_returned_is_not_the_jobs_failure(tmp_path, when):
+    """record() says the rank finished; a SIGSEGV after that (a framework's teardown) is a warning."""
+    (tmp_path / "crash.py").write_text(CRASH_AT_EXIT)
+    # ascend from a rank table: no scheduler waiting for a MindSpore that this program never starts
+    cluster = _cluster(tmp_path / "c.yaml", command=["python", str(tmp_path / "crash.py"), when], backend="ascend",
+                       ascend={"init": "ranktable"}, python=sys.executable,
+                       hosts=[{"address": "localhost", "devices": 2, "device_ips": {0: "10.9.0.1", 1: "10.9.0.2"}}])
+    proc = run_launch(cluster, "--skip-preflight", cwd=str(tmp_path), timeout=120)
+    job = only_job_dir(str(tmp_path / "runs"))
+    result = json.load(open(os.path.join(job, "result.json")))
+    if when == "after":
+        assert proc.returncode == 0 and result["status"] == "succeeded", proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert re.search(r"rank0 on localhost ended by signal SIGSEGV after it reported its work finished "
+                         r"\(a crash in the teardown at exit\): not counted as a failure", proc.stdout + proc.stderr)
+        status = json.load(open(os.path.join(job, "status.json")))
+        assert {p["state"] for name, p in status["processes"].items() if name.startswith("rank")} == {"succeeded"}
+    else:
+        assert proc.returncode == 1 and result["status"] == "failed"
+        assert "SIGSEGV" in proc.stderr
+    assert job_processes(job) == []
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -55,6 +55,15 @@ Current thread 0x00007f8b5a6e8740 (most recent call first):
   File "/v/lib/python3.11/site-packages/mindspore/train/callback/_callback.py", line 402 in on_train_step_end
 
 """
+SPY_IN_EXCHANGE = """Process 4244: python -m mscluster.cli train --config j/train.attempt0.yaml
+Python v3.11.7 (/usr/bin/python3.11)
+
+Thread 4244 (idle): "MainThread"
+    _recv_exact (trainer/hostexchange.py:167)
+    barrier (trainer/hostexchange.py:232)
+    mean (trainer/hostexchange.py:291)
+    step (trainer/trainstep.py:300)
+"""
 SPEC = WatchdogSpec(stall_timeout=30, startup_timeout=60, beat_interval=2)
 
 
@@ -90,12 +99,16 @@ def test_the_culprit_is_the_frozen_then_the_slowest_then_the_one_outside_mindspo
     assert c.name == "rank0" and "hang_in_python (trainer/faults.py:59)" in c.why
     c = watchdog.choose_culprit(alike, {"rank0": SPY_WAITING, "rank1": SPY_WAITING}, now=100.0, spec=SPEC)
     assert c.name is None and c.why == "all ranks stuck at step 6"
+    # a rank in the shared-memory exchange's barrier waits for the others, as in MindSpore's collective
+    c = watchdog.choose_culprit(alike, {"rank0": SPY_SLEEPING, "rank1": SPY_IN_EXCHANGE}, now=100.0, spec=SPEC)
+    assert c.name == "rank0" and "hang_in_python (trainer/faults.py:59)" in c.why
 
 
 def test_the_main_threads_frames_come_from_a_py_spy_dump():
     assert watchdog.main_thread_frames(SPY_WAITING)[:2] == ["__call__ (mindspore/common/api.py:1077)",
                                                             "_run_construct (mindspore/nn/cell.py:711)"]
     assert watchdog.inside_mindspore(SPY_WAITING) and not watchdog.inside_mindspore(SPY_SLEEPING)
+    assert watchdog.inside_mindspore(SPY_IN_EXCHANGE)
     assert watchdog.main_thread_frames(FAULTHANDLER_SLEEPING)[:2] == [
         "hang_in_python (/work/main/trainer/faults.py:59)", "on_train_step_end (/work/main/trainer/faults.py:53)"]
     assert not watchdog.inside_mindspore(FAULTHANDLER_SLEEPING)
