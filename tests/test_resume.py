@@ -202,28 +202,29 @@ def test_k4_resume_after_sigkill_is_bit_identical(reference_k4, tmp_path_factory
     _assert_same_state(os.path.join(job, "checkpoints", FINAL), os.path.join(ref_job, "checkpoints", FINAL))
 
 
-# -- sink mode: sinks of 3 steps (sink_size 4: the largest divisor of 6 steps an epoch) ----------------------
+# -- sink mode: sinks of 2 steps (sink_size 2 divides the 6 steps of an epoch) ---------------------------------
 
 def test_sink_mode_counts_saves_and_resumes_at_sink_ends_bit_identical(reference, tmp_path_factory, cifar_dir):
     """On CPU MindSpore runs the steps one by one (it cannot sink there); the trainer's callbacks see
     one step end per sink, as on Ascend: logs, TensorBoard, checkpoints and the fault at sink ends.
-    The steps are the non-sink job's, so the weights must be too, through a SIGKILL and a resume."""
+    The steps are the non-sink job's, and its checkpoints (every 2 steps, where the ranks also average
+    their BatchNorm statistics) fall on sink ends: the weights must be its own, through a SIGKILL."""
     ref, ref_job = reference
     work = tmp_path_factory.mktemp("sigkill_sink")
     _, job, argv = _launch(work, cifar_dir, restarts=1,
-                           train={"sink_mode": True, "sink_size": 4, "debug_fail_rank": 1, "debug_fail_step": 11,
+                           train={"sink_mode": True, "sink_size": 2, "debug_fail_rank": 1, "debug_fail_step": 11,
                                   "debug_fail_signal": 9, "debug_fail_attempt": 0})
     proc = subprocess.run(argv, cwd=str(work), capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0 and "after 1 restart(s)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[localhost:0] sink mode: 3 step(s) per sink" in proc.stdout
-    # the fault fires at the end of the sink holding step 11 (step 12); step 9's checkpoint is the newest
-    # complete one (or step 6's, had its background write not ended when rank 0 was stopped)
-    assert re.search(r"resumed from \S+ckpt_e000[12]_s0000000(09|06)\.ckpt epoch=[12] step=[03]$", proc.stdout, re.M)
-    logged = [s for s, _, _ in _steps(open(os.path.join(job, "logs", "rank_0.log")).read())]
-    assert logged and all(s % 3 == 0 for s in logged) and logged[-1] == 3 * STEPS, logged
-    steps = sorted(int(n[-14:-5]) for n in os.listdir(os.path.join(job, "checkpoints")) if n.endswith(".ckpt"))
-    assert steps == [3, 6, 9, 12, 15, 18], steps  # every 2 steps, as a sink's end allows
+    assert "[localhost:0] sink mode: 2 step(s) per sink" in proc.stdout
+    # the fault fires at the end of the sink holding step 11 (step 12): step 10's checkpoint is the newest
+    # complete one (or step 8's, had its background write not ended when rank 0 was stopped)
+    assert re.search(r"resumed from \S+ckpt_e0001_s0000000(10|08)\.ckpt epoch=1 step=(4|2)$", proc.stdout, re.M)
+    first, second = open(os.path.join(job, "logs", "rank_0.log")).read().split(SEPARATOR)
+    assert [s for s, _, _ in _steps(first)] == [2, 4, 6, 8, 10, 12]  # one line a sink (log_every_steps: 1)
+    assert [s for s, _, _ in _steps(second)][-1] == 3 * STEPS
+    assert all(s % 2 == 0 for s, _, _ in _steps(second))
     assert _finals(proc.stdout) == _finals(ref.stdout)
     _assert_same_state(os.path.join(job, "checkpoints", FINAL), os.path.join(ref_job, "checkpoints", FINAL))
 
