@@ -248,10 +248,11 @@ def test_a_checkpoint_of_another_k_is_refused_unless_asked(single_job, tmp_path,
 
 @pytest.fixture(scope="module")
 def rank0_killed_mid_save(tmp_path_factory, cifar_dir):
-    """Rank 0 is SIGKILLed while its second checkpoint (global step 4) is half-written; restarts: 1."""
+    """Rank 0 is SIGKILLed while its second checkpoint (global step 4) is half-written (each save pauses
+    4 s half-way on the first attempt); restarts: 1."""
     work = tmp_path_factory.mktemp("midsave")
     _, job, argv = _launch(work, cifar_dir, restarts=1,
-                           train={"debug_pause_in_save": 8.0, "debug_fail_attempt": 0, "tensorboard": False})
+                           train={"debug_pause_in_save": 4.0, "debug_fail_attempt": 0, "tensorboard": False})
     proc = subprocess.Popen(argv, cwd=str(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     watchdog = threading.Timer(600, kill_group, args=(proc,))

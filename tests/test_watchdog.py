@@ -116,7 +116,7 @@ def test_the_main_threads_frames_come_from_a_py_spy_dump():
 
 def _job(tmp_path, cifar_dir, stacks="auto", **train):
     cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, restarts=1,
-                            watchdog={"stall_timeout": 15, "startup_timeout": 240, "beat_interval": 1, "stacks": stacks},
+                            watchdog={"stall_timeout": 10, "startup_timeout": 240, "beat_interval": 1, "stacks": stacks},
                             train={"epochs": 1, "steps_per_epoch": 30, "save_every_steps": 4, "lr": 0.01, **train})
     job = str(tmp_path / "job")
     return start_launch(cluster, "--job-dir", job, cwd=str(tmp_path), capture=True), job
