@@ -323,8 +323,9 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         preflight_s = round(time.monotonic() - began, 3)
         rank_table, device_ips, cpus = None, None, None
         if cluster.uses_rank_table:
-            device_ips = discover_ips(plan_ranks(cluster), executors)
-            rank_table = dump_rank_table(build_rank_table(plan_ranks(cluster), device_ips))
+            placement = plan_ranks(cluster)
+            device_ips = discover_ips(placement, executors)
+            rank_table = dump_rank_table(build_rank_table(placement, device_ips))
         if cluster.backend == "ascend" and not request.skip_preflight:
             cpus = npu_preflight(cluster, executors, _in_parallel, device_ips)
             preflight_s = round(time.monotonic() - began, 3)

@@ -17,7 +17,7 @@ checkpoints kept.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from launcher.protocol import split_cpus
@@ -138,19 +138,11 @@ class HostReport:
     allowed_cpus: tuple[int, ...] = ()
 
 
-@dataclass
-class Problems:
-    lines: list[str] = field(default_factory=list)
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-
-
-def _ran(report: HostReport, key: str, what: str, problems: Problems) -> Optional[str]:
+def _ran(report: HostReport, key: str, what: str, problems: list[str]) -> Optional[str]:
     code, output = report.outputs.get(key, (127, "not run"))
     if code != 0:
         last = next((ln.strip() for ln in reversed(output.splitlines()) if ln.strip()), "no output")
-        problems.add(f"host {report.label}: {what} failed (exit {code}: {last[:120]})")
+        problems.append(f"host {report.label}: {what} failed (exit {code}: {last[:120]})")
         return None
     return output
 
@@ -158,33 +150,33 @@ def _ran(report: HostReport, key: str, what: str, problems: Problems) -> Optiona
 def device_problems(report: HostReport, devices: Sequence[int], expected_ips: Mapping[int, str],
                     ping_peers: Mapping[int, str]) -> list[str]:
     """The problems of one host's NPUs, one line each naming the host and the device."""
-    problems = Problems()
+    problems: list[str] = []
     smi_text = _ran(report, "npu-smi info", "npu-smi info", problems)
     if smi_text is not None:
         smi = parse_npu_smi(smi_text)
         for device in devices:
             if device not in smi.health:
                 listed = ", ".join(map(str, sorted(smi.health))) or "none"
-                problems.add(f"host {report.label}: NPU {device} is not listed by npu-smi info (listed: {listed})")
+                problems.append(f"host {report.label}: NPU {device} is not listed by npu-smi info (listed: {listed})")
             elif smi.health[device] != "OK":
-                problems.add(f"host {report.label}: NPU {device} Health is {smi.health[device]} (npu-smi info), not OK")
+                problems.append(f"host {report.label}: NPU {device} Health is {smi.health[device]} (npu-smi info), not OK")
             if smi.processes.get(device):
                 pids = ", ".join(map(str, smi.processes[device]))
-                problems.add(f"host {report.label}: NPU {device} is busy: process(es) {pids} hold it (npu-smi info)")
+                problems.append(f"host {report.label}: NPU {device} is busy: process(es) {pids} hold it (npu-smi info)")
     for device in devices:
         text = _ran(report, f"link {device}", f"hccn_tool -i {device} -link -g", problems)
         if text is not None and parse_link(text) != "UP":
-            problems.add(f"host {report.label}: NPU {device} link is {parse_link(text) or 'unknown'} "
+            problems.append(f"host {report.label}: NPU {device} link is {parse_link(text) or 'unknown'} "
                          f"(hccn_tool -i {device} -link -g), not UP")
         text = _ran(report, f"health {device}", f"hccn_tool -i {device} -net_health -g", problems)
         if text is not None and parse_net_health(text) != "Success":
-            problems.add(f"host {report.label}: NPU {device} network health is {parse_net_health(text) or 'unknown'} "
+            problems.append(f"host {report.label}: NPU {device} network health is {parse_net_health(text) or 'unknown'} "
                          f"(hccn_tool -i {device} -net_health -g), not Success")
         if device in expected_ips:
             text = _ran(report, f"ip {device}", f"hccn_tool -i {device} -ip -g", problems)
             actual = parse_ip(text) if text is not None else None
             if text is not None and actual != expected_ips[device]:
-                problems.add(f"host {report.label}: NPU {device} has IP {actual or 'none'} (hccn_tool -i {device} "
+                problems.append(f"host {report.label}: NPU {device} has IP {actual or 'none'} (hccn_tool -i {device} "
                              f"-ip -g), the rank table says {expected_ips[device]}")
         if device in ping_peers:
             key = f"ping {device}"
@@ -192,10 +184,10 @@ def device_problems(report: HostReport, devices: Sequence[int], expected_ips: Ma
             loss = ping_loss(text)
             if code != 0 or loss is None or loss > 0 or "recv time out" in text:
                 said = f"{loss:g}% packet loss" if loss is not None else f"exit {code}"
-                problems.add(f"host {report.label}: NPU {device} does not reach {ping_peers[device]} (the same "
+                problems.append(f"host {report.label}: NPU {device} does not reach {ping_peers[device]} (the same "
                              f"NPU on the next server): hccn_tool -i {device} -ping -g address "
                              f"{ping_peers[device]}: {said}")
-    return problems.lines
+    return problems
 
 
 def cluster_problems(reports: Sequence[HostReport], checkpoint_bytes: int) -> list[str]:

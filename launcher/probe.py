@@ -123,8 +123,8 @@ def npu_report(spec: Mapping[str, Any]) -> int:
         data_files = {name: os.path.getsize(os.path.join(data_dir, name)) for name in sorted(os.listdir(data_dir))
                       if name.endswith(".bin") and os.path.isfile(os.path.join(data_dir, name))}
     free = None
-    space = spec.get("space_dir") or "."
-    while space and not os.path.isdir(space):
+    space = os.path.abspath(spec.get("space_dir") or ".")  # the job folder's disk: its nearest existing folder
+    while not os.path.isdir(space):
         space = os.path.dirname(space.rstrip("/")) or "/"
     try:
         free = shutil.disk_usage(space).free

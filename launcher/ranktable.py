@@ -51,12 +51,10 @@ def build_rank_table(plan: Plan, device_ips: Mapping[tuple[str, int], str]) -> d
         if not ip:
             raise DiscoveryError(f"{rank.host}: no IP for device {rank.device_id} (rank {rank.rank}); "
                                  f"set hosts[{rank.host_index}].device_ips in {plan.cluster.source}")
-        device = {"device_id": str(rank.device_id), "device_ip": ip, "rank_id": str(rank.rank)}
-        if v12:
-            sdid = plan.cluster.hosts[rank.host_index].super_device_id(rank.device_id)
-            device = {"device_id": str(rank.device_id), "super_device_id": str(sdid), "device_ip": ip,
-                      "rank_id": str(rank.rank)}
-        servers.setdefault(rank.host, []).append(device)
+        sdid = plan.cluster.hosts[rank.host_index].super_device_id(rank.device_id) if v12 else None
+        servers.setdefault(rank.host, []).append(
+            {"device_id": str(rank.device_id), **({"super_device_id": str(sdid)} if v12 else {}),
+             "device_ip": ip, "rank_id": str(rank.rank)})
     if not v12:
         return {
             "version": "1.0",

@@ -27,17 +27,11 @@ import time
 from typing import Mapping, Optional, Sequence
 
 from mscluster.errors import RankEnvError
+from mscluster.rank import _int  # the one reader of an integer variable
 
 OPERATOR_RANK_TABLE = "/user/serverid/devindex/config/hccl.json"
 RANK_TABLE_WAIT_S = 600.0  # the operator writes "completed" once every pod of the job is placed
 GRACE_S = 10.0
-
-
-def _count(environ: Mapping[str, str], name: str) -> int:
-    raw = environ.get(name, "")
-    if not raw.isdigit():
-        raise RankEnvError(f"environment: {name}={raw!r} is not a count")
-    return int(raw)
 
 
 def dynamic_workers(environ: Mapping[str, str]) -> Optional[list[dict[str, str]]]:
@@ -51,10 +45,10 @@ def dynamic_workers(environ: Mapping[str, str]) -> Optional[list[dict[str, str]]
         return None
     if not environ.get("MS_LOCAL_WORKER"):
         return None
-    local = _count(environ, "MS_LOCAL_WORKER")
+    local = _int(environ, "MS_LOCAL_WORKER")
     if local <= 1:
         return None
-    node, total = _count(environ, "MS_NODE_RANK"), _count(environ, "MS_WORKER_NUM")
+    node, total = _int(environ, "MS_NODE_RANK"), _int(environ, "MS_WORKER_NUM")
     if (node + 1) * local > total:
         raise RankEnvError(f"environment: MS_NODE_RANK={node} x MS_LOCAL_WORKER={local} leaves no room in "
                            f"MS_WORKER_NUM={total} for this pod's {local} ranks")

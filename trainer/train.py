@@ -287,7 +287,8 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
         exchange = "shared_memory" if host is not None else "collective"
     if exchange != "none":
         emit(f"gradient exchange: {exchange}")
-    if own_step(cfg, info, exchange):
+    own = own_step(cfg, info, exchange)
+    if own:
         from trainer.trainstep import AccumulatingModel, ExchangeStep
 
         network = nn.WithLossCell(net, loss_fn)
@@ -301,7 +302,7 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
                                        cfg.grad_buckets))
     else:
         model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=cfg.amp_level, **extra)
-    sink = sinking(cfg, info, own_step(cfg, info, exchange))
+    sink = sinking(cfg, info, own)
     if sink:
         emit(f"sink mode: {sink_steps(per_epoch, cfg.sink_size)} step(s) per sink"
              + ("" if info.device_target == "Ascend" else
