@@ -183,10 +183,8 @@ def _compose(text: str, source: str) -> tuple[Any, dict[Path, int], dict[Path, s
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    line = f"{mark.line + 1}:" if mark is not None else ""
-    return f"{source}:{line} not valid YAML: {problem}"
+    line, problem = safeyaml.describe_error(exc)
+    return f"{source}:{f'{line}:' if line is not None else ''} not valid YAML: {problem}"
 
 
 def _record_lines(node: yaml.Node, path: Path, lines: dict[Path, int], source: str,

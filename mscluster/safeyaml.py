@@ -8,6 +8,7 @@ before anything walks it. The one YAML reader of cluster files and settings file
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 import yaml
@@ -38,6 +39,31 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+# YAML 1.1 (PyYAML) reads ``1e-3`` as a string: a float needs a dot there. Users write ``lr: 1e-3`` and
+# mean a number, as YAML 1.2, JSON and Python read it; this resolver (after the 1.1 ones) agrees with them.
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+\Z"), list("-+0123456789"))
+
+# Problems where the parser notices a missing ':' , quote or bracket only lines later: the line the user
+# must fix is where that key, quote or bracket began (the context mark), not where the reader gave up.
+_OPENED = {"while scanning a simple key": "a key on this line has no ':' after it",
+           "while scanning a quoted scalar": "a quote opened on this line is not closed",
+           "while parsing a flow": "a '[' or '{' opened on this line is not closed"}
+
+
+def describe_error(exc: yaml.YAMLError) -> tuple[Optional[int], str]:
+    """The 1-based line a user must fix (None: unknown) and the problem in words, for a one-line message."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None) or ""
+    mark = getattr(exc, "problem_mark", None)
+    opened = next((why for start, why in _OPENED.items() if context.startswith(start)), None)
+    if opened is not None and getattr(exc, "context_mark", None) is not None:
+        mark = exc.context_mark  # type: ignore[attr-defined]
+        problem = f"{problem}: {opened}"
+    mark = mark or getattr(exc, "context_mark", None)
+    return (mark.line + 1 if mark is not None else None), problem
 
 
 def _expanded_size(root: yaml.Node) -> int:

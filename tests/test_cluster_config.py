@@ -434,7 +434,7 @@ def test_missing_required_field(tmp_path, text, field):
 
 @pytest.mark.parametrize("text,line,fragment", [
     ("name: a\nhosts:\n  - address: localhost\n   devices: 1\n", 4, "expected <block end>"),
-    ("name: a\nhosts: [\n  {address: x, devices: 1}\nrestarts: 0\n", 4, "expected ',' or ']'"),
+    ("name: a\nhosts: [\n  {address: x, devices: 1}\nrestarts: 0\n", 2, "'[' or '{' opened on this line is not closed"),
     ("name: a\n\tb: 1\n", 2, "'\\t'"),
 ])
 def test_not_yaml_names_the_line(tmp_path, text, line, fragment):

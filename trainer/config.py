@@ -195,7 +195,8 @@ def from_dict(values: Mapping[str, Any], source: str = "settings") -> TrainConfi
             value = _check_type(key, hints[key], value)
             if value is not None:
                 if key in CHOICES and value not in CHOICES[key]:
-                    raise ConfigError(f"{key}: expected one of {', '.join(CHOICES[key])}, got {value!r}")
+                    raise ConfigError(f"{key}: expected one of {', '.join(CHOICES[key])}, got {value!r}"
+                                      + _choice_hint(value, CHOICES[key]))
                 if key in POSITIVE and value <= 0:
                     raise ConfigError(f"{key}: must be > 0, got {value!r}")
                 if key in NON_NEGATIVE and value < 0:
@@ -257,7 +258,14 @@ def load(path: Optional[str] = None, set_pairs: tuple[str, ...] | list[str] = ()
     return from_dict(merge(values, overrides), source)
 
 
+def _choice_hint(value: str, choices: tuple[str, ...]) -> str:
+    """A hint for the levels O0..O3 typed with a zero (``03``, which YAML reads as 3) or a small o."""
+    for choice in choices:
+        if choice[:1] == "O" and value.upper().lstrip("0O") == choice[1:].lstrip("0") and value != choice:
+            return f" (did you mean {choice!r}, with the letter O?)"
+    return ""
+
+
 def _yaml_where(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or "parse error"
-    return f"line {mark.line + 1}: {problem}" if mark is not None else str(problem)
+    line, problem = safeyaml.describe_error(exc)
+    return f"line {line}: {problem}" if line is not None else problem
