@@ -249,5 +249,5 @@ def format_job_plan(job: JobPlan) -> str:
 
 
 def _quote(value: str) -> str:
-    """Placeholders (``<job dir>``) print as they are; real values shell-quoted."""
-    return value if "<" in value and ">" in value and not set(value) & set("'\" $`") else shlex.quote(value)
+    """A value as a shell would need it; a placeholder too (``'<job dir>'``: its text holds a space)."""
+    return shlex.quote(str(value))
