@@ -101,8 +101,8 @@ def scheduler_argv(cluster: ClusterSpec, host: HostSpec, local_python: Optional[
 def train_settings(cluster: ClusterSpec, job_dir_on_host: str, attempt: int) -> dict[str, Any]:
     """The built-in trainer's settings for one attempt: the ``train:`` section, its folder, resume."""
     if attempt > 0:  # a restart continues from the newest good checkpoint
-        return cluster.train_settings(output_dir=str(job_dir_on_host), resume=train_config.RESUME_AUTO)
-    return cluster.train_settings(output_dir=str(job_dir_on_host))
+        return cluster.train_section(output_dir=str(job_dir_on_host), resume=train_config.RESUME_AUTO)
+    return cluster.train_section(output_dir=str(job_dir_on_host))
 
 
 def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:

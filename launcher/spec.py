@@ -243,7 +243,7 @@ class ClusterSpec:
         """The ``train:`` section as given (the keys the file sets)."""
         return dict(self.train)
 
-    def train_settings(self, **changes: Any) -> dict[str, Any]:
+    def train_section(self, **changes: Any) -> dict[str, Any]:
         """The ``train:`` section as given with ``changes`` on top, each a ``TrainConfig`` field.
 
         Raises:
@@ -256,7 +256,7 @@ class ClusterSpec:
 
     def with_train(self, **changes: Any) -> "ClusterSpec":
         """This cluster with ``changes`` (``TrainConfig`` fields) set in its ``train:`` section."""
-        return dataclasses.replace(self, train=tuple(self.train_settings(**changes).items()))
+        return dataclasses.replace(self, train=tuple(self.train_section(**changes).items()))
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)

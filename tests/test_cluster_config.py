@@ -625,7 +625,7 @@ def test_training_settings_are_read_typed_and_set_by_name(tmp_path):
     assert load_cluster(spec.source, ["train.resume=auto"]).train_config.resumes
     again = spec.with_train(resume=train_config.RESUME_AUTO)
     assert again.train_config.resumes and again.train_dict() == {"epochs": 2, "resume": "auto"}
-    assert spec.train_settings(output_dir="/j") == {"epochs": 2, "output_dir": "/j"}  # only what was given, plus it
+    assert spec.train_section(output_dir="/j") == {"epochs": 2, "output_dir": "/j"}  # only what was given, plus it
     with pytest.raises(TypeError, match="resum"):
         spec.with_train(resum="auto")
     with pytest.raises(train_config.ConfigError, match="epochs"):
