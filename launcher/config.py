@@ -32,27 +32,26 @@ The format (see cluster_configs/ for commented examples)::
 from __future__ import annotations
 
 import difflib
+import enum
 import math
 import re
 from dataclasses import fields
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence, TypeVar
 
 import yaml
 
 from launcher.errors import ConfigError
 from launcher.plan import is_reserved_env
-from launcher.spec import (ASCEND_INIT_MODES, DEFAULT_DEVICES_PER_HOST, RANK_TABLE_VERSIONS, AscendSpec, ClusterSpec,
-                           HostSpec, SlurmSpec, SSHSpec, WatchdogSpec, is_ipv4)
+from launcher.spec import (DEFAULT_DEVICES_PER_HOST, AscendInit, AscendSpec, Backend, ClusterSpec, HostSpec,
+                           RankTableVersion, SchedulerKind, SlurmSpec, SSHSpec, WatchdogSpec, is_ipv4)
 from mscluster import safeyaml
 from trainer import config as train_config
 from trainer.errors import ConfigError as TrainConfigError
 from trainer.overrides import OverrideError, merge, parse_pairs
 
-BACKENDS = ("cpu", "ascend")
 ASCEND_MAX_DEVICES = 8  # NPUs per Ascend server; device ids 0..7
 TOP_KEYS = ("name", "backend", "workdir", "python", "ssh", "hosts", "scheduler_port", "restarts",
             "bind_cores", "env", "console", "train", "command", "cwd", "watchdog", "scheduler", "slurm", "ascend")
-SCHEDULERS = ("ssh", "slurm")
 SLURM_KEYS = tuple(f.name for f in fields(SlurmSpec))
 MAX_SLURM_NODES = 4096
 SSH_KEYS = tuple(f.name for f in fields(SSHSpec))
@@ -71,6 +70,7 @@ MAX_DEVICES_PER_HOST = 256  # one process per device: more on one host is a typo
 MAX_RESTARTS = 100
 MAX_CONNECT_TIMEOUT_S = 600
 
+W = TypeVar("W", bound=enum.Enum)
 Path = tuple  # field path: str keys and int list indices, e.g. ("hosts", 1, "devices", 2)
 
 
@@ -225,21 +225,17 @@ def _leaf_paths(tree: Mapping[str, Any], prefix: Path = ()) -> Iterable[Path]:
 
 def _validate(data: dict, where: _Where) -> ClusterSpec:
     _check_keys(data, TOP_KEYS, (), where)
-    scheduler = _string(data.get("scheduler", "ssh"), ("scheduler",), where)
-    if scheduler not in SCHEDULERS:
-        raise where.error(("scheduler",), f"expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
-    for required in ("name",) if scheduler == "slurm" else ("name", "hosts"):
+    scheduler = _word(SchedulerKind, data.get("scheduler", SchedulerKind.SSH.value), ("scheduler",), where)
+    for required in ("name",) if scheduler is SchedulerKind.SLURM else ("name", "hosts"):
         if required not in data:
             raise where.error((required,), "missing (required)")
     name = _string(data["name"], ("name",), where)
     if not _NAME.fullmatch(name):
         raise where.error(("name",), f"use letters, digits, '.', '_' or '-' (it names job folders), got {name!r}")
-    backend = _string(data.get("backend", "cpu"), ("backend",), where)
-    if backend not in BACKENDS:
-        raise where.error(("backend",), f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    backend = _word(Backend, data.get("backend", Backend.CPU.value), ("backend",), where)
     slurm = _slurm(data.get("slurm"), scheduler, backend, where)
     ascend = _ascend(data.get("ascend"), backend, where)
-    if scheduler == "slurm":
+    if scheduler is SchedulerKind.SLURM:
         if "hosts" in data:
             raise where.error(("hosts",), "not used with scheduler: slurm: the nodes come from the allocation "
                               "(SLURM_JOB_NODELIST); remove hosts:, or set scheduler: ssh")
@@ -249,10 +245,10 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         hosts = _hosts(data["hosts"], backend, where)
         world = sum(len(h.devices) for h in hosts)
     scheduler_port = _port(data.get("scheduler_port"), ("scheduler_port",), where, optional=True)
-    if scheduler_port is not None and backend == "ascend" and ascend.init == "ranktable":
+    if scheduler_port is not None and backend is Backend.ASCEND and ascend.init is AscendInit.RANKTABLE:
         raise where.error(("scheduler_port",), "not used with ascend.init: ranktable (HCCL starts from the rank "
                           "table; the dynamic cluster's scheduler runs with init: dynamic)")
-    if ascend.rank_table_version == "1.2":
+    if ascend.rank_table_version is RankTableVersion.V1_2:
         _check_superpods(hosts, where)
     restarts = _integer(data.get("restarts", 0), ("restarts",), where)
     if not 0 <= restarts <= MAX_RESTARTS:
@@ -269,10 +265,10 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
     if command and data.get("train") is not None:
         raise where.error(("command",), "command: and train: exclude each other: train: sets up the built-in "
                           "trainer, command: runs your own program instead; keep one")
-    train = _train(data.get("train"), where)
-    if backend == "ascend" and dict(train).get("grad_exchange") == "shared_memory":
-        raise where.error(("train", "grad_exchange"), "shared_memory is for backend cpu (on Ascend, HCCL "
-                          "averages the gradients on the devices); use auto or collective")
+    train, settings = _train(data.get("train"), where)
+    cpu_only = settings.cpu_only()
+    if backend is Backend.ASCEND and cpu_only is not None:
+        raise where.error(("train", cpu_only[0]), cpu_only[1])
     cwd = data.get("cwd")
     if cwd is not None:
         cwd = _path_text(cwd, ("cwd",), where)
@@ -301,7 +297,7 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
     )
 
 
-def _hosts(raw: Any, backend: str, where: _Where) -> tuple[HostSpec, ...]:
+def _hosts(raw: Any, backend: Backend, where: _Where) -> tuple[HostSpec, ...]:
     if not isinstance(raw, list):
         raise where.error(("hosts",), f"expected a list of hosts, got {_describe(raw)}")
     if not raw:
@@ -319,15 +315,15 @@ def _hosts(raw: Any, backend: str, where: _Where) -> tuple[HostSpec, ...]:
     if len(hosts) > 1:
         for index, host in enumerate(hosts):
             if host.is_local:
-                who = "the scheduler" if backend == "cpu" else "HCCL (the rank table's server_id)"
+                who = "the scheduler" if backend is Backend.CPU else "HCCL (the rank table's server_id)"
                 raise where.error(("hosts", index, "address"), f"{host.address!r} is a loopback name, but the "
                                   f"cluster has several hosts and {who} must be reachable from the others: "
                                   "write this host's network address")
-        if backend == "cpu" and not is_ipv4(hosts[0].address):
+        if backend is Backend.CPU and not is_ipv4(hosts[0].address):
             raise where.error(("hosts", 0, "address"), "the scheduler runs on the first host and MindSpore "
                               "reads its address (MS_SCHED_HOST) as an IPv4 address: write the first "
                               f"host's IP, not {hosts[0].address!r}")
-    if backend == "ascend":
+    if backend is Backend.ASCEND:
         for index, host in enumerate(hosts):
             if not (host.is_local or is_ipv4(host.address)):
                 raise where.error(("hosts", index, "address"), "on ascend the address is the rank table's "
@@ -338,7 +334,7 @@ def _hosts(raw: Any, backend: str, where: _Where) -> tuple[HostSpec, ...]:
     return hosts
 
 
-def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
+def _host(raw: Any, path: Path, backend: Backend, where: _Where) -> HostSpec:
     if not isinstance(raw, dict):
         raise where.error(path, f"expected a mapping with address and devices, got {_describe(raw)}")
     _check_keys(raw, HOST_KEYS, path, where)
@@ -381,7 +377,7 @@ def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
         devices = tuple(sorted(ids))
     else:
         raise where.error(devices_path, f"expected a count or a list of device ids, got {_describe(raw_devices)}")
-    if backend == "ascend":
+    if backend is Backend.ASCEND:
         if len(devices) > ASCEND_MAX_DEVICES:
             raise where.error(devices_path, f"an Ascend server has at most {ASCEND_MAX_DEVICES} NPUs, got {len(devices)}")
         too_big = [d for d in devices if d >= ASCEND_MAX_DEVICES]
@@ -393,7 +389,7 @@ def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
     raw_ips = raw.get("device_ips")
     if raw_ips is not None:
         ips_path = path + ("device_ips",)
-        if backend != "ascend":
+        if backend is not Backend.ASCEND:
             raise where.error(ips_path, "only used by the ascend backend (the rank table's device_ip)")
         if not isinstance(raw_ips, dict):
             raise where.error(ips_path, f"expected a mapping of device id to IP, got {_describe(raw_ips)}")
@@ -414,7 +410,7 @@ def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
         device_ips = tuple(sorted(pairs))
     superpod: dict[str, Any] = {}
     for key in ("host_ip", "super_pod_id", "super_device_ids"):
-        if raw.get(key) is not None and backend != "ascend":
+        if raw.get(key) is not None and backend is not Backend.ASCEND:
             raise where.error(path + (key,), "only used by the ascend backend (rank table 1.2)")
     if raw.get("host_ip") is not None:
         host_ip = raw["host_ip"]
@@ -451,25 +447,23 @@ def _host(raw: Any, path: Path, backend: str, where: _Where) -> HostSpec:
 _SUPER_POD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-def _ascend(raw: Any, backend: str, where: _Where) -> AscendSpec:
+def _ascend(raw: Any, backend: Backend, where: _Where) -> AscendSpec:
     if raw is None:
         return AscendSpec()
-    if backend != "ascend":
+    if backend is not Backend.ASCEND:
         raise where.error(("ascend",), "only used by the ascend backend (this file says backend: cpu)")
     if not isinstance(raw, dict):
         raise where.error(("ascend",), f"expected a mapping of Ascend settings, got {_describe(raw)}")
     _check_keys(raw, ASCEND_KEYS, ("ascend",), where)
-    values: dict[str, str] = {}
-    for key, choices in (("init", ASCEND_INIT_MODES), ("rank_table_version", RANK_TABLE_VERSIONS)):
+    values: dict[str, Any] = {}
+    for key, kind in (("init", AscendInit), ("rank_table_version", RankTableVersion)):
         if raw.get(key) is not None:
             value = raw[key]
             if isinstance(value, float):  # rank_table_version: 1.2, unquoted
                 value = repr(value)
-            if not isinstance(value, str) or value not in choices:
-                raise where.error(("ascend", key), f"expected one of {', '.join(choices)}, got {_describe(value)}")
-            values[key] = value
+            values[key] = _word(kind, value, ("ascend", key), where, describe=True)
     spec = AscendSpec(**values)
-    if "rank_table_version" in values and spec.init != "ranktable":
+    if "rank_table_version" in values and spec.init is not AscendInit.RANKTABLE:
         raise where.error(("ascend", "rank_table_version"), "only used with init: ranktable (init: dynamic starts "
                           "HCCL without a rank table)")
     return spec
@@ -535,10 +529,10 @@ _SLURM_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._,:+-]{0,127}")  # a partition,
 _SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")  # sbatch --time's formats
 
 
-def _slurm(raw: Any, scheduler: str, backend: str, where: _Where) -> SlurmSpec:
+def _slurm(raw: Any, scheduler: SchedulerKind, backend: Backend, where: _Where) -> SlurmSpec:
     if raw is None:
         return SlurmSpec()
-    if scheduler != "slurm":
+    if scheduler is not SchedulerKind.SLURM:
         raise where.error(("slurm",), "only used with scheduler: slurm (this file runs over SSH: scheduler: ssh)")
     if not isinstance(raw, dict):
         raise where.error(("slurm",), f"expected a mapping of Slurm settings, got {_describe(raw)}")
@@ -550,7 +544,7 @@ def _slurm(raw: Any, scheduler: str, backend: str, where: _Where) -> SlurmSpec:
             if not 1 <= number <= top:
                 raise where.error(("slurm", key), f"must be 1..{top}, got {number}")
             values[key] = number
-    if backend == "ascend" and values.get("devices_per_host", 1) > ASCEND_MAX_DEVICES:
+    if backend is Backend.ASCEND and values.get("devices_per_host", 1) > ASCEND_MAX_DEVICES:
         raise where.error(("slurm", "devices_per_host"), f"an Ascend server has at most {ASCEND_MAX_DEVICES} NPUs, "
                           f"got {values['devices_per_host']}")
     for key in ("partition", "account", "time"):
@@ -699,9 +693,10 @@ def _console(raw: Any, world_size: Optional[int], where: _Where) -> Optional[tup
     return tuple(sorted(set(ranks)))
 
 
-def _train(raw: Any, where: _Where) -> tuple[tuple[str, Any], ...]:
+def _train(raw: Any, where: _Where) -> tuple[tuple[tuple[str, Any], ...], train_config.TrainConfig]:
+    """The section's pairs as given (the trainer's defaults stay unwritten) and the settings they make."""
     if raw is None:
-        return ()
+        return (), train_config.TrainConfig()
     if not isinstance(raw, dict):
         raise where.error(("train",), f"expected a mapping of training settings, got {_describe(raw)}")
     _check_keys(raw, TRAIN_KEYS, ("train",), where, what="training setting")
@@ -715,7 +710,7 @@ def _train(raw: Any, where: _Where) -> tuple[tuple[str, Any], ...]:
         config = train_config.from_dict(raw, source="train")
     except TrainConfigError as exc:
         raise where.error(("train",), str(exc).removeprefix("train: ")) from None
-    return tuple((key, getattr(config, key)) for key in raw)
+    return tuple((key, getattr(config, key)) for key in raw), config
 
 
 # ---------------------------------------------------------------- small checks
@@ -726,6 +721,16 @@ def _check_keys(mapping: Mapping, known: Sequence[str], path: Path, where: _Wher
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(known)}"
             raise where.error(path + (str(key),), f"unknown {what} {key!r}; {hint}")
+
+
+def _word(kind: type[W], value: Any, path: Path, where: _Where, describe: bool = False) -> W:
+    """One of the enum ``kind``'s words; the message lists them all (``describe``: a non-string is
+    refused by that message too, not by the non-empty-string one)."""
+    if not describe:
+        value = _string(value, path, where)
+    if isinstance(value, str) and value in {member.value for member in kind}:
+        return kind(value)
+    raise where.error(path, f"expected one of {', '.join(kind)}, got {_describe(value) if describe else repr(value)}")
 
 
 def _string(value: Any, path: Path, where: _Where) -> str:
@@ -798,14 +803,14 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         "console": "all" if spec.console is None else list(spec.console),
         "watchdog": {f.name: getattr(spec.watchdog, f.name) for f in fields(WatchdogSpec)},
     }
-    if spec.backend == "ascend":
+    if spec.backend is Backend.ASCEND:
         data["ascend"] = {"init": spec.ascend.init}
-        if spec.ascend.init == "ranktable":
+        if spec.ascend.init is AscendInit.RANKTABLE:
             data["ascend"]["rank_table_version"] = spec.ascend.rank_table_version
     nodes = ""
     if spec.on_slurm:  # the nodes come from each allocation: the file form has no hosts:
         del data["hosts"]
-        data["scheduler"] = "slurm"
+        data["scheduler"] = spec.scheduler
         data["slurm"] = {f.name: (list(v) if isinstance(v := getattr(spec.slurm, f.name), tuple) else v)
                          for f in fields(SlurmSpec)}
         if spec.hosts:
@@ -831,3 +836,5 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 
 
 _Dumper.add_representer(list, _represent_list)
+# backend: cpu, not a tagged Python object: an enum of the cluster file's words is written as its word
+_Dumper.add_multi_representer(str, lambda dumper, data: dumper.represent_str(str(data)))

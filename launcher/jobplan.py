@@ -18,17 +18,15 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from launcher.plan import PORT_AT_LAUNCH, plan_ranks, rank_env, scheduler_env
+from launcher.plan import plan_ranks, rank_env, scheduler_env
 from launcher.protocol import AgentSpec, ProcessSpec
-from launcher.spec import ClusterSpec, HostSpec, Plan
+from launcher.spec import AtLaunch, Backend, ClusterSpec, HostSpec, Plan
 from launcher.table import format_table
 from mscluster import jobfiles
 from mscluster.rank import (BEAT_INTERVAL_ENV, ERROR_FILE_ENV, EVENT_FD_ENV, HOST_ENV, RESTART_COUNT_ENV,
                             STACK_FILE_ENV)
+from trainer import config as train_config
 
-JOB_DIR_AT_LAUNCH = "<job dir>"
-EVENT_FD_AT_START = "<pipe fd>"  # the agent opens each process's event pipe and fills in its number
-RANK_TABLE_AT_LAUNCH = "<discovered at launch>"
 PYTHON_WORD = "python"
 BACKEND_MARGIN_S = 30  # the backend's timeouts exceed the watchdog's by this much
 QUIET_GLOG_V = "3"  # MindSpore's log level for the built-in trainer and the scheduler: errors only  # a command's first word that means the cluster's interpreter on that host
@@ -40,14 +38,14 @@ class JobPlan:
 
     cluster: ClusterSpec
     placement: Plan  # ranks on hosts and devices, and the scheduler
-    job_dir: str  # as the launcher sees it; JOB_DIR_AT_LAUNCH in a preview
+    job_dir: str  # as the launcher sees it; AtLaunch.JOB_DIR in a preview
     attempt: int
     agents: tuple[AgentSpec, ...]
 
     @property
     def preview(self) -> bool:
         """Whether values fixed at launch are still placeholders (``mscluster plan``)."""
-        return self.job_dir == JOB_DIR_AT_LAUNCH or (
+        return self.job_dir is AtLaunch.JOB_DIR or (
             self.placement.scheduler is not None and self.placement.scheduler.port is None)
 
     def agent(self, address: str) -> AgentSpec:
@@ -62,7 +60,7 @@ class JobPlan:
 
 def host_job_dir(host: HostSpec, job_dir: str) -> str:
     """The job folder as seen on ``host``: absolute for local hosts, as given (home-relative) on remote ones."""
-    if job_dir == JOB_DIR_AT_LAUNCH:
+    if job_dir is AtLaunch.JOB_DIR:
         return job_dir
     return os.path.abspath(job_dir) if host.sees_launch_folder else job_dir
 
@@ -102,11 +100,9 @@ def scheduler_argv(cluster: ClusterSpec, host: HostSpec, local_python: Optional[
 
 def train_settings(cluster: ClusterSpec, job_dir_on_host: str, attempt: int) -> dict[str, Any]:
     """The built-in trainer's settings for one attempt: the ``train:`` section, its folder, resume."""
-    settings = cluster.train_dict()
-    settings["output_dir"] = job_dir_on_host
-    if attempt > 0:
-        settings["resume"] = "auto"  # a restart continues from the newest good checkpoint
-    return settings
+    if attempt > 0:  # a restart continues from the newest good checkpoint
+        return cluster.train_section(output_dir=str(job_dir_on_host), resume=train_config.RESUME_AUTO)
+    return cluster.train_section(output_dir=str(job_dir_on_host))
 
 
 def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
@@ -122,7 +118,7 @@ def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
         return {}
     stall = int(cluster.watchdog.stall_timeout) + BACKEND_MARGIN_S
     wanted = {}
-    if cluster.backend == "ascend":
+    if cluster.backend is Backend.ASCEND:
         wanted = {"HCCL_EXEC_TIMEOUT": str(min(stall, 17340)),
                   "HCCL_CONNECT_TIMEOUT": str(min(max(int(cluster.watchdog.startup_timeout), 120), 7200))}
     if cluster.uses_scheduler:  # the dynamic cluster's heartbeat, on cpu and on ascend started as msrun does
@@ -133,7 +129,7 @@ def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
 
 # -- the plan -----------------------------------------------------------------------------------
 
-def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
+def build_job_plan(cluster: ClusterSpec, *, job_dir: str = AtLaunch.JOB_DIR,
                    scheduler_port: Optional[int] = None, attempt: int = 0, rank_table: Optional[str] = None,
                    grace_period: float = 5.0, launch_dir: Optional[str] = None,
                    local_python: Optional[str] = None,
@@ -150,7 +146,7 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
             from the pre-flight); the others are split evenly by the agent (``bind_cores``).
     """
     placement = plan_ranks(cluster, scheduler_port)
-    preview = job_dir == JOB_DIR_AT_LAUNCH or (placement.scheduler is not None and placement.scheduler.port is None)
+    preview = job_dir is AtLaunch.JOB_DIR or (placement.scheduler is not None and placement.scheduler.port is None)
     launch_dir = launch_dir or os.getcwd()
     agents = []
     for host in cluster.hosts:
@@ -160,7 +156,7 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
 
         def launcher_env(name: str, ours: bool) -> dict[str, str]:
             env = {RESTART_COUNT_ENV: str(attempt), ERROR_FILE_ENV: jobfiles.error_file(jd, name, attempt),
-                   HOST_ENV: host.address, EVENT_FD_ENV: EVENT_FD_AT_START, "PYTHONUNBUFFERED": "1"}
+                   HOST_ENV: host.address, EVENT_FD_ENV: AtLaunch.EVENT_FD, "PYTHONUNBUFFERED": "1"}
             if "MS_COMPILER_CACHE_ENABLE" not in cluster.env_dict():
                 # MindSpore's graph compile cache, shared by every attempt: a restart compiles less
                 env.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=jobfiles.compile_cache_dir(jd))
@@ -192,7 +188,7 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = JOB_DIR_AT_LAUNCH,
             files.append((jobfiles.settings_file_name(attempt),
                           yaml.safe_dump(train_settings(cluster, jd, attempt), sort_keys=True)))
         if table_path is not None:
-            files.append((jobfiles.RANK_TABLE_FILE, rank_table if rank_table is not None else RANK_TABLE_AT_LAUNCH))
+            files.append((jobfiles.RANK_TABLE_FILE, rank_table if rank_table is not None else AtLaunch.RANK_TABLE))
         agents.append(AgentSpec(host=host.address, job_dir=jd, processes=tuple(procs), files=tuple(files),
                                 grace_period=grace_period, attempt=attempt, bind_cores=cluster.bind_cores,
                                 keepalive_interval=cluster.ssh.keepalive_interval,
@@ -209,15 +205,15 @@ def format_job_plan(job: JobPlan) -> str:
     program = "command" if cluster.command else "built-in trainer"
     lines = [f"{cluster.name}: backend {cluster.backend}, {len(placement.ranks)} rank(s) on "
              f"{hosts} host{'s' if hosts != 1 else ''}, {program} ({cluster.source})"]
-    if cluster.backend == "ascend":
+    if cluster.backend is Backend.ASCEND:
         lines.append("HCCL starts " + ("as msrun starts it (ascend.init: dynamic): the scheduler below, MS_* "
                                        "variables, no rank table" if not cluster.uses_rank_table else
                                        f"from the rank table (ascend.init: ranktable, version "
                                        f"{cluster.ascend.rank_table_version}): RANK_TABLE_FILE"))
-    unit = "npu" if cluster.backend == "ascend" else "slot"
+    unit = "npu" if cluster.backend is Backend.ASCEND else "slot"
     rows = [("rank", "host", unit, "local rank")]
     if placement.scheduler is not None:
-        port = placement.scheduler.port if placement.scheduler.port is not None else PORT_AT_LAUNCH
+        port = placement.scheduler.port if placement.scheduler.port is not None else AtLaunch.SCHEDULER_PORT
         rows.append(("sched", placement.scheduler.host, "-", f"port {port}"))
     for r in placement.ranks:
         rows.append((str(r.rank), r.host, str(r.device_id), f"{r.local_rank}/{r.local_size}"))
@@ -253,5 +249,5 @@ def format_job_plan(job: JobPlan) -> str:
 
 
 def _quote(value: str) -> str:
-    """Placeholders (``<job dir>``) print as they are; real values shell-quoted."""
-    return value if "<" in value and ">" in value and not set(value) & set("'\" $`") else shlex.quote(value)
+    """A value as a shell would need it; a placeholder too (``'<job dir>'``: its text holds a space)."""
+    return shlex.quote(str(value))

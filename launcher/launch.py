@@ -26,11 +26,12 @@ from launcher.plan import plan_ranks
 from launcher.npucheck import npu_preflight
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
 from launcher.report import RankFailure, format_failures, order_failures
-from launcher.spec import ClusterSpec, HostSpec, Plan
+from launcher.spec import Backend, ClusterSpec, HostSpec, Plan
 from launcher.supervisor import AttemptResult, LogSink, Supervisor, console_levels
 from mscluster import jobfiles
 from mscluster.fsutil import write_atomic, write_json_atomic
 from mscluster.rank import PREEMPT_EXIT
+from trainer import config as train_config
 from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def default_job_dir(cluster: ClusterSpec, now: float) -> str:
 
 
 def wants_resume(cluster: ClusterSpec) -> bool:
-    return str(cluster.train_dict().get("resume", "none")) != "none"
+    return cluster.train_config.resumes
 
 
 def restart_can_help(failures: Sequence[RankFailure]) -> bool:
@@ -299,7 +300,7 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
     if request.from_sbatch:
         check_sbatch_folder(request.job_dir, cluster)
         if cluster.builtin_trainer and not wants_resume(cluster):  # a requeued run goes on from its checkpoint
-            cluster = dataclasses.replace(cluster, train=tuple({**cluster.train_dict(), "resume": "auto"}.items()))
+            cluster = cluster.with_train(resume=train_config.RESUME_AUTO)
     allocation = None
     if cluster.on_slurm:
         cluster, allocation = slurm.allocate(cluster, os.environ)
@@ -326,7 +327,7 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             placement = plan_ranks(cluster)
             device_ips = discover_ips(placement, executors)
             rank_table = dump_rank_table(build_rank_table(placement, device_ips))
-        if cluster.backend == "ascend" and not request.skip_preflight:
+        if cluster.backend is Backend.ASCEND and not request.skip_preflight:
             cpus = npu_preflight(cluster, executors, _in_parallel, device_ips)
             preflight_s = round(time.monotonic() - began, 3)
         create_job_dir(job_dir, resume)

@@ -55,8 +55,8 @@ def npu_preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], in_pa
         NpuCheckFailed: every problem found, one line each naming the host and the device.
         HostUnreachable: a host's probe did not answer.
     """
-    train = cluster.train_dict()
-    data_dir = train.get("data_dir") if cluster.builtin_trainer else None
+    train = cluster.train_config
+    data_dir = train.data_dir if cluster.builtin_trainer else None
     space_dir = cluster.workdir
 
     def gather(host: HostSpec) -> npu.HostReport:
@@ -86,9 +86,7 @@ def npu_preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], in_pa
     for host, report, (_, ips) in zip(cluster.hosts, reports, ips_by_host):
         expected = ips if device_ips is not None else {}
         problems += npu.device_problems(report, host.devices, expected, peers.get(host.address, {}))
-    problems += npu.cluster_problems(reports, npu.checkpoint_room(str(train.get("arch", "resnet50")),
-                                                                  int(train.get("width", 64)),
-                                                                  int(train.get("keep_max", 5))))
+    problems += npu.cluster_problems(reports, npu.checkpoint_room(train.arch, train.width, train.keep_max))
     if problems:
         raise NpuCheckFailed("the NPU pre-flight failed (--skip-preflight runs anyway):\n  " + "\n  ".join(problems))
     cpus: CpuMap = {}

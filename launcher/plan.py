@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from typing import Optional
 
-from launcher.spec import LOCAL_ADDRESSES, ClusterSpec, Plan, RankAssignment, SchedulerAssignment
+from launcher.spec import LOCAL_ADDRESSES, AtLaunch, Backend, ClusterSpec, Plan, RankAssignment, SchedulerAssignment
 from mscluster.rank import DEVICE_TARGET_ENV
 
 logger = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 LOOPBACK_IP = "127.0.0.1"
 # Seconds a dynamic-cluster process waits for the cluster to form, unless the cluster file says.
 DEFAULT_TOPO_TIMEOUT_S = "300"
-# Shown instead of the scheduler port by ``mscluster plan``, before the launcher picks a free one.
-PORT_AT_LAUNCH = "<free port at launch>"
+# MindSpore's device target of each backend's processes
+DEVICE_TARGETS = {Backend.CPU: "CPU", Backend.ASCEND: "Ascend"}
 
 # Variables the launcher sets for every process; a cluster file's env: may not set them, nor
 # any name in the launcher's own MSCLUSTER_ namespace (job dir, error file, restart count).
@@ -93,7 +93,7 @@ def _scheduler_port_text(plan: Plan, preview: bool) -> str:
     if port is not None:
         return str(port)
     if preview:
-        return PORT_AT_LAUNCH
+        return AtLaunch.SCHEDULER_PORT
     raise ValueError("the scheduler port is not chosen yet: call with_scheduler_port first")
 
 
@@ -139,14 +139,14 @@ def rank_env(plan: Plan, rank: RankAssignment, *, job_dir: str, rank_table_path:
     else:
         env.update(_dynamic_cluster_env(plan, preview))
         env.update({"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(rank.rank)})
-        if cluster.backend == "ascend":
+        if cluster.backend is Backend.ASCEND:
             env["DEVICE_ID"] = str(rank.device_id)
     return env
 
 
 def device_target(cluster: ClusterSpec) -> str:
     """MindSpore's device target of the job's processes."""
-    return "Ascend" if cluster.backend == "ascend" else "CPU"
+    return DEVICE_TARGETS[cluster.backend]
 
 
 def scheduler_env(plan: Plan, *, job_dir: Optional[str] = None, preview: bool = False) -> dict[str, str]:
@@ -161,7 +161,7 @@ def scheduler_env(plan: Plan, *, job_dir: Optional[str] = None, preview: bool = 
     env = plan.cluster.env_dict()
     env.update(_dynamic_cluster_env(plan, preview))
     env.update({"MS_ROLE": "MS_SCHED", DEVICE_TARGET_ENV: device_target(plan.cluster)})
-    if plan.cluster.backend == "ascend":
+    if plan.cluster.backend is Backend.ASCEND:
         env.update({"RANK_ID": "0", "RANK_SIZE": str(len(plan.ranks))})
     if job_dir is not None:
         env["MSCLUSTER_JOB_DIR"] = job_dir

@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional
 
 from launcher.errors import DiscoveryError
 from launcher.plan import connect_address
-from launcher.spec import Plan, is_ipv4
+from launcher.spec import Plan, RankTableVersion, is_ipv4
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def build_rank_table(plan: Plan, device_ips: Mapping[tuple[str, int], str]) -> d
     Raises:
         DiscoveryError: a device has no IP.
     """
-    v12 = plan.cluster.ascend.rank_table_version == "1.2"
+    v12 = plan.cluster.ascend.rank_table_version is RankTableVersion.V1_2
     servers: dict[str, list[dict[str, str]]] = {}
     for rank in plan.ranks:
         ip = device_ips.get((rank.host, rank.device_id))
@@ -57,7 +57,7 @@ def build_rank_table(plan: Plan, device_ips: Mapping[tuple[str, int], str]) -> d
              "device_ip": ip, "rank_id": str(rank.rank)})
     if not v12:
         return {
-            "version": "1.0",
+            "version": RankTableVersion.V1_0.value,
             "server_count": str(len(servers)),
             "server_list": [
                 {"server_id": connect_address(host), "device": devices, "host_nic_ip": "reserve"}
@@ -71,7 +71,7 @@ def build_rank_table(plan: Plan, device_ips: Mapping[tuple[str, int], str]) -> d
         pods.setdefault(str(hosts[address].super_pod_id), []).append({"server_id": connect_address(address)})
     return {
         "status": "completed",
-        "version": "1.2",
+        "version": RankTableVersion.V1_2.value,
         "server_count": str(len(servers)),
         "server_list": [
             {"server_id": connect_address(host), "host_ip": hosts[host].host_ip or connect_address(host),

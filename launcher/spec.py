@@ -1,12 +1,67 @@
 """Typed objects passed between the launcher's layers: the cluster file, the rank plan, a job.
 
-All frozen dataclasses; mappings are stored as tuples of pairs so that specs stay hashable.
+All frozen dataclasses; mappings are stored as tuples of pairs so that specs stay hashable. The
+cluster file's words (backend, scheduler, ascend.init, rank_table_version) are str-valued enums
+defined here once, so JSON, YAML and messages keep the words while code compares members.
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from trainer.config import TrainConfig, from_dict as train_config_from_dict
+
+
+class _Word(str, enum.Enum):
+    """A str-valued enum that prints as its word (``f"{Backend.CPU}"`` is ``cpu`` on every Python)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Backend(_Word):
+    """``backend:``: how the ranks form a cluster."""
+
+    CPU = "cpu"  # MindSpore's dynamic cluster on CPU
+    ASCEND = "ascend"  # NPUs and HCCL, started as ascend.init says
+
+
+class SchedulerKind(_Word):
+    """``scheduler:``: where the hosts come from and how processes start on them."""
+
+    SSH = "ssh"  # the hosts: list, over SSH (a local host directly)
+    SLURM = "slurm"  # the allocation's nodes, through srun
+
+
+class AscendInit(_Word):
+    """``ascend.init``: how HCCL starts (see ``AscendSpec``)."""
+
+    DYNAMIC = "dynamic"  # msrun's way: a scheduler process and the MS_* variables
+    RANKTABLE = "ranktable"  # every process gets RANK_TABLE_FILE
+
+
+class RankTableVersion(_Word):
+    """``ascend.rank_table_version``: the rank table's format."""
+
+    V1_0 = "1.0"  # servers and their NPUs
+    V1_2 = "1.2"  # Atlas A3 SuperPoD
+
+
+class AtLaunch(_Word):
+    """Placeholders of a preview plan (``mscluster plan``) for what is fixed only at launch; each
+    prints as the text the plan shows. Code asks ``x is AtLaunch.JOB_DIR``, never compares text."""
+
+    JOB_DIR = "<job dir>"
+    SCHEDULER_PORT = "<free port at launch>"  # the launcher picks a free port
+    EVENT_FD = "<pipe fd>"  # the agent opens each process's event pipe and fills in its number
+    RANK_TABLE = "<discovered at launch>"  # the NPUs' IPs are asked at launch
+
 
 LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 
@@ -71,10 +126,7 @@ class SlurmSpec:
     sbatch_options: tuple[str, ...] = ()  # more #SBATCH lines, e.g. ["--qos=high", "--gres=npu:8"]
 
 
-DEFAULT_DEVICES_PER_HOST = {"ascend": 8, "cpu": 1}
-
-ASCEND_INIT_MODES = ("dynamic", "ranktable")
-RANK_TABLE_VERSIONS = ("1.0", "1.2")
+DEFAULT_DEVICES_PER_HOST = {Backend.ASCEND: 8, Backend.CPU: 1}
 
 
 @dataclass(frozen=True)
@@ -87,8 +139,13 @@ class AscendSpec:
     their NPUs) or 1.2 (Atlas A3 SuperPoD: ``host_ip``, ``super_device_id``, ``super_pod_list``).
     """
 
-    init: str = "dynamic"
-    rank_table_version: str = "1.0"
+    init: AscendInit = AscendInit.DYNAMIC
+    rank_table_version: RankTableVersion = RankTableVersion.V1_0
+
+    def __post_init__(self) -> None:
+        # a word given as text (a test, dataclasses.replace) becomes its member; an unknown one raises ValueError
+        object.__setattr__(self, "init", AscendInit(self.init))
+        object.__setattr__(self, "rank_table_version", RankTableVersion(self.rank_table_version))
 
 
 @dataclass(frozen=True)
@@ -132,7 +189,7 @@ class ClusterSpec:
     """A validated cluster file."""
 
     name: str
-    backend: str  # "cpu" (MindSpore dynamic cluster) or "ascend" (rank table + HCCL)
+    backend: Backend
     hosts: tuple[HostSpec, ...]
     workdir: str = "runs"
     python: Optional[str] = None
@@ -146,24 +203,32 @@ class ClusterSpec:
     cwd: Optional[str] = None  # a command's folder on every host; None = the folder launch runs in
     console: Optional[tuple[int, ...]] = (0,)  # ranks whose every line the terminal shows; None = all
     watchdog: WatchdogSpec = field(default_factory=WatchdogSpec)
-    scheduler: str = "ssh"  # ssh: the hosts: list over SSH; slurm: the allocation's nodes through srun
+    scheduler: SchedulerKind = SchedulerKind.SSH
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     ascend: AscendSpec = field(default_factory=AscendSpec)
     source: str = "<cluster file>"  # the path it was read from, for messages
+    # the train: section parsed (the trainer's defaults for keys not given); derived from train
+    train_config: TrainConfig = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", Backend(self.backend))
+        object.__setattr__(self, "scheduler", SchedulerKind(self.scheduler))
+        # parsed once here, so dataclasses.replace(train=...) cannot leave a stale copy
+        object.__setattr__(self, "train_config", train_config_from_dict(dict(self.train), source="train"))
 
     @property
     def uses_scheduler(self) -> bool:
         """Whether the job has a dynamic-cluster scheduler: cpu, and ascend started as msrun does."""
-        return self.backend == "cpu" or self.ascend.init == "dynamic"
+        return self.backend is Backend.CPU or self.ascend.init is AscendInit.DYNAMIC
 
     @property
     def uses_rank_table(self) -> bool:
         """Whether the ranks start HCCL from a rank table (``RANK_TABLE_FILE``)."""
-        return self.backend == "ascend" and self.ascend.init == "ranktable"
+        return self.backend is Backend.ASCEND and self.ascend.init is AscendInit.RANKTABLE
 
     @property
     def on_slurm(self) -> bool:
-        return self.scheduler == "slurm"
+        return self.scheduler is SchedulerKind.SLURM
 
     @property
     def builtin_trainer(self) -> bool:
@@ -175,7 +240,23 @@ class ClusterSpec:
         return sum(len(h.devices) for h in self.hosts)
 
     def train_dict(self) -> dict[str, Any]:
+        """The ``train:`` section as given (the keys the file sets)."""
         return dict(self.train)
+
+    def train_section(self, **changes: Any) -> dict[str, Any]:
+        """The ``train:`` section as given with ``changes`` on top, each a ``TrainConfig`` field.
+
+        Raises:
+            TypeError: a name that is no training setting.
+        """
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise TypeError(f"not training settings: {', '.join(unknown)}")
+        return {**dict(self.train), **changes}
+
+    def with_train(self, **changes: Any) -> "ClusterSpec":
+        """This cluster with ``changes`` (``TrainConfig`` fields) set in its ``train:`` section."""
+        return dataclasses.replace(self, train=tuple(self.train_section(**changes).items()))
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)

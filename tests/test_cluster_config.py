@@ -10,7 +10,7 @@ from launcher import slurm
 from launcher.config import load_cluster, parse_cluster, resolved_yaml
 from launcher.errors import ConfigError
 from launcher.plan import plan_ranks
-from launcher.spec import HostSpec, SSHSpec
+from launcher.spec import AscendInit, AscendSpec, Backend, HostSpec, RankTableVersion, SchedulerKind, SSHSpec
 from trainer import config as train_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -597,3 +597,36 @@ def test_resolved_yaml_round_trips_every_field(tmp_path):
     again = parse_cluster(resolved_yaml(spec), spec.source)
     assert again == spec
     assert again.env_dict()["SOME_ID"] == "007" and again.train_dict()["resume"] == "123"
+
+
+def test_the_files_words_are_typed_and_written_back_as_words(tmp_path):
+    spec = load_cluster(write(tmp_path, """
+        name: npus
+        backend: ascend
+        ascend: {init: ranktable, rank_table_version: 1.2}
+        hosts:
+          - {address: 10.0.0.1, devices: 1, super_pod_id: 0, super_device_ids: {0: 7}}
+        """))
+    assert spec.backend is Backend.ASCEND and spec.scheduler is SchedulerKind.SSH
+    assert spec.ascend.init is AscendInit.RANKTABLE and spec.ascend.rank_table_version is RankTableVersion.V1_2
+    text = resolved_yaml(spec)  # the job folder's cluster.yaml: plain words, no Python tags
+    assert "backend: ascend\n" in text and "init: ranktable\n" in text and "rank_table_version: '1.2'" in text
+    assert "!!" not in text and parse_cluster(text, spec.source) == spec
+    # a spec built in code from the words gets the same members
+    assert AscendSpec(init="dynamic").init is AscendInit.DYNAMIC
+    with pytest.raises(ValueError):
+        AscendSpec(init="Dynamic")
+
+
+def test_training_settings_are_read_typed_and_set_by_name(tmp_path):
+    spec = load_cluster(write(tmp_path, "name: t\n" + LOCAL_HOST + "train: {epochs: 2}\n"))
+    assert spec.train_config.epochs == 2 and spec.train_config.arch == "resnet50"  # the trainer's default
+    assert not spec.train_config.resumes
+    assert load_cluster(spec.source, ["train.resume=auto"]).train_config.resumes
+    again = spec.with_train(resume=train_config.RESUME_AUTO)
+    assert again.train_config.resumes and again.train_dict() == {"epochs": 2, "resume": "auto"}
+    assert spec.train_section(output_dir="/j") == {"epochs": 2, "output_dir": "/j"}  # only what was given, plus it
+    with pytest.raises(TypeError, match="resum"):
+        spec.with_train(resum="auto")
+    with pytest.raises(train_config.ConfigError, match="epochs"):
+        spec.with_train(epochs=0)  # checked as the file's values are

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -18,8 +19,8 @@ import pytest
 
 from launcher.config import load_cluster, parse_cluster
 from launcher.jobplan import build_job_plan, format_job_plan
-from launcher.plan import PORT_AT_LAUNCH, plan_ranks, rank_env, scheduler_env, with_scheduler_port
-from launcher.spec import AscendSpec, RankAssignment, SchedulerAssignment
+from launcher.plan import plan_ranks, rank_env, scheduler_env, with_scheduler_port
+from launcher.spec import AscendSpec, AtLaunch, RankAssignment, SchedulerAssignment
 
 CONFIGS = Path(__file__).resolve().parent.parent / "cluster_configs"
 
@@ -107,7 +108,7 @@ def test_cpu_env_needs_the_port_unless_previewing():
     with pytest.raises(ValueError, match="with_scheduler_port"):
         scheduler_env(plan)
     preview = rank_env(plan, plan.ranks[0], job_dir="j", rank_table_path=None, preview=True)
-    assert preview["MS_SCHED_PORT"] == PORT_AT_LAUNCH
+    assert preview["MS_SCHED_PORT"] is AtLaunch.SCHEDULER_PORT
 
 
 def test_ascend_ranktable_env_is_the_zoo_scripts():
@@ -174,7 +175,7 @@ def test_plan_output_shows_ranks_processes_and_env():
     assert lines[0].startswith("local-cpu: backend cpu, 2 rank(s) on 1 host, built-in trainer")
     assert lines[1].split() == ["rank", "host", "slot", "local", "rank"]
     assert lines[2].split()[:3] == ["sched", "localhost", "-"]
-    assert lines[2].endswith(f"port {PORT_AT_LAUNCH}")
+    assert lines[2].endswith("port <free port at launch>")
     assert lines[3].split() == ["0", "localhost", "0", "0/2"]
     assert lines[4].split() == ["1", "localhost", "1", "1/2"]
     assert "  sched   on localhost: /py -m trainer.scheduler   [in /launch]" in lines
@@ -232,6 +233,19 @@ def test_cwd_and_a_program_not_named_python():
     job = _job(CPU2 + "command: [./run.sh, x]\ncwd: /shared/proj\n")
     assert job.processes()[1][1].argv == ("./run.sh", "x") and job.processes()[1][1].cwd == "/shared/proj"
     assert job.preview  # job dir and port are placeholders
+
+
+def test_a_preview_is_told_by_its_placeholders_not_by_their_text():
+    """A job folder that happens to be named like a placeholder is a real folder, not a preview."""
+    job = _job(CPU2 + "command: [python, train.py]\n", job_dir="<job dir>", scheduler_port=4000)
+    assert not job.preview
+    assert dict(job.processes()[1][1].env)["MSCLUSTER_JOB_DIR"] == os.path.abspath("<job dir>")  # a local folder
+    preview = _job(CPU2 + "command: [python, train.py]\n")
+    assert preview.preview and preview.job_dir is AtLaunch.JOB_DIR
+    env = dict(preview.processes()[1][1].env)
+    assert env["MSCLUSTER_EVENT_FD"] is AtLaunch.EVENT_FD and env["MS_SCHED_PORT"] is AtLaunch.SCHEDULER_PORT
+    text = format_job_plan(preview)  # the placeholders print as the text users know
+    assert "MSCLUSTER_JOB_DIR='<job dir>'" in text and "MSCLUSTER_EVENT_FD='<pipe fd>'" in text
 
 
 def test_a_restart_attempt_is_numbered_in_env_error_file_and_settings():

@@ -138,7 +138,8 @@ def _proc_facts(pid: int) -> tuple[list[str], dict[str, str], str]:
 
 def test_every_process_runs_exactly_what_plan_shows(tmp_path):
     from launcher.config import load_cluster
-    from launcher.jobplan import EVENT_FD_AT_START, build_job_plan
+    from launcher.jobplan import build_job_plan
+    from launcher.spec import AtLaunch
 
     sleeper = ["python", "-c", "import time; time.sleep(60)"]
     cluster = _cluster(tmp_path / "c.yaml", command=sleeper, env={"MS_TOPO_TIMEOUT": "90", "MY_SETTING": "a b'c"})
@@ -164,7 +165,7 @@ def test_every_process_runs_exactly_what_plan_shows(tmp_path):
             assert argv == list(spec.argv), spec.name
             assert cwd == spec.cwd, spec.name
             for key, value in spec.env:
-                if value == EVENT_FD_AT_START:
+                if value is AtLaunch.EVENT_FD:
                     assert env[key].isdigit(), (spec.name, key)
                 else:
                     assert env.get(key) == value, (spec.name, key, env.get(key), value)

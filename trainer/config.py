@@ -21,6 +21,8 @@ from trainer.errors import ConfigError
 from trainer.overrides import OverrideError, merge, parse_pairs
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+RESUME_NONE = "none"  # resume: start from fresh weights
+RESUME_AUTO = "auto"  # resume: from the newest good checkpoint of output_dir, if there is one
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class TrainConfig:
     eval_every_epochs: int = 1  # 0 = never evaluate during training
     log_every_steps: int = 10
     tensorboard: bool = True
-    resume: str = "none"  # none | auto | <path of a checkpoint>
+    resume: str = RESUME_NONE  # none | auto | <path of a checkpoint>
     # test-only fault injection: exit with debug_fail_exit_code on this rank at this global step
     debug_fail_rank: Optional[int] = None
     debug_fail_step: Optional[int] = None
@@ -84,6 +86,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def resumes(self) -> bool:
+        """Whether the run starts from a checkpoint (``resume`` is auto or a path)."""
+        return self.resume != RESUME_NONE
+
+    def cpu_only(self) -> Optional[tuple[str, str]]:
+        """A setting that runs only on CPU: (its key, why), or None (the launcher refuses it on Ascend)."""
+        if self.grad_exchange == "shared_memory":
+            return "grad_exchange", ("shared_memory is for backend cpu (on Ascend, HCCL averages the gradients on "
+                                     "the devices); use auto or collective")
+        return None
 
     def global_batch_size(self, world_size: int) -> int:
         """Images per optimizer step, over every rank."""
