@@ -34,6 +34,7 @@ from mscluster.jobfiles import SCHEDULER, is_process_name
 STACKS_REQUEST = "stacks"
 PREEMPT_REQUEST = "preempt"  # forward SIGUSR1 to every rank: save a checkpoint, the job is about to end
 BEAT_LINE = "beat"
+STOP_REQUEST = "stop"  # stop every process of this host now (TERM, grace, KILL), as EOF does
 
 __all__ = ["SCHEDULER", "ProcessSpec", "AgentSpec", "Started", "Output", "Relayed", "Exited", "Stacks", "Alive", "Done",
            "AgentMessage", "ProtocolError", "encode_message", "decode_message", "split_cpus"]

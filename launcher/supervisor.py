@@ -32,7 +32,7 @@ from typing import Callable, Deque, Mapping, Optional, TextIO, Union
 
 from launcher.executor import Executor, Session
 from launcher import watchdog
-from launcher.protocol import (BEAT_LINE, PREEMPT_REQUEST, STACKS_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output,
+from launcher.protocol import (BEAT_LINE, PREEMPT_REQUEST, STACKS_REQUEST, STOP_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output,
                                ProtocolError, Relayed, Stacks, Started, decode_message)
 from launcher.report import RankFailure, traceback_tail
 from launcher.spec import WatchdogSpec
@@ -46,6 +46,9 @@ STOP_MARGIN_S = 15.0
 STACKS_WAIT_S = 12.0  # how long a stall waits for every process's stack before it reports
 STATUS_EVERY_S = 0.5  # status.json is rewritten at most this often while the attempt runs
 PREEMPT_WAIT_S = 60.0  # after SIGUSR1, how long rank 0 may take to save and leave before everything is stopped
+# every rank has ended: how long the scheduler may take to leave by itself before its agent stops it (a program
+# that never joined the cluster leaves it waiting for workers forever)
+LEFTOVER_WAIT_S = 2.0
 OUTPUT_TAIL = 30
 AGENT = "agent"  # the name of a host's agent in logs and failure tables
 
@@ -53,6 +56,7 @@ AGENT = "agent"  # the name of a host's agent in logs and failure tables
 class AttemptState(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
+    FINISHING = "finishing"  # every rank ended well; a process without a rank (the scheduler) is being stopped
     STOPPING = "stopping"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -280,7 +284,9 @@ class Supervisor:
     def __init__(self, specs: Mapping[str, AgentSpec], executors: Mapping[str, Executor],
                  agent_argv: Callable[[str], list[str]], agent_cwd: Callable[[str], Optional[str]],
                  sink: LogSink, attempt: int = 0, agent_env: Callable[[str], Mapping[str, str]] = lambda h: {},
-                 watch: WatchdogSpec = WatchdogSpec(enabled=False), preempt: Optional[threading.Event] = None):
+                 watch: WatchdogSpec = WatchdogSpec(enabled=False), preempt: Optional[threading.Event] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.clock = clock  # monotonic seconds: every timeout of the attempt is measured on it (tests drive it)
         self.hosts = {h: _Host(spec, executors[h]) for h, spec in specs.items()}
         self.preempt = preempt  # set (by a SIGUSR1 handler): the job is about to be stopped; save and leave
         self.preempting_since: Optional[float] = None
@@ -288,7 +294,7 @@ class Supervisor:
         self.agent_argv, self.agent_cwd, self.sink, self.attempt = agent_argv, agent_cwd, sink, attempt
         self.agent_env = agent_env
         self.watch = watch
-        self.started_mono = time.monotonic()
+        self.started_mono = self.clock()
         self.liveness = {(h, p.name): watchdog.Liveness(p.name, h, p.rank)
                          for h, host in self.hosts.items() for p in host.spec.processes if p.rank is not None}
         self.stall_since: Optional[float] = None  # a stall was found; stacks are being gathered
@@ -307,6 +313,8 @@ class Supervisor:
             lambda: collections.deque(maxlen=OUTPUT_TAIL))
         self.state = AttemptState.STARTING
         self.stopping_since: Optional[float] = None  # monotonic time STOPPING began (or the last cut-off)
+        self.finishing_since: Optional[float] = None  # monotonic time every rank had ended, the scheduler still ran
+        self.leftover_stopped_at: Optional[float] = None  # when its agent was told to stop the leftover processes
         self.result = AttemptResult(state=AttemptState.STARTING, started_at=time.time())
         self._proc_info = {(h, p.name): p for h, host in self.hosts.items() for p in host.spec.processes}
         # <job>/status.json for `mscluster status` (the sink's logs_dir is <job>/logs)
@@ -323,7 +331,7 @@ class Supervisor:
                 host.session = host.session or session  # its stderr tail, for the failure table
                 self.items.put((name, AgentGone(session.wait(timeout=30), host.start_error)))
                 return
-            host.read_at = time.monotonic()  # one hand-over per read: a fleet sends thousands of lines a second
+            host.read_at = self.clock()  # one hand-over per read: a fleet sends thousands of lines a second
             batch: list[HostItem] = []
             for line in lines:
                 try:
@@ -347,7 +355,7 @@ class Supervisor:
             host.start_error = f"could not start the agent on {name}: {exc}"
             session.kill()
             return
-        host.heard_at = time.monotonic()
+        host.heard_at = self.clock()
         if self.stopping_since is not None:  # stop() ran before this session existed
             session.close_stdin()
 
@@ -356,26 +364,74 @@ class Supervisor:
         if self.stopping_since is not None:
             return
         self.state = AttemptState.STOPPING
-        self.stopping_since = time.monotonic()
+        self.stopping_since = self.clock()
         self.result.stopped_at = time.time()
         logger.warning("stopping every rank: %s", why)
         for host in self.hosts.values():
             if host.session is not None:
                 host.session.close_stdin()
 
+    def _finish_leftovers(self) -> None:
+        """Every rank has ended and none failed, but a process without a rank (the scheduler) still runs.
+
+        A program that never joins MindSpore's dynamic cluster (a data-preparation step, a program
+        that is not MindSpore) leaves the scheduler waiting for workers forever: it has no purpose
+        left. It gets LEFTOVER_WAIT_S to leave by itself (MindSpore's does once its workers are
+        done), then its agent stops it (TERM, the grace period, KILL); the attempt ends by the
+        ranks' results. A scheduler that ends while ranks still run is judged as any process is.
+        """
+        if self.state not in (AttemptState.STARTING, AttemptState.RUNNING, AttemptState.FINISHING):
+            return
+        if self.stopping_since is not None:
+            return
+        ranks = [key for key, p in self._proc_info.items() if p.rank is not None]
+        if not ranks or any(key not in self.exited for key in ranks):
+            return
+        left = [(h, n) for (h, n), p in self._proc_info.items()
+                if p.rank is None and (h, n) not in self.exited and not self.hosts[h].gone]
+        if not left:
+            return
+        now = self.clock()
+        if self.finishing_since is None:
+            self.finishing_since = now
+            self.state = AttemptState.FINISHING
+            return
+        if self.leftover_stopped_at is not None or now - self.finishing_since < LEFTOVER_WAIT_S:
+            return
+        self.leftover_stopped_at = now
+        for host in sorted({h for h, _ in left}):
+            names = ", ".join(n for h, n in left if h == host)
+            logger.info("every rank has ended; stopping %s on %s", names, host)
+            self.sink.write(host, AGENT, f"mscluster: every rank has ended; stopping {names} on {host} "
+                                         "(a program that never joined the cluster leaves it waiting for workers)")
+            session = self.hosts[host].session
+            if session is not None:
+                try:
+                    session.write(STOP_REQUEST + "\n")
+                except BrokenPipeError:
+                    pass
+
     def _cut_off_stragglers(self) -> None:
         grace = max(h.spec.grace_period for h in self.hosts.values())
-        if self.stopping_since is None or time.monotonic() - self.stopping_since < grace + STOP_MARGIN_S:
+        if self.leftover_stopped_at is not None and self.stopping_since is None and \
+                self.clock() - self.leftover_stopped_at >= grace + STOP_MARGIN_S:
+            self.stop(f"the leftover processes did not stop within {grace + STOP_MARGIN_S:.0f} s")
+        if self.stopping_since is None or self.clock() - self.stopping_since < grace + STOP_MARGIN_S:
             return
         for name, host in self.hosts.items():
             if not host.gone and host.session is not None:
                 logger.warning("%s: agent did not stop within %.0f s; cutting it off", name, grace + STOP_MARGIN_S)
                 host.session.kill()
-        self.stopping_since = time.monotonic()  # give the cut-off its own margin
+        self.stopping_since = self.clock()  # give the cut-off its own margin
 
     # -- items -------------------------------------------------------------------------------------
     def _on_exit(self, host: str, msg: Exited) -> None:
         if msg.code == 0:
+            return
+        if self.state is AttemptState.FINISHING and msg.rank is None:
+            how = f"signal {msg.signal}" if msg.signal else f"exit code {msg.code}"
+            self.sink.write(host, msg.name, f"mscluster: every rank had ended; {msg.name} was stopped ({how}): "
+                                            "not counted as a failure")
             return
         if (host, msg.name) in self.finished and msg.code != PREEMPT_EXIT:
             how = f"signal {msg.signal}" if msg.signal else f"exit code {msg.code}"
@@ -388,7 +444,7 @@ class Supervisor:
         if left and msg.rank is not None and self.preempted_by is None:
             # saved its checkpoint and left, as a preempted rank does: the attempt ends preempted
             self.preempted_by = f"{msg.name} on {host}"
-            self.preempting_since = self.preempting_since or time.monotonic()
+            self.preempting_since = self.preempting_since or self.clock()
             self.stop(f"preempted: {msg.name} on {host} saved a checkpoint and exited {PREEMPT_EXIT}")
             return
         proc = self._proc_info.get((host, msg.name))
@@ -421,12 +477,13 @@ class Supervisor:
         state = self.hosts[host]
         if state.gone and not isinstance(item, AgentGone):
             return  # a host given up for lost: what its stale reader still hands over changes nothing
-        state.heard_at = time.monotonic()
+        state.heard_at = self.clock()
         if isinstance(item, (Started, Output, Relayed, Exited, Stacks)) and (host, item.name) not in self._proc_info:
             self.sink.write(host, AGENT, f"mscluster: the agent on {host} spoke of an unknown process {item.name!r}")
             return
         if not isinstance(item, (AgentStderr, AgentGone)):
-            self.status.on_message(host, item, stopping=self.stopping_since is not None)
+            self.status.on_message(host, item, stopping=self.stopping_since is not None
+                                   or self.state is AttemptState.FINISHING)
         if isinstance(item, Output):
             if not self.sink.chatter(item.name, item.line):  # the failure table's tail: no exit chatter
                 self.tails[(host, item.name, item.stream)].append(item.line)
@@ -434,7 +491,7 @@ class Supervisor:
         elif isinstance(item, Relayed):
             live = self.liveness.get((host, item.name))
             if live is not None and isinstance(item.event, (events.Beat, events.Progress)):
-                live.last_beat = time.monotonic()  # any word from it: it is alive
+                live.last_beat = self.clock()  # any word from it: it is alive
                 if isinstance(item.event, events.Progress):
                     live.last_step, live.last_progress = item.event.step, live.last_beat
                     self._count_step(live.rank, item.event.step)
@@ -464,7 +521,7 @@ class Supervisor:
             self._on_exit(host, item)
         elif isinstance(item, Done):
             self.hosts[host].done = True
-            if not item.ok and self.stopping_since is None:
+            if not item.ok and self.stopping_since is None and self.state is not AttemptState.FINISHING:
                 self.stop(f"the agent on {host} reported a failure")
         elif isinstance(item, AgentStderr):
             self.sink.write(host, AGENT, item.line)
@@ -498,7 +555,7 @@ class Supervisor:
         cause, if nothing failed before), the others are stopped, and its reader is not waited for."""
         if self.keepalive_interval <= 0:
             return
-        now = time.monotonic()
+        now = self.clock()
         if now - self._beat_sent_at >= self.keepalive_interval:
             self._beat_sent_at = now
             self._tell_agents(BEAT_LINE)
@@ -534,7 +591,7 @@ class Supervisor:
         everything once a rank has saved and left, or after PREEMPT_WAIT_S."""
         if self.preempt is None or not self.preempt.is_set():
             return
-        now = time.monotonic()
+        now = self.clock()
         if self.preempting_since is None:
             self.preempting_since = now
             if self.stopping_since is not None:
@@ -549,7 +606,7 @@ class Supervisor:
         """Find a stall; then gather every process's stack, name the culprit, and stop the job."""
         if self.stopping_since is not None or not self.watch.enabled:
             return
-        now = time.monotonic()
+        now = self.clock()
         if self.stall_since is None:
             if not watchdog.stalled(list(self.liveness.values()), now, self.started_mono, self.watch):
                 return
@@ -602,6 +659,7 @@ class Supervisor:
         try:
             while not all(h.gone for h in self.hosts.values()):
                 self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
+                self._finish_leftovers()
                 self._check_preempt()
                 self._watch()
                 self._keepalive()
