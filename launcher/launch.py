@@ -21,6 +21,7 @@ from launcher.config import load_cluster, resolved_yaml
 from launcher.errors import HostUnreachable, JobDirError
 from launcher.executor import Executor, ProgramCheck, check_host, check_ssh_files, executor_for
 from launcher.joblock import JobLock
+from launcher.lifecycle import interrupt_signal
 from launcher.jobplan import PYTHON_WORD, JobPlan, build_job_plan, host_python, launch_folder, program_argv
 from launcher.plan import plan_ranks
 from launcher.npucheck import npu_preflight
@@ -64,6 +65,7 @@ class AttemptRecord:
     started_at: Optional[float] = None
     ended_at: Optional[float] = None
     interrupted: bool = False
+    interrupted_by: Optional[str] = None  # the signal that interrupted it: SIGINT (Ctrl-C), SIGTERM, SIGHUP
     root_cause: Optional[dict[str, Any]] = None  # the first failure's RankFailure.to_dict()
     lost: bool = False  # the launcher died during it: known only from its settings file
     # goodput: seconds from the root cause to the teardown, and to the next attempt's first step;
@@ -89,6 +91,8 @@ class AttemptRecord:
         number = lambda key: raw.get(key) if isinstance(raw.get(key), (int, float)) else None  # noqa: E731
         return AttemptRecord(attempt=raw["attempt"], ok=raw.get("ok") is True, started_at=number("started_at"),
                              ended_at=number("ended_at"), interrupted=raw.get("interrupted") is True,
+                             interrupted_by=raw.get("interrupted_by") if isinstance(raw.get("interrupted_by"), str)
+                             else None,
                              root_cause=raw.get("root_cause") if isinstance(raw.get("root_cause"), dict) else None,
                              lost=raw.get("lost") is True, detect_s=number("detect_s"), recover_s=number("recover_s"),
                              steps_lost=raw.get("steps_lost") if isinstance(raw.get("steps_lost"), int) else None,
@@ -108,9 +112,11 @@ class JobResult:
     failures: list[RankFailure] = field(default_factory=list)
     attempts: list[AttemptRecord] = field(default_factory=list)
     preflight_s: Optional[float] = None  # seconds the pre-flight of every host took (in parallel)
+    interrupted_by: Optional[str] = None  # status interrupted: the signal (SIGINT for Ctrl-C, SIGTERM, SIGHUP)
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "exit_code": self.exit_code, "job_dir": self.job_dir,
+                **({"interrupted_by": self.interrupted_by} if self.interrupted_by else {}),
                 "restarts": self.restarts, "eval": self.eval, "preflight_s": self.preflight_s,
                 "failures": [f.to_dict() for f in order_failures(self.failures)],
                 "attempts": [a.to_dict() for a in self.attempts], "goodput": goodput(self.attempts)}
@@ -423,8 +429,9 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                           f"from the newest good checkpoint")
             try:
                 sleep(delay)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 result.status, result.exit_code = "interrupted", 130
+                result.interrupted_by = interrupt_signal(exc)
                 break
         try:
             job = plan_attempt(attempt)
@@ -461,6 +468,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
             result.attempts[-1] = dataclasses.replace(before, recover_s=round(attempt_result.first_step_at - failed_at, 3))
         result.attempts.append(AttemptRecord(attempt=attempt, ok=attempt_result.ok, started_at=attempt_result.started_at,
                                              ended_at=attempt_result.ended_at, interrupted=attempt_result.interrupted,
+                                             interrupted_by=attempt_result.interrupted_by,
                                              root_cause=root, detect_s=detect, steps_lost=lost,
                                              first_step_at=attempt_result.first_step_at,
                                              step_seconds=round(attempt_result.step_seconds, 3),
@@ -475,6 +483,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
             break
         if attempt_result.interrupted:
             result.status, result.exit_code = "interrupted", 130
+            result.interrupted_by = attempt_result.interrupted_by
             break
         if attempt_result.preempted:  # no restart here: the allocation is ending; requeue (sbatch.sh) resumes
             result.status, result.exit_code = "preempted", PREEMPT_EXIT

@@ -151,8 +151,11 @@ class StatusWriter:
         self._pending = True  # every agent ends this way: 64 hosts were 64 rewrites in a row
         self.flush()
 
-    def attempt_ended(self, ok: bool, interrupted: bool, preempted: bool = False) -> None:
+    def attempt_ended(self, ok: bool, interrupted: bool, preempted: bool = False,
+                      interrupted_by: Optional[str] = None) -> None:
         self.data["state"] = SUCCEEDED if ok else ("interrupted" if interrupted else ("preempted" if preempted else FAILED))
+        if interrupted and interrupted_by:
+            self.data["interrupted_by"] = interrupted_by  # SIGINT (Ctrl-C), SIGTERM, SIGHUP
         for p in self.data["processes"].values():
             if p["state"] in (PENDING, RUNNING):
                 p["state"] = SUCCEEDED if ok else STOPPED

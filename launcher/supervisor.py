@@ -20,7 +20,6 @@ What the ranks say reaches this module as typed messages (``launcher.protocol``)
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import os
 import queue
@@ -32,8 +31,10 @@ from typing import Callable, Deque, Mapping, Optional, TextIO, Union
 
 from launcher.executor import Executor, Session
 from launcher import watchdog
-from launcher.protocol import (BEAT_LINE, PREEMPT_REQUEST, STACKS_REQUEST, STOP_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output,
-                               ProtocolError, Relayed, Stacks, Started, decode_message)
+from launcher.lifecycle import AttemptState, interrupt_reason, interrupt_signal
+from launcher.protocol import (ControlMessage, AgentMessage, AgentSpec, Done, Exited, Output,
+                               ProtocolError, Relayed, Stacks, Started, decode_message,
+                               encode_control)
 from launcher.report import RankFailure, traceback_tail
 from launcher.spec import WatchdogSpec
 from launcher.status import StatusWriter
@@ -53,17 +54,6 @@ OUTPUT_TAIL = 30
 AGENT = "agent"  # the name of a host's agent in logs and failure tables
 
 
-class AttemptState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    FINISHING = "finishing"  # every rank ended well; a process without a rank (the scheduler) is being stopped
-    STOPPING = "stopping"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-    PREEMPTED = "preempted"
-
-
 @dataclass
 class AttemptResult:
     """How one attempt ended."""
@@ -80,6 +70,7 @@ class AttemptResult:
     step_seconds: float = 0.0  # wall time between rank 0's first and last step of this attempt
     all_started_at: Optional[float] = None  # wall time every process of every host had started
     all_progress_at: Optional[float] = None  # wall time every rank had reported its first step
+    interrupted_by: Optional[str] = None  # the signal that interrupted it (SIGINT, SIGTERM, SIGHUP)
 
     @property
     def ok(self) -> bool:
@@ -407,7 +398,7 @@ class Supervisor:
             session = self.hosts[host].session
             if session is not None:
                 try:
-                    session.write(STOP_REQUEST + "\n")
+                    session.write(encode_control(ControlMessage.STOP))
                 except BrokenPipeError:
                     pass
 
@@ -558,7 +549,7 @@ class Supervisor:
         now = self.clock()
         if now - self._beat_sent_at >= self.keepalive_interval:
             self._beat_sent_at = now
-            self._tell_agents(BEAT_LINE)
+            self._tell_agents(ControlMessage.BEAT)
         for name, h in self.hosts.items():
             if h.gone or h.heard_at is None or now - max(h.heard_at, h.read_at) <= self.silence_limit:
                 continue
@@ -576,12 +567,12 @@ class Supervisor:
                 threading.Thread(target=session.kill, daemon=True, name=f"cut-{name}").start()
             self.stop(f"lost the host {name}")
 
-    def _tell_agents(self, line: str) -> None:
-        """One line to every agent still there (one that is gone just misses it)."""
+    def _tell_agents(self, msg: ControlMessage) -> None:
+        """One control line to every agent still there (one that is gone just misses it)."""
         for host in self.hosts.values():
             if host.session is not None and not host.gone:
                 try:
-                    host.session.write(line + "\n")
+                    host.session.write(encode_control(msg))
                 except BrokenPipeError:
                     pass
 
@@ -597,7 +588,7 @@ class Supervisor:
             if self.stopping_since is not None:
                 return
             logger.warning("preempted (SIGUSR1): every rank is told; rank 0 saves a checkpoint and leaves")
-            self._tell_agents(PREEMPT_REQUEST)
+            self._tell_agents(ControlMessage.PREEMPT)
         elif self.stopping_since is None and now - self.preempting_since > PREEMPT_WAIT_S:
             self.stop(f"preempted: no rank saved and left within {PREEMPT_WAIT_S:g} s")
 
@@ -612,7 +603,7 @@ class Supervisor:
                 return
             self.stall_since = now
             logger.warning("a rank has stalled: capturing every rank's stack before stopping the job")
-            self._tell_agents(STACKS_REQUEST)
+            self._tell_agents(ControlMessage.STACKS)
             return
         alive = [n for (h, n) in self._proc_info if (h, n) not in self.exited and not self.hosts[h].gone]
         if now - self.stall_since < STACKS_WAIT_S and not all(n in self.stacks for n in alive):
@@ -651,35 +642,57 @@ class Supervisor:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> AttemptResult:
-        threads = [threading.Thread(target=self._start, args=(name, host), daemon=True, name=f"agent-{name}")
-                   for name, host in self.hosts.items()]
-        for t in threads:
-            t.start()
-        interrupted = False
+        """Start every agent, relay until every one is gone, and say how the attempt ended."""
+        self.start_agents()
         try:
-            while not all(h.gone for h in self.hosts.values()):
-                self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
-                self._finish_leftovers()
-                self._check_preempt()
-                self._watch()
-                self._keepalive()
-                self._check_disk()
-                self.status.flush()
-                try:
-                    host, item = self.items.get(timeout=0.25)
-                except queue.Empty:
-                    continue
-                self._handle_all(host, item)
-        except KeyboardInterrupt:
-            interrupted = True
-            self.stop("interrupted (Ctrl-C)")
+            while not self.all_gone():
+                self.turn()
+        except KeyboardInterrupt as exc:  # Ctrl-C, or launcher.lifecycle.Interrupted from a SIGTERM/SIGHUP handler
+            self.interrupt(exc)
             self._drain_after_interrupt()
         finally:
-            if not all(h.gone for h in self.hosts.values()):
+            if not self.all_gone():
                 self.stop("the launcher is exiting")
             self.sink.close()
+        return self.finish()
+
+    def start_agents(self, threaded: bool = True) -> None:
+        """Start each host's agent (a thread per host: an SSH connection may take seconds)."""
+        if not threaded:
+            for name, host in self.hosts.items():
+                self._start(name, host)
+            return
+        for name, host in self.hosts.items():
+            threading.Thread(target=self._start, args=(name, host), daemon=True, name=f"agent-{name}").start()
+
+    def all_gone(self) -> bool:
+        return all(h.gone for h in self.hosts.values())
+
+    def turn(self, wait: float = 0.25) -> None:
+        """One turn of the loop: the timers (cut-off, leftovers, preemption, stall, keepalive, disk),
+        then the next item from the agents (waiting up to ``wait`` seconds for one)."""
+        self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
+        self._finish_leftovers()
+        self._check_preempt()
+        self._watch()
+        self._keepalive()
+        self._check_disk()
+        self.status.flush()
+        try:
+            host, item = self.items.get(timeout=wait) if wait > 0 else self.items.get_nowait()
+        except queue.Empty:
+            return
+        self._handle_all(host, item)
+
+    def interrupt(self, exc: BaseException) -> None:
+        """The launcher was interrupted (Ctrl-C, SIGTERM, SIGHUP): stop every rank, naming the signal."""
+        self.result.interrupted_by = interrupt_signal(exc)
+        self.stop(interrupt_reason(self.result.interrupted_by))
+
+    def finish(self) -> AttemptResult:
+        """Every agent is gone: the attempt's end state, in the result and in status.json."""
         self.result.ended_at = time.time()
-        if interrupted:
+        if self.result.interrupted_by is not None:
             self.state = AttemptState.INTERRUPTED
         elif not self.result.failures and all(h.done for h in self.hosts.values()) and self.preempted_by is None:
             self.state = AttemptState.SUCCEEDED
@@ -688,7 +701,8 @@ class Supervisor:
         else:
             self.state = AttemptState.FAILED
         self.result.state = self.state
-        self.status.attempt_ended(self.result.ok, self.result.interrupted, self.result.preempted)
+        self.status.attempt_ended(self.result.ok, self.result.interrupted, self.result.preempted,
+                                  interrupted_by=self.result.interrupted_by)
         return self.result
 
     def _drain_after_interrupt(self) -> None:
