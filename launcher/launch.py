@@ -21,7 +21,7 @@ from launcher.config import load_cluster, resolved_yaml
 from launcher.errors import HostUnreachable, JobDirError
 from launcher.executor import Executor, ProgramCheck, check_host, check_ssh_files, executor_for
 from launcher.joblock import JobLock
-from launcher.lifecycle import interrupt_signal
+from launcher.lifecycle import JobState, interrupt_signal
 from launcher.jobplan import PYTHON_WORD, JobPlan, build_job_plan, host_python, launch_folder, program_argv
 from launcher.plan import plan_ranks
 from launcher.npucheck import npu_preflight
@@ -104,7 +104,7 @@ class AttemptRecord:
 class JobResult:
     """How the whole job ended (what ``result.json`` holds)."""
 
-    status: str  # succeeded | failed | interrupted | preempted
+    status: JobState  # succeeded | failed | interrupted | preempted (launcher.lifecycle)
     exit_code: int
     job_dir: str
     restarts: int = 0
@@ -115,7 +115,7 @@ class JobResult:
     interrupted_by: Optional[str] = None  # status interrupted: the signal (SIGINT for Ctrl-C, SIGTERM, SIGHUP)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "exit_code": self.exit_code, "job_dir": self.job_dir,
+        return {"status": JobState(self.status).value, "exit_code": self.exit_code, "job_dir": self.job_dir,
                 **({"interrupted_by": self.interrupted_by} if self.interrupted_by else {}),
                 "restarts": self.restarts, "eval": self.eval, "preflight_s": self.preflight_s,
                 "failures": [f.to_dict() for f in order_failures(self.failures)],
@@ -413,14 +413,14 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                   sleep: Callable[[float], None], preflight_s: Optional[float] = None,
                   preempt: Optional[threading.Event] = None) -> JobResult:
     by_host = {h.address: h for h in cluster.hosts}
-    result = JobResult(status="failed", exit_code=1, job_dir=os.path.abspath(job_dir), preflight_s=preflight_s)
+    result = JobResult(status=JobState.FAILED, exit_code=1, job_dir=os.path.abspath(job_dir), preflight_s=preflight_s)
     # a job continued by hand goes on numbering its attempts: logs get a separator, nothing is overwritten
     result.attempts = previous_attempts(job_dir)
     first = max((a.attempt for a in result.attempts), default=-1) + 1
     attempt_result: Optional[AttemptResult] = None
     for attempt in range(first, first + cluster.restarts + 1):
         if preempt is not None and preempt.is_set():  # between attempts: nothing to save, nothing more to start
-            result.status, result.exit_code = "preempted", PREEMPT_EXIT
+            result.status, result.exit_code = JobState.PREEMPTED, PREEMPT_EXIT
             break
         if attempt > first:
             restart = attempt - first
@@ -430,7 +430,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
             try:
                 sleep(delay)
             except KeyboardInterrupt as exc:
-                result.status, result.exit_code = "interrupted", 130
+                result.status, result.exit_code = JobState.INTERRUPTED, 130
                 result.interrupted_by = interrupt_signal(exc)
                 break
         try:
@@ -479,14 +479,14 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
         if attempt_result.eval:
             result.eval = attempt_result.eval
         if attempt_result.ok:
-            result.status, result.exit_code = "succeeded", 0
+            result.status, result.exit_code = JobState.SUCCEEDED, 0
             break
         if attempt_result.interrupted:
-            result.status, result.exit_code = "interrupted", 130
+            result.status, result.exit_code = JobState.INTERRUPTED, 130
             result.interrupted_by = attempt_result.interrupted_by
             break
         if attempt_result.preempted:  # no restart here: the allocation is ending; requeue (sbatch.sh) resumes
-            result.status, result.exit_code = "preempted", PREEMPT_EXIT
+            result.status, result.exit_code = JobState.PREEMPTED, PREEMPT_EXIT
             break
         if attempt < first + cluster.restarts:
             _say(console, format_failures(attempt_result.failures, f"attempt {attempt} failed"))
@@ -494,7 +494,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 _say(console, "mscluster: not restarting: a rank refused its settings, data or checkpoint "
                               f"(exit {TrainerError.exit_code}); a restart would meet the same error")
                 break
-    if result.status == "failed" and attempt_result is not None and not restart_can_help(attempt_result.failures):
+    if result.status is JobState.FAILED and attempt_result is not None and not restart_can_help(attempt_result.failures):
         result.exit_code = TrainerError.exit_code  # bad input (settings, data, checkpoint): exit 2, as documented
     write_goodput_scalars(job_dir, result.attempts)
     try:

@@ -1,12 +1,9 @@
 """Run one attempt of a job: an agent per host, every line relayed, all stopped at the first failure.
 
-An attempt's life (torchelastic's WorkerState, reduced to what we need):
-
-    STARTING --> RUNNING --> SUCCEEDED        every process of every host exited 0
-        |           |
-        +-----------+--> STOPPING --> FAILED        a rank failed, a host's agent or SSH session
-                                  \\-> INTERRUPTED   ended early / the user pressed Ctrl-C
-                                  \\-> PREEMPTED     Slurm's warning (SIGUSR1): rank 0 saved and left
+An attempt's life is ``launcher.lifecycle.AttemptState`` (the state machine is drawn there):
+STARTING -> RUNNING -> SUCCEEDED, or -> FINISHING (every rank ended well, the scheduler is left:
+its agent stops it) -> SUCCEEDED, or -> STOPPING -> FAILED | INTERRUPTED | PREEMPTED. The loop's
+control flow branches on that state.
 
 STARTING: agents are being started; RUNNING: every process of every host has started. STOPPING
 closes every agent's stdin; each agent then stops its processes (TERM to the process group, a
@@ -347,12 +344,17 @@ class Supervisor:
             session.kill()
             return
         host.heard_at = self.clock()
-        if self.stopping_since is not None:  # stop() ran before this session existed
+        if self.stopping:  # stop() ran before this session existed
             session.close_stdin()
 
     # -- stopping ----------------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """Every agent was told to stop (the attempt is STOPPING; it ends once every agent is gone)."""
+        return self.state is AttemptState.STOPPING
+
     def stop(self, why: str) -> None:
-        if self.stopping_since is not None:
+        if self.stopping:
             return
         self.state = AttemptState.STOPPING
         self.stopping_since = self.clock()
@@ -373,7 +375,7 @@ class Supervisor:
         """
         if self.state not in (AttemptState.STARTING, AttemptState.RUNNING, AttemptState.FINISHING):
             return
-        if self.stopping_since is not None:
+        if self.stopping:
             return
         ranks = [key for key, p in self._proc_info.items() if p.rank is not None]
         if not ranks or any(key not in self.exited for key in ranks):
@@ -404,7 +406,7 @@ class Supervisor:
 
     def _cut_off_stragglers(self) -> None:
         grace = max(h.spec.grace_period for h in self.hosts.values())
-        if self.leftover_stopped_at is not None and self.stopping_since is None and \
+        if self.leftover_stopped_at is not None and not self.stopping and \
                 self.clock() - self.leftover_stopped_at >= grace + STOP_MARGIN_S:
             self.stop(f"the leftover processes did not stop within {grace + STOP_MARGIN_S:.0f} s")
         if self.stopping_since is None or self.clock() - self.stopping_since < grace + STOP_MARGIN_S:
@@ -445,7 +447,7 @@ class Supervisor:
         failure = RankFailure(host=host, name=msg.name, rank=msg.rank,
                               device_id=proc.device_id if proc else None, exit_code=msg.code,
                               signal=msg.signal, time=msg.time, log_path=self.sink.path(msg.name), message=message,
-                              traceback_tail=tb, during_teardown=self.stopping_since is not None,
+                              traceback_tail=tb, during_teardown=self.stopping,
                               attempt=self.attempt)
         self.result.failures.append(failure)
         self.stop(f"{msg.name} on {host} ended with {failure.outcome()}")
@@ -461,7 +463,7 @@ class Supervisor:
         self.result.failures.append(RankFailure(
             host=host, name=AGENT, rank=None, device_id=None, exit_code=item.code, signal=None,
             time=time.time(), log_path=None, message=message, traceback_tail=tuple(stderr),
-            during_teardown=self.stopping_since is not None, attempt=self.attempt))
+            during_teardown=self.stopping, attempt=self.attempt))
         self.stop(f"lost the agent on {host}")
 
     def _handle(self, host: str, item: HostItem) -> None:
@@ -473,7 +475,7 @@ class Supervisor:
             self.sink.write(host, AGENT, f"mscluster: the agent on {host} spoke of an unknown process {item.name!r}")
             return
         if not isinstance(item, (AgentStderr, AgentGone)):
-            self.status.on_message(host, item, stopping=self.stopping_since is not None
+            self.status.on_message(host, item, stopping=self.stopping
                                    or self.state is AttemptState.FINISHING)
         if isinstance(item, Output):
             if not self.sink.chatter(item.name, item.line):  # the failure table's tail: no exit chatter
@@ -512,7 +514,7 @@ class Supervisor:
             self._on_exit(host, item)
         elif isinstance(item, Done):
             self.hosts[host].done = True
-            if not item.ok and self.stopping_since is None and self.state is not AttemptState.FINISHING:
+            if not item.ok and not self.stopping and self.state is not AttemptState.FINISHING:
                 self.stop(f"the agent on {host} reported a failure")
         elif isinstance(item, AgentStderr):
             self.sink.write(host, AGENT, item.line)
@@ -533,7 +535,7 @@ class Supervisor:
 
     def _check_disk(self) -> None:
         """Logs that cannot be written (a full disk): stop the job cleanly, naming the cause."""
-        if self.sink.disk_error is None or self.stopping_since is not None:
+        if self.sink.disk_error is None or self.stopping:
             return
         self.result.failures.append(RankFailure(
             host=socket.gethostname(), name="launcher", rank=None, device_id=None, exit_code=None, signal=None,
@@ -561,7 +563,7 @@ class Supervisor:
                 time=time.time() - (silent - self.silence_limit), log_path=None,
                 message=f"no word from the agent on {name} for {silent:.0f} s (ssh.keepalive_interval x "
                         f"keepalive_count = {self.silence_limit:g} s): the host or the network to it is down",
-                during_teardown=self.stopping_since is not None, attempt=self.attempt, reason="lost"))
+                during_teardown=self.stopping, attempt=self.attempt, reason="lost"))
             session = h.session
             if session is not None:  # closing a channel over a dead link may block: not in this thread
                 threading.Thread(target=session.kill, daemon=True, name=f"cut-{name}").start()
@@ -585,17 +587,17 @@ class Supervisor:
         now = self.clock()
         if self.preempting_since is None:
             self.preempting_since = now
-            if self.stopping_since is not None:
+            if self.stopping:
                 return
             logger.warning("preempted (SIGUSR1): every rank is told; rank 0 saves a checkpoint and leaves")
             self._tell_agents(ControlMessage.PREEMPT)
-        elif self.stopping_since is None and now - self.preempting_since > PREEMPT_WAIT_S:
+        elif not self.stopping and now - self.preempting_since > PREEMPT_WAIT_S:
             self.stop(f"preempted: no rank saved and left within {PREEMPT_WAIT_S:g} s")
 
     # -- the stall watchdog ------------------------------------------------------------------------
     def _watch(self) -> None:
         """Find a stall; then gather every process's stack, name the culprit, and stop the job."""
-        if self.stopping_since is not None or not self.watch.enabled:
+        if self.stopping or not self.watch.enabled:
             return
         now = self.clock()
         if self.stall_since is None:

@@ -17,9 +17,35 @@ import pytest
 import yaml
 
 from helpers import job_processes, launch_argv, only_job_dir
+from launcher.lifecycle import AttemptState, Interrupted, JobState, ProcessState, interrupt_reason, job_state_of
 
-pytestmark = pytest.mark.integration
 
+
+def test_the_words_users_see_are_unchanged():
+    # status.json, result.json and `mscluster status --json` keep the words they always had
+    assert [s.value for s in ProcessState] == ["pending", "running", "succeeded", "failed", "stopped", "lost"]
+    assert [s.value for s in JobState] == ["running", "succeeded", "failed", "interrupted", "preempted"]
+    assert json.dumps({"state": AttemptState.SUCCEEDED, "job": JobState.PREEMPTED}) == \
+        '{"state": "succeeded", "job": "preempted"}'
+    assert f"{JobState.FAILED}" == "failed" and str(ProcessState.LOST) == "lost"
+
+
+def test_an_attempt_end_is_the_job_end_of_the_same_name():
+    for state in AttemptState:
+        job = job_state_of(state)
+        assert job is (JobState(state.value) if state.ended else JobState.RUNNING)
+
+
+def test_an_interrupt_names_its_signal():
+    import signal
+
+    err = Interrupted(signal.SIGTERM)
+    assert isinstance(err, KeyboardInterrupt) and err.signum == signal.SIGTERM and err.name == "SIGTERM"
+    assert interrupt_reason(err.name) == "interrupted (SIGTERM)"
+    assert interrupt_reason("SIGINT") == interrupt_reason(None) == "interrupted (Ctrl-C)"
+
+
+@pytest.mark.integration
 
 def test_a_program_that_never_joins_the_cluster_ends_succeeded(tmp_path):
     cluster = tmp_path / "c.yaml"
