@@ -294,3 +294,136 @@ def test_an_interrupt_names_its_signal(tmp_path, caplog, exc, reason, signame):
     status = a.status()
     assert status["state"] == "interrupted" and status["interrupted_by"] == signame
     assert all(a.agent(h).controls == ["EOF"] for h in a.specs)
+
+
+def _step(a: Attempt, host: str, name: str, step: int) -> None:
+    a.agent(host).say(Relayed(name=name, event=events.Progress(step=step, time=time.time(), loss=1.0)))
+
+
+def test_a_host_gone_silent_is_lost_and_the_others_stopped(tmp_path):
+    a = Attempt(tmp_path, keepalive=1.0)  # silent past 1 s x 3 beats: lost
+    a.start_all()
+    a.agent("host1").silent = True  # the host (or the network to it) went down
+    for _ in range(8):
+        a.agent("host0").say(Alive(time=time.time()))
+        a.drive(0.5)
+    assert a.agent("host0").controls.count("beat") >= 3  # the launcher beats to every agent
+    assert a.agent("host1").killed  # its session is cut off, not waited for
+    result = a.finish()
+    assert result.state is AttemptState.FAILED
+    root = order_failures(result.failures)[0]
+    assert (root.host, root.name, root.reason) == ("host1", "agent", "lost")
+    assert "no word from the agent on host1" in root.message
+    assert a.agent("host0").controls[-1] == "EOF"
+    assert {a.status()["processes"][n]["state"] for n in ("rank2", "rank3")} == {"lost"}
+
+
+def test_a_beating_host_is_not_lost(tmp_path):
+    a = Attempt(tmp_path, keepalive=1.0)
+    a.start_all()
+    for _ in range(20):
+        for h in a.specs:
+            a.agent(h).say(Alive(time=time.time()))
+        a.drive(0.5)
+    assert a.sup.state is AttemptState.RUNNING and a.sup.result.failures == []
+
+
+def test_a_stall_asks_for_stacks_and_names_the_culprit(tmp_path):
+    watch = WatchdogSpec(enabled=True, stall_timeout=10.0, startup_timeout=60.0, beat_interval=1.0)
+    a = Attempt(tmp_path, watch=watch)
+    a.start_all()
+    for name, host in (("rank0", "host0"), ("rank1", "host0"), ("rank2", "host1"), ("rank3", "host1")):
+        _step(a, host, name, 1)
+    for step in range(2, 5):  # rank 2 hangs at step 1; the others reach step 4 and wait for it
+        for name, host in (("rank0", "host0"), ("rank1", "host0"), ("rank3", "host1")):
+            _step(a, host, name, step)
+        a.drive(1.0)
+    a.drive(6.0)  # rank 2's last step was 9 s ago
+    assert a.sup.state is AttemptState.RUNNING and "stacks" not in a.agent("host0").controls  # not yet 10 s
+    a.drive(2.0)
+    assert "stacks" in a.agent("host0").controls and "stacks" in a.agent("host1").controls
+    result = a.finish()
+    assert result.state is AttemptState.FAILED
+    root = order_failures(result.failures)[0]
+    assert (root.name, root.host, root.reason) == ("rank2", "host1", "stalled")
+    # its beats stopped and its stack is outside MindSpore: frozen in Python
+    assert "the culprit: frozen in Python outside MindSpore (main (x.py:1))" in root.message
+    assert root.traceback_tail  # its main thread's frames, from the stack the agent sent
+
+
+def test_preemption_tells_the_agents_and_ends_preempted_when_rank0_saved(tmp_path):
+    import threading
+
+    preempt = threading.Event()
+    a = Attempt(tmp_path, preempt=preempt)
+    a.start_all()
+    preempt.set()  # SIGUSR1 to the launcher
+    a.drive(0.5)
+    assert all(a.agent(h).controls == ["preempt"] for h in a.specs)
+    a.agent("host0").exit("rank0", PREEMPT_EXIT)  # saved a checkpoint and left
+    result = a.finish()
+    assert result.state is AttemptState.PREEMPTED and result.preempted
+    assert not [f for f in result.failures if not f.during_teardown]
+    assert a.status()["state"] == "preempted"
+
+
+def test_preemption_with_no_rank_leaving_stops_after_the_wait(tmp_path):
+    import threading
+
+    from launcher.supervisor import PREEMPT_WAIT_S
+
+    preempt = threading.Event()
+    a = Attempt(tmp_path, preempt=preempt)
+    a.start_all()
+    preempt.set()
+    a.drive(PREEMPT_WAIT_S - 1)
+    assert a.sup.state is AttemptState.RUNNING
+    a.drive(2.0)
+    assert a.agent("host0").controls == ["preempt", "EOF"]
+    assert a.finish().state is AttemptState.PREEMPTED
+
+
+class FullDisk:
+    """A log file on a full disk: every write fails with ENOSPC."""
+
+    def write(self, data: str) -> int:
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_full_disk_under_the_logs_stops_the_job_naming_it(tmp_path, monkeypatch):
+    import launcher.logsink
+
+    a = Attempt(tmp_path)
+    a.start_all()
+    monkeypatch.setattr(launcher.logsink, "_open_log", lambda path: FullDisk())
+    a.sink._files.clear()
+    a.agent("host0").say(Output(name="rank0", line="epoch 1"))
+    result = a.finish()
+    assert result.state is AttemptState.FAILED
+    root = order_failures(result.failures)[0]
+    assert root.name == "launcher" and root.reason == "disk"
+    assert "cannot write the logs" in root.message and "No space left on device" in root.message
+
+
+def test_the_console_shows_rank0_and_what_is_notable_from_others(tmp_path):
+    import io
+
+    console = io.StringIO()
+    a = Attempt(tmp_path, console=console)
+    a.start_all()
+    a.agent("host0").say(Output(name="rank0", line="epoch 1 loss 2.0"), Output(name="rank1", line="epoch 1 loss 2.1"),
+                         Output(name="rank1", line="WARNING: slow data"),
+                         Output(name="rank0", line="[INFO] DISTRIBUTED chatter"))
+    a.drive(0)
+    shown = console.getvalue()
+    assert "[host0:0] epoch 1 loss 2.0" in shown and "[host0:1] WARNING: slow data" in shown
+    assert "loss 2.1" not in shown and "chatter" not in shown
+    with open(os.path.join(a.job_dir, "logs", "all.log"), encoding="utf-8") as handle:
+        merged = handle.read()
+    assert "[host0:1] epoch 1 loss 2.1" in merged and "[host0:0] [INFO] DISTRIBUTED chatter" in merged
