@@ -26,15 +26,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Mapping, Optional, Union
 
+from launcher.attempt import AttemptMachine, outcome
 from launcher.executor import Executor, Session
-from launcher import watchdog
+from launcher.liveness import Keepalive
 from launcher.logsink import LogSink, console_levels, is_notable, mindspore_log_level  # noqa: F401 - re-exported
 from launcher.lifecycle import AttemptState, interrupt_reason, interrupt_signal
 from launcher.protocol import (ControlMessage, AgentMessage, AgentSpec, Done, Exited, Output,
                                ProtocolError, Relayed, Stacks, Started, decode_message,
                                encode_control)
+from launcher.preemption import PREEMPT_WAIT_S, PreemptAction, Preemption  # noqa: F401 - PREEMPT_WAIT_S re-exported
 from launcher.report import RankFailure, traceback_tail
 from launcher.spec import WatchdogSpec
+from launcher.stall import STACKS_WAIT_S, StallAction, StallWatch  # noqa: F401 - STACKS_WAIT_S re-exported
 from launcher.status import StatusWriter
 from mscluster import events
 from mscluster.rank import PREEMPT_EXIT
@@ -42,9 +45,7 @@ from mscluster.rank import PREEMPT_EXIT
 logger = logging.getLogger(__name__)
 
 STOP_MARGIN_S = 15.0
-STACKS_WAIT_S = 12.0  # how long a stall waits for every process's stack before it reports
 STATUS_EVERY_S = 0.5  # status.json is rewritten at most this often while the attempt runs
-PREEMPT_WAIT_S = 60.0  # after SIGUSR1, how long rank 0 may take to save and leave before everything is stopped
 # every rank has ended: how long the scheduler may take to leave by itself before its agent stops it (a program
 # that never joined the cluster leaves it waiting for workers forever)
 LEFTOVER_WAIT_S = 2.0
@@ -125,32 +126,22 @@ class Supervisor:
                  clock: Callable[[], float] = time.monotonic):
         self.clock = clock  # monotonic seconds: every timeout of the attempt is measured on it (tests drive it)
         self.hosts = {h: _Host(spec, executors[h]) for h, spec in specs.items()}
-        self.preempt = preempt  # set (by a SIGUSR1 handler): the job is about to be stopped; save and leave
-        self.preempting_since: Optional[float] = None
-        self.preempted_by: Optional[str] = None  # the process that saved and exited with PREEMPT_EXIT
+        self.preemption = Preemption(preempt, clock)  # preempt: set by a SIGUSR1 handler (Slurm's warning)
         self.agent_argv, self.agent_cwd, self.sink, self.attempt = agent_argv, agent_cwd, sink, attempt
         self.agent_env = agent_env
-        self.watch = watch
-        self.started_mono = self.clock()
-        self.liveness = {(h, p.name): watchdog.Liveness(p.name, h, p.rank)
-                         for h, host in self.hosts.items() for p in host.spec.processes if p.rank is not None}
-        self.stall_since: Optional[float] = None  # a stall was found; stacks are being gathered
-        self.stacks: dict[str, str] = {}
-        self.proc_states: dict[str, str] = {}
+        self.stall = StallWatch(watch, [(h, p.name, p.rank) for h, host in self.hosts.items()
+                                        for p in host.spec.processes if p.rank is not None], clock)
         self.exited: set = set()
         self.finished: set = set()  # (host, name) of processes whose entry point returned (events.Finished)
         self._rank0_first_step_at: Optional[float] = None
-        self._waiting_first_step = set(self.liveness)  # (host, name) of ranks yet to report a step
+        self._waiting_first_step = set(self.stall.liveness)  # (host, name) of ranks yet to report a step
         first = next(iter(specs.values()), None)
-        self.keepalive_interval = first.keepalive_interval if first is not None else 0.0
-        self.silence_limit = self.keepalive_interval * (first.keepalive_count if first is not None else 3)
-        self._beat_sent_at = 0.0
+        self.keepalive = Keepalive(first.keepalive_interval if first is not None else 0.0,
+                                   first.keepalive_count if first is not None else 3, clock)
         self.items: "queue.Queue[tuple[str, Union[HostItem, list[HostItem]]]]" = queue.Queue()
         self.tails: dict[tuple[str, str, str], Deque[str]] = collections.defaultdict(  # (host, name, stream)
             lambda: collections.deque(maxlen=OUTPUT_TAIL))
-        self.state = AttemptState.STARTING
-        self.stopping_since: Optional[float] = None  # monotonic time STOPPING began (or the last cut-off)
-        self.finishing_since: Optional[float] = None  # monotonic time every rank had ended, the scheduler still ran
+        self.machine = AttemptMachine(clock)  # the attempt's state: the loop branches on it
         self.leftover_stopped_at: Optional[float] = None  # when its agent was told to stop the leftover processes
         self.result = AttemptResult(state=AttemptState.STARTING, started_at=time.time())
         self._proc_info = {(h, p.name): p for h, host in self.hosts.items() for p in host.spec.processes}
@@ -198,15 +189,17 @@ class Supervisor:
 
     # -- stopping ----------------------------------------------------------------------------------
     @property
+    def state(self) -> AttemptState:
+        return self.machine.state
+
+    @property
     def stopping(self) -> bool:
         """Every agent was told to stop (the attempt is STOPPING; it ends once every agent is gone)."""
-        return self.state is AttemptState.STOPPING
+        return self.machine.stopping
 
     def stop(self, why: str) -> None:
-        if self.stopping:
+        if not self.machine.stop():
             return
-        self.state = AttemptState.STOPPING
-        self.stopping_since = self.clock()
         self.result.stopped_at = time.time()
         logger.warning("stopping every rank: %s", why)
         for host in self.hosts.values():
@@ -234,11 +227,9 @@ class Supervisor:
         if not left:
             return
         now = self.clock()
-        if self.finishing_since is None:
-            self.finishing_since = now
-            self.state = AttemptState.FINISHING
+        if self.machine.ranks_ended():
             return
-        if self.leftover_stopped_at is not None or now - self.finishing_since < LEFTOVER_WAIT_S:
+        if self.leftover_stopped_at is not None or now - (self.machine.finishing_since or now) < LEFTOVER_WAIT_S:
             return
         self.leftover_stopped_at = now
         for host in sorted({h for h, _ in left}):
@@ -258,13 +249,14 @@ class Supervisor:
         if self.leftover_stopped_at is not None and not self.stopping and \
                 self.clock() - self.leftover_stopped_at >= grace + STOP_MARGIN_S:
             self.stop(f"the leftover processes did not stop within {grace + STOP_MARGIN_S:.0f} s")
-        if self.stopping_since is None or self.clock() - self.stopping_since < grace + STOP_MARGIN_S:
+        since = self.machine.stopping_since
+        if not self.stopping or since is None or self.clock() - since < grace + STOP_MARGIN_S:
             return
         for name, host in self.hosts.items():
             if not host.gone and host.session is not None:
                 logger.warning("%s: agent did not stop within %.0f s; cutting it off", name, grace + STOP_MARGIN_S)
                 host.session.kill()
-        self.stopping_since = self.clock()  # give the cut-off its own margin
+        self.machine.stopping_since = self.clock()  # give the cut-off its own margin
 
     # -- items -------------------------------------------------------------------------------------
     def _on_exit(self, host: str, msg: Exited) -> None:
@@ -282,11 +274,9 @@ class Supervisor:
             logger.warning("%s", line.removeprefix("mscluster: "))
             self.sink.write(host, AGENT, line)
             return
-        left = msg.code == PREEMPT_EXIT or (self.preempting_since is not None and msg.signal == "SIGUSR1")
-        if left and msg.rank is not None and self.preempted_by is None:
+        if self.preemption.left(msg.code, msg.signal, msg.rank) and \
+                self.preemption.saved_and_left(f"{msg.name} on {host}"):
             # saved its checkpoint and left, as a preempted rank does: the attempt ends preempted
-            self.preempted_by = f"{msg.name} on {host}"
-            self.preempting_since = self.preempting_since or self.clock()
             self.stop(f"preempted: {msg.name} on {host} saved a checkpoint and exited {PREEMPT_EXIT}")
             return
         proc = self._proc_info.get((host, msg.name))
@@ -331,11 +321,9 @@ class Supervisor:
                 self.tails[(host, item.name, item.stream)].append(item.line)
             self.sink.write(host, item.name, item.line)
         elif isinstance(item, Relayed):
-            live = self.liveness.get((host, item.name))
-            if live is not None and isinstance(item.event, (events.Beat, events.Progress)):
-                live.last_beat = self.clock()  # any word from it: it is alive
+            live = self.stall.on_event(host, item.name, item.event)
+            if live is not None:
                 if isinstance(item.event, events.Progress):
-                    live.last_step, live.last_progress = item.event.step, live.last_beat
                     self._count_step(live.rank, item.event.step)
                     if self._waiting_first_step:
                         self._waiting_first_step.discard((host, item.name))
@@ -348,15 +336,14 @@ class Supervisor:
             if isinstance(item.event, events.Eval):
                 self.result.eval = {"epoch": item.event.epoch, **item.event.metrics}
         elif isinstance(item, Stacks):
-            self.stacks[item.name] = item.text
-            self.proc_states[item.name] = item.state
+            self.stall.on_stack(item.name, item.text, item.state)
         elif isinstance(item, Started):
             self.sink.open(item.name)
             h = self.hosts[host]
             h.started.add(item.name)
             if self.state is AttemptState.STARTING and all(
-                    len(x.started) == len(x.spec.processes) for x in self.hosts.values()):
-                self.state = AttemptState.RUNNING
+                    len(x.started) == len(x.spec.processes) for x in self.hosts.values()) \
+                    and self.machine.all_started():
                 self.result.all_started_at = time.time()
         elif isinstance(item, Exited):
             self.exited.add((host, item.name))
@@ -395,23 +382,20 @@ class Supervisor:
     def _keepalive(self) -> None:
         """Beat to every agent; a host whose agent has been silent past the limit is lost (the root
         cause, if nothing failed before), the others are stopped, and its reader is not waited for."""
-        if self.keepalive_interval <= 0:
-            return
-        now = self.clock()
-        if now - self._beat_sent_at >= self.keepalive_interval:
-            self._beat_sent_at = now
+        if self.keepalive.beat_due():
             self._tell_agents(ControlMessage.BEAT)
+        limit = self.keepalive.limit
         for name, h in self.hosts.items():
-            if h.gone or h.heard_at is None or now - max(h.heard_at, h.read_at) <= self.silence_limit:
+            silent = None if h.gone else self.keepalive.silent_for(h.heard_at, h.read_at)
+            if silent is None:
                 continue
-            silent = now - max(h.heard_at, h.read_at)
             h.gone = True
             self.status.host_lost(name)
             self.result.failures.append(RankFailure(
                 host=name, name=AGENT, rank=None, device_id=None, exit_code=None, signal=None,
-                time=time.time() - (silent - self.silence_limit), log_path=None,
+                time=time.time() - (silent - limit), log_path=None,
                 message=f"no word from the agent on {name} for {silent:.0f} s (ssh.keepalive_interval x "
-                        f"keepalive_count = {self.silence_limit:g} s): the host or the network to it is down",
+                        f"keepalive_count = {limit:g} s): the host or the network to it is down",
                 during_teardown=self.stopping, attempt=self.attempt, reason="lost"))
             session = h.session
             if session is not None:  # closing a channel over a dead link may block: not in this thread
@@ -431,65 +415,27 @@ class Supervisor:
     def _check_preempt(self) -> None:
         """SIGUSR1 came (Slurm's warning before the time limit): forward it to every rank once; stop
         everything once a rank has saved and left, or after PREEMPT_WAIT_S."""
-        if self.preempt is None or not self.preempt.is_set():
-            return
-        now = self.clock()
-        if self.preempting_since is None:
-            self.preempting_since = now
-            if self.stopping:
-                return
+        action = self.preemption.check(self.stopping)
+        if action is PreemptAction.TELL_AGENTS:
             logger.warning("preempted (SIGUSR1): every rank is told; rank 0 saves a checkpoint and leaves")
             self._tell_agents(ControlMessage.PREEMPT)
-        elif not self.stopping and now - self.preempting_since > PREEMPT_WAIT_S:
-            self.stop(f"preempted: no rank saved and left within {PREEMPT_WAIT_S:g} s")
+        elif action is PreemptAction.GIVE_UP:
+            self.stop(f"preempted: no rank saved and left within {self.preemption.wait:g} s")
 
     # -- the stall watchdog ------------------------------------------------------------------------
     def _watch(self) -> None:
         """Find a stall; then gather every process's stack, name the culprit, and stop the job."""
-        if self.stopping or not self.watch.enabled:
+        if self.stopping:
             return
-        now = self.clock()
-        if self.stall_since is None:
-            if not watchdog.stalled(list(self.liveness.values()), now, self.started_mono, self.watch):
-                return
-            self.stall_since = now
+        action = self.stall.check(lambda: [n for (h, n) in self._proc_info
+                                           if (h, n) not in self.exited and not self.hosts[h].gone])
+        if action is StallAction.ASK_STACKS:
             logger.warning("a rank has stalled: capturing every rank's stack before stopping the job")
             self._tell_agents(ControlMessage.STACKS)
-            return
-        alive = [n for (h, n) in self._proc_info if (h, n) not in self.exited and not self.hosts[h].gone]
-        if now - self.stall_since < STACKS_WAIT_S and not all(n in self.stacks for n in alive):
-            return
-        self._report_stall(now)
-
-    def _report_stall(self, now: float) -> None:
-        ranks = list(self.liveness.values())
-        culprit = watchdog.choose_culprit(ranks, self.stacks, now, self.watch, self.proc_states)
-        stalled = watchdog.stalled(ranks, self.stall_since or now, self.started_mono, self.watch)
-        longest = max((watchdog.idle_seconds(r, self.stall_since or now, self.started_mono) for r in stalled),
-                      default=0.0)
-        summary = f"stalled: no step for {longest:.0f} s (stall_timeout {self.watch.stall_timeout:g} s)"
-        if culprit.name is not None:
-            live = next(r for r in ranks if r.name == culprit.name and r.host == culprit.host)
-            proc = self._proc_info.get((culprit.host, culprit.name))
-            frames = watchdog.main_thread_frames(self.stacks.get(culprit.name, ""))[:watchdog.TOP_FRAMES]
-            step = "no step yet" if live.last_step is None else f"last step {live.last_step}"
-            # its time is when it last made progress (or began): the table and detect_s say how long it hung
-            since = live.last_progress if live.last_progress is not None else self.started_mono
-            failure = RankFailure(host=culprit.host or "?", name=culprit.name, rank=live.rank,
-                                  device_id=proc.device_id if proc else None, exit_code=None, signal=None,
-                                  time=time.time() - (now - since), log_path=self.sink.path(culprit.name),
-                                  message=f"{summary}, {step}; the culprit: {culprit.why}",
-                                  traceback_tail=tuple(frames), attempt=self.attempt, reason="stalled")
-        else:
-            lead = min(ranks, key=lambda r: r.rank)
-            frames = watchdog.main_thread_frames(self.stacks.get(lead.name, ""))[:watchdog.TOP_FRAMES]
-            failure = RankFailure(host=lead.host, name="all ranks", rank=None, device_id=None, exit_code=None,
-                                  signal=None, time=time.time(), log_path=None,
-                                  message=f"{summary}: {culprit.why}; every stack is in errors/stacks-attempt"
-                                          f"{self.attempt}/", traceback_tail=tuple(frames), attempt=self.attempt,
-                                  reason="stalled")
-        self.result.failures.append(failure)
-        self.stop(f"{failure.name} on {failure.host} stalled")
+        elif action is StallAction.REPORT:
+            failure = self.stall.failure(self._proc_info, self.sink.path, self.attempt)
+            self.result.failures.append(failure)
+            self.stop(f"{failure.name} on {failure.host} stalled")
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> AttemptResult:
@@ -543,15 +489,11 @@ class Supervisor:
     def finish(self) -> AttemptResult:
         """Every agent is gone: the attempt's end state, in the result and in status.json."""
         self.result.ended_at = time.time()
-        if self.result.interrupted_by is not None:
-            self.state = AttemptState.INTERRUPTED
-        elif not self.result.failures and all(h.done for h in self.hosts.values()) and self.preempted_by is None:
-            self.state = AttemptState.SUCCEEDED
-        elif self.preempting_since is not None and not [f for f in self.result.failures if not f.during_teardown]:
-            self.state = AttemptState.PREEMPTED
-        else:
-            self.state = AttemptState.FAILED
-        self.result.state = self.state
+        failures = self.result.failures
+        self.result.state = self.machine.end(outcome(
+            interrupted=self.result.interrupted_by is not None, failures=len(failures),
+            causes=sum(1 for f in failures if not f.during_teardown), all_done=all(h.done for h in self.hosts.values()),
+            preempted=self.preemption.by is not None, preempting=self.preemption.preempting))
         self.status.attempt_ended(self.result.ok, self.result.interrupted, self.result.preempted,
                                   interrupted_by=self.result.interrupted_by)
         return self.result
