@@ -427,3 +427,56 @@ def test_the_console_shows_rank0_and_what_is_notable_from_others(tmp_path):
     with open(os.path.join(a.job_dir, "logs", "all.log"), encoding="utf-8") as handle:
         merged = handle.read()
     assert "[host0:1] epoch 1 loss 2.1" in merged and "[host0:0] [INFO] DISTRIBUTED chatter" in merged
+
+
+def test_a_sigkilled_rank_is_the_root_cause_by_its_signal(tmp_path):
+    a = Attempt(tmp_path)
+    a.start_all()
+    a.agent("host0").exit("rank1", None, "SIGKILL")
+    result = a.finish()
+    root = order_failures(result.failures)[0]
+    assert (root.name, root.signal, root.outcome(), root.during_teardown) == ("rank1", "SIGKILL", "SIGKILL", False)
+    assert a.agent("host1").controls == ["EOF"]
+
+
+@pytest.mark.parametrize("finished_first", [True, False])
+def test_a_crash_after_the_rank_reported_its_work_finished_is_not_a_failure(tmp_path, finished_first):
+    a = Attempt(tmp_path, hosts=1)
+    a.start_all()
+    a.agent("host0").exit("rank1", 0)
+    if finished_first:
+        a.agent("host0").say(Relayed(name="rank0", event=events.Finished(time=time.time())))
+    a.agent("host0").exit("rank0", None, "SIGSEGV")
+    result = a.finish()
+    if finished_first:
+        # the agent reports its host not ok (a process ended by a signal) but nothing failed: succeeded
+        assert result.state is AttemptState.SUCCEEDED and result.failures == []
+        assert {p["state"] for p in a.status()["processes"].values()} == {"succeeded"}
+        with open(os.path.join(a.job_dir, "logs", "all.log"), encoding="utf-8") as handle:
+            assert "after it reported its work finished (a crash in the teardown at exit)" in handle.read()
+    else:
+        assert result.state is AttemptState.FAILED and result.failures[0].signal == "SIGSEGV"
+
+
+def test_an_agent_that_cannot_start_fails_the_attempt_naming_its_host(tmp_path):
+    class Unreachable(FakeExecutor):
+        def start(self, argv, **kwargs):
+            raise OSError("connection refused")
+
+    job_dir = str(tmp_path / "job")
+    specs = _specs(job_dir)
+    executors = {"host0": FakeExecutor("host0"), "host1": Unreachable("host1")}
+    clock = FakeClock()
+    sink = LogSink(os.path.join(job_dir, "logs"), None, 0)
+    sup = Supervisor(specs, executors, agent_argv=lambda h: ["agent"], agent_cwd=lambda h: None, sink=sink,
+                     clock=clock)
+    sup.start_agents(threaded=False)
+    executors["host0"].agent.start_all()
+    while not sup.all_gone():
+        sup.turn(wait=0)
+        clock.advance(0.25)
+    result = sup.finish()
+    assert result.state is AttemptState.FAILED
+    root = order_failures(result.failures)[0]
+    assert root.host == "host1" and root.name == "agent" and "could not start the agent on host1" in root.message
+    assert executors["host0"].agent.controls == ["EOF"]
