@@ -480,3 +480,32 @@ def test_an_agent_that_cannot_start_fails_the_attempt_naming_its_host(tmp_path):
     root = order_failures(result.failures)[0]
     assert root.host == "host1" and root.name == "agent" and "could not start the agent on host1" in root.message
     assert executors["host0"].agent.controls == ["EOF"]
+
+
+def test_run_starts_agents_in_threads_and_returns_the_end(tmp_path):
+    """``run()`` itself (agents started from threads, the loop on the real clock) with agents that
+    run their processes to a clean end as soon as they have their spec."""
+
+    class QuickAgent(FakeAgent):
+        def _write(self, data: bytes) -> None:
+            first = self.spec is None
+            super()._write(data)
+            if first:
+                self.start_all()
+                for name in list(self.live):
+                    self.exit(name, 0)
+
+    class QuickExecutor(FakeExecutor):
+        def start(self, argv, *, env, cwd, on_stderr=None, on_lines=None):
+            self.agent = QuickAgent(self.host, on_stderr, on_lines)
+            return self.agent
+
+    job_dir = str(tmp_path / "job")
+    specs = _specs(job_dir, hosts=3)
+    sink = LogSink(os.path.join(job_dir, "logs"), None, 0)
+    sup = Supervisor(specs, {h: QuickExecutor(h) for h in specs}, agent_argv=lambda h: ["agent"],
+                     agent_cwd=lambda h: None, sink=sink)
+    began = time.monotonic()
+    result = sup.run()
+    assert result.state is AttemptState.SUCCEEDED and result.all_started_at is not None
+    assert time.monotonic() - began < 5
