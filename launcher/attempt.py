@@ -15,14 +15,13 @@ from launcher.lifecycle import AttemptState
 S = AttemptState
 MOVES: dict[AttemptState, frozenset[AttemptState]] = {
     S.STARTING: frozenset({S.RUNNING, S.FINISHING, S.STOPPING}),
-    S.RUNNING: frozenset({S.FINISHING, S.STOPPING, S.SUCCEEDED}),
-    S.FINISHING: frozenset({S.STOPPING, S.SUCCEEDED}),
-    S.STOPPING: frozenset({S.FAILED, S.INTERRUPTED, S.PREEMPTED, S.SUCCEEDED}),
+    S.RUNNING: frozenset({S.FINISHING, S.STOPPING}),
+    S.FINISHING: frozenset({S.STOPPING}),
+    S.STOPPING: frozenset(),
 }
-# every state may end (the launcher exits): a terminal state is chosen by `outcome`, whatever came before
-for _state in (S.STARTING, S.RUNNING, S.FINISHING):
-    MOVES[_state] = MOVES[_state] | {S.FAILED, S.INTERRUPTED, S.PREEMPTED}
-
+# once every agent is gone, an attempt ends from whatever state it was in: `outcome` chooses the end
+for _state in MOVES:
+    MOVES[_state] = MOVES[_state] | {S.SUCCEEDED, S.FAILED, S.INTERRUPTED, S.PREEMPTED}
 
 def outcome(*, interrupted: bool, failures: int, causes: int, all_done: bool, preempted: bool,
             preempting: bool) -> AttemptState:
