@@ -23,7 +23,8 @@ STARTING: agents are being started; RUNNING: every process of every host has sta
 FINISHING: every rank ended and none failed, a process without a rank (MindSpore's scheduler,
 which a program that never joins the cluster leaves waiting) is being stopped; STOPPING: every
 agent was told to stop its processes (TERM, a grace period, KILL) and the supervisor waits for
-them. The attempt ends in one of the terminal states.
+them. The attempt ends in one of the terminal states. ``status.json`` says ``running`` until
+then (STARTING, FINISHING and STOPPING are the supervisor's own), then the end's word.
 
 A job (``result.json``'s ``status``; ``mscluster status`` while it runs)::
 
