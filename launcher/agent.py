@@ -14,8 +14,10 @@ PR_SET_PDEATHSIG, so even a SIGKILLed agent takes its ranks with it. Imports no 
 
 Under Slurm (``launcher.slurm``) one srun step starts the agent on every node; each connects back
 to the launcher (``MSCLUSTER_AGENT_CONNECT``) and uses that connection as its stdin and stdout.
-A ``preempt`` line forwards SIGUSR1 to every rank (Slurm's warning before the time limit): the
-built-in trainer's rank 0 then saves a checkpoint and exits with ``mscluster.rank.PREEMPT_EXIT``.
+Control lines on stdin (``launcher.protocol.ControlMessage``): ``stop`` stops every process as EOF
+does, ``stacks`` dumps their stacks, and ``preempt`` forwards SIGUSR1 to every rank (Slurm's
+warning before the time limit): the built-in trainer's rank 0 then saves a checkpoint and exits
+with ``mscluster.rank.PREEMPT_EXIT``.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Optional
 
-from launcher.protocol import (PREEMPT_REQUEST, STACKS_REQUEST, AgentMessage, AgentSpec, Alive, Done, Exited, Output, ProcessSpec,
+from launcher.protocol import (ControlMessage, ControlReader, ProtocolError, AgentMessage, AgentSpec, Alive, Done, Exited, Output, ProcessSpec,
                                Relayed, Stacks, Started, encode_message, split_cpus)
 from mscluster import events, jobfiles
 from mscluster.fsutil import write_atomic
@@ -83,6 +85,7 @@ class Agent:
         self.ok = True
         self.heard_at = time.monotonic()  # the launcher's last word on stdin
         self.beat_at = 0.0  # when this agent last sent its own beat
+        self.control = ControlReader()  # stdin's control lines, whole however the reads split them
         self._batch: list[bytes] = []
         self._batch_size = 0
         self._batch_since: Optional[float] = None  # when the oldest message waiting was emitted
@@ -306,7 +309,7 @@ class Agent:
             self.stop_requested = True
 
     def _read_stdin(self) -> None:
-        """EOF (or a "stop" line) on stdin: the launcher is done with us, or gone; "stacks": dump them."""
+        """EOF on stdin: the launcher is done with us, or gone; else control lines (launcher.protocol)."""
         try:
             data = os.read(self.stdin_fd, 4096)  # type: ignore[arg-type]
         except BlockingIOError:
@@ -314,14 +317,25 @@ class Agent:
         except OSError:
             data = b""
         self.heard_at = time.monotonic()
-        if not data or b"stop" in data:
+        if not data:
             self.stop_requested = True
             self.selector.unregister(self.stdin_fd)
             return
-        if PREEMPT_REQUEST.encode() in data:
-            self.forward_preempt()
-        if STACKS_REQUEST.encode() in data:
-            self.dump_stacks()
+        self.on_control_bytes(data)
+
+    def on_control_bytes(self, data: bytes) -> None:
+        """Act on each whole control line in ``data`` (a line split across reads waits for its end)."""
+        for msg in self.control.feed(data):
+            if isinstance(msg, ProtocolError):
+                sys.stderr.write(f"mscluster agent: ignored a line from the launcher: {msg}\n")
+                sys.stderr.flush()
+            elif msg is ControlMessage.STOP:
+                self.stop_requested = True
+            elif msg is ControlMessage.PREEMPT:
+                self.forward_preempt()
+            elif msg is ControlMessage.STACKS:
+                self.dump_stacks()
+            # BEAT: hearing it is all (heard_at)
 
     def forward_preempt(self) -> None:
         """SIGUSR1 to each rank's own process (not its group: a data loader's workers would die of it)."""
@@ -510,7 +524,7 @@ def main() -> int:
         return 2
     spec = AgentSpec.from_json(first)
     agent = Agent(spec, _SocketWriter(stdin_fd) if sock is not None else sys.stdout.buffer, stdin_fd)  # type: ignore[arg-type]
-    agent.stop_requested = b"stop" in rest
+    agent.on_control_bytes(rest)  # control lines that came with the spec (a stop before anything started)
 
     def on_signal(*_: object) -> None:
         agent.stop_requested = True

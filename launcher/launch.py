@@ -21,6 +21,7 @@ from launcher.config import load_cluster, resolved_yaml
 from launcher.errors import HostUnreachable, JobDirError
 from launcher.executor import Executor, ProgramCheck, check_host, check_ssh_files, executor_for
 from launcher.joblock import JobLock
+from launcher.lifecycle import JobState, interrupt_signal
 from launcher.jobplan import PYTHON_WORD, JobPlan, build_job_plan, host_python, launch_folder, program_argv
 from launcher.plan import plan_ranks
 from launcher.npucheck import npu_preflight
@@ -65,6 +66,7 @@ class AttemptRecord:
     started_at: Optional[float] = None
     ended_at: Optional[float] = None
     interrupted: bool = False
+    interrupted_by: Optional[str] = None  # the signal that interrupted it: SIGINT (Ctrl-C), SIGTERM, SIGHUP
     root_cause: Optional[dict[str, Any]] = None  # the first failure's RankFailure.to_dict()
     lost: bool = False  # the launcher died during it: known only from its settings file
     # goodput: seconds from the root cause to the teardown, and to the next attempt's first step;
@@ -90,6 +92,8 @@ class AttemptRecord:
         number = lambda key: raw.get(key) if isinstance(raw.get(key), (int, float)) else None  # noqa: E731
         return AttemptRecord(attempt=raw["attempt"], ok=raw.get("ok") is True, started_at=number("started_at"),
                              ended_at=number("ended_at"), interrupted=raw.get("interrupted") is True,
+                             interrupted_by=raw.get("interrupted_by") if isinstance(raw.get("interrupted_by"), str)
+                             else None,
                              root_cause=raw.get("root_cause") if isinstance(raw.get("root_cause"), dict) else None,
                              lost=raw.get("lost") is True, detect_s=number("detect_s"), recover_s=number("recover_s"),
                              steps_lost=raw.get("steps_lost") if isinstance(raw.get("steps_lost"), int) else None,
@@ -101,7 +105,7 @@ class AttemptRecord:
 class JobResult:
     """How the whole job ended (what ``result.json`` holds)."""
 
-    status: str  # succeeded | failed | interrupted | preempted
+    status: JobState  # succeeded | failed | interrupted | preempted (launcher.lifecycle)
     exit_code: int
     job_dir: str
     restarts: int = 0
@@ -109,9 +113,11 @@ class JobResult:
     failures: list[RankFailure] = field(default_factory=list)
     attempts: list[AttemptRecord] = field(default_factory=list)
     preflight_s: Optional[float] = None  # seconds the pre-flight of every host took (in parallel)
+    interrupted_by: Optional[str] = None  # status interrupted: the signal (SIGINT for Ctrl-C, SIGTERM, SIGHUP)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "exit_code": self.exit_code, "job_dir": self.job_dir,
+        return {"status": JobState(self.status).value, "exit_code": self.exit_code, "job_dir": self.job_dir,
+                **({"interrupted_by": self.interrupted_by} if self.interrupted_by else {}),
                 "restarts": self.restarts, "eval": self.eval, "preflight_s": self.preflight_s,
                 "failures": [f.to_dict() for f in order_failures(self.failures)],
                 "attempts": [a.to_dict() for a in self.attempts], "goodput": goodput(self.attempts)}
@@ -408,14 +414,14 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                   sleep: Callable[[float], None], preflight_s: Optional[float] = None,
                   preempt: Optional[threading.Event] = None) -> JobResult:
     by_host = {h.address: h for h in cluster.hosts}
-    result = JobResult(status="failed", exit_code=1, job_dir=os.path.abspath(job_dir), preflight_s=preflight_s)
+    result = JobResult(status=JobState.FAILED, exit_code=1, job_dir=os.path.abspath(job_dir), preflight_s=preflight_s)
     # a job continued by hand goes on numbering its attempts: logs get a separator, nothing is overwritten
     result.attempts = previous_attempts(job_dir)
     first = max((a.attempt for a in result.attempts), default=-1) + 1
     attempt_result: Optional[AttemptResult] = None
     for attempt in range(first, first + cluster.restarts + 1):
         if preempt is not None and preempt.is_set():  # between attempts: nothing to save, nothing more to start
-            result.status, result.exit_code = "preempted", PREEMPT_EXIT
+            result.status, result.exit_code = JobState.PREEMPTED, PREEMPT_EXIT
             break
         if attempt > first:
             restart = attempt - first
@@ -424,8 +430,9 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                           f"from the newest good checkpoint")
             try:
                 sleep(delay)
-            except KeyboardInterrupt:
-                result.status, result.exit_code = "interrupted", 130
+            except KeyboardInterrupt as exc:
+                result.status, result.exit_code = JobState.INTERRUPTED, 130
+                result.interrupted_by = interrupt_signal(exc)
                 break
         try:
             job = plan_attempt(attempt)
@@ -462,6 +469,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
             result.attempts[-1] = dataclasses.replace(before, recover_s=round(attempt_result.first_step_at - failed_at, 3))
         result.attempts.append(AttemptRecord(attempt=attempt, ok=attempt_result.ok, started_at=attempt_result.started_at,
                                              ended_at=attempt_result.ended_at, interrupted=attempt_result.interrupted,
+                                             interrupted_by=attempt_result.interrupted_by,
                                              root_cause=root, detect_s=detect, steps_lost=lost,
                                              first_step_at=attempt_result.first_step_at,
                                              step_seconds=round(attempt_result.step_seconds, 3),
@@ -472,13 +480,14 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
         if attempt_result.eval:
             result.eval = attempt_result.eval
         if attempt_result.ok:
-            result.status, result.exit_code = "succeeded", 0
+            result.status, result.exit_code = JobState.SUCCEEDED, 0
             break
         if attempt_result.interrupted:
-            result.status, result.exit_code = "interrupted", 130
+            result.status, result.exit_code = JobState.INTERRUPTED, 130
+            result.interrupted_by = attempt_result.interrupted_by
             break
         if attempt_result.preempted:  # no restart here: the allocation is ending; requeue (sbatch.sh) resumes
-            result.status, result.exit_code = "preempted", PREEMPT_EXIT
+            result.status, result.exit_code = JobState.PREEMPTED, PREEMPT_EXIT
             break
         if attempt < first + cluster.restarts:
             _say(console, format_failures(attempt_result.failures, f"attempt {attempt} failed"))
@@ -486,7 +495,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 _say(console, "mscluster: not restarting: a rank refused its settings, data or checkpoint "
                               f"(exit {TrainerError.exit_code}); a restart would meet the same error")
                 break
-    if result.status == "failed" and attempt_result is not None and not restart_can_help(attempt_result.failures):
+    if result.status is JobState.FAILED and attempt_result is not None and not restart_can_help(attempt_result.failures):
         result.exit_code = TrainerError.exit_code  # bad input (settings, data, checkpoint): exit 2, as documented
     write_goodput_scalars(job_dir, result.attempts)
     try:

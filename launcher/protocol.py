@@ -1,10 +1,18 @@
 """What the launcher and a host's agent say to each other: one JSON object per line, typed both ways.
 
-Launcher -> agent (stdin): the first line is an ``AgentSpec``; then only ``beat`` lines (every
-``keepalive_interval``: the launcher and the network to it are up), ``stacks`` (dump every
-process's Python stack, for the stall watchdog) and ``preempt`` (SIGUSR1 to every rank: Slurm's
-warning before the time limit). EOF on the agent's stdin (the
-launcher closed it, died, or the SSH connection dropped) means: stop every process now.
+Launcher -> agent (stdin): the first line is an ``AgentSpec``; then only control lines, one
+``ControlMessage`` word a line (``encode_control``/``decode_control``; the agent buffers partial
+reads with ``ControlReader`` and acts on each whole line):
+
+    beat      every ``keepalive_interval``: the launcher and the network to it are up
+    stacks    dump every process's Python stack (the stall watchdog)
+    preempt   SIGUSR1 to every rank (Slurm's warning before the time limit): save and leave
+    stop      stop every process of this host now (TERM, the grace period, KILL) and end with Done;
+              sent when every rank has ended and only the scheduler is left waiting
+
+A line that is no control word is reported on the agent's stderr, never acted on. EOF on the
+agent's stdin (the launcher closed it, died, or the SSH connection dropped) means: stop every
+process now, as ``stop`` does.
 
 Agent -> launcher (stdout): one message a line, each a frozen dataclass here:
 
@@ -23,6 +31,7 @@ Agent -> launcher (stdout): one message a line, each a frozen dataclass here:
 """
 from __future__ import annotations
 
+import enum
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -31,11 +40,20 @@ from typing import Any, Mapping, Optional, Union
 from mscluster import events
 from mscluster.jobfiles import SCHEDULER, is_process_name
 
-STACKS_REQUEST = "stacks"
-PREEMPT_REQUEST = "preempt"  # forward SIGUSR1 to every rank: save a checkpoint, the job is about to end
-BEAT_LINE = "beat"
 
-__all__ = ["SCHEDULER", "ProcessSpec", "AgentSpec", "Started", "Output", "Relayed", "Exited", "Stacks", "Alive", "Done",
+
+class ControlMessage(str, enum.Enum):
+    """A control line from the launcher to an agent (after the spec line)."""
+
+    BEAT = "beat"  # the launcher is alive
+    STACKS = "stacks"  # dump every process's Python stack
+    PREEMPT = "preempt"  # forward SIGUSR1 to every rank: save a checkpoint, the job is about to end
+    STOP = "stop"  # stop every process of this host now (TERM, grace, KILL), as EOF does
+
+
+MAX_CONTROL_LINE = 4096  # a control line is one short word: a longer one is garbage, dropped unread
+
+__all__ = ["SCHEDULER", "ControlMessage", "ControlReader", "encode_control", "decode_control", "ProcessSpec", "AgentSpec", "Started", "Output", "Relayed", "Exited", "Stacks", "Alive", "Done",
            "AgentMessage", "ProtocolError", "encode_message", "decode_message", "split_cpus"]
 
 MAX_MESSAGE_BYTES = 1 << 20  # an Output line is capped by the agent at 64 KiB; an error file at 256 KiB
@@ -256,3 +274,47 @@ def split_cpus(available: list[int], local_rank: int, local_size: int) -> tuple[
         return (cores[local_rank % len(cores)],)
     per = len(cores) // local_size
     return tuple(cores[local_rank * per:(local_rank + 1) * per])
+
+
+def encode_control(msg: ControlMessage) -> str:
+    """One control line, with its newline."""
+    return msg.value + "\n"
+
+
+def decode_control(line: str) -> ControlMessage:
+    """The control message of one line (without its newline; surrounding blanks are ignored).
+
+    Raises:
+        ProtocolError: the line is no control word.
+    """
+    word = line.strip()
+    try:
+        return ControlMessage(word)
+    except ValueError:
+        raise ProtocolError(f"not a control line: {word[:80]!r}") from None
+
+
+class ControlReader:
+    """Turns the bytes of the agent's stdin, as reads deliver them, into whole control lines.
+
+    A line split across reads waits for its end; ``feed`` returns each complete line's message,
+    or a ``ProtocolError`` for a line that is none (the caller reports it and goes on).
+    """
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[Union[ControlMessage, ProtocolError]]:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        if len(self._partial) > MAX_CONTROL_LINE:
+            lines.append(self._partial[:MAX_CONTROL_LINE])
+            self._partial = b""
+        out: list[Union[ControlMessage, ProtocolError]] = []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                out.append(decode_control(raw.decode("utf-8", "replace")))
+            except ProtocolError as exc:
+                out.append(exc)
+        return out

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from launcher.errors import JobDirError
+from launcher.lifecycle import AttemptState, JobState, ProcessState
 from mscluster.fsutil import write_json_atomic
 from launcher.protocol import AgentMessage, AgentSpec, Exited, Relayed, Started
 from launcher.table import format_table
@@ -33,8 +34,9 @@ STATUS_FILE = jobfiles.STATUS_FILE
 RESULT_FILE = jobfiles.RESULT_FILE  # written by launcher.launch at the very end
 VERSION = 2
 
-# process states
-PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, LOST = "pending", "running", "succeeded", "failed", "stopped", "lost"
+# process states (launcher.lifecycle documents them once; the names stay for their readers)
+PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, LOST = (ProcessState.PENDING, ProcessState.RUNNING, ProcessState.SUCCEEDED,
+                                                      ProcessState.FAILED, ProcessState.STOPPED, ProcessState.LOST)
 
 # scalars of a progress event that status shows in its own columns (the built-in trainer sends them)
 FIRST_METRICS = ("top1", "loss")  # an evaluation's metrics are shown in this order, then by name
@@ -93,7 +95,7 @@ class StatusWriter:
                 processes[p.name] = {"host": host, "rank": p.rank, "state": PENDING, "pid": None,
                                      "log": os.path.join(jobfiles.LOGS_DIR, jobfiles.log_name(p.name))}
         self.data: dict[str, Any] = {
-            "version": VERSION, "launcher": launcher, "attempt": attempt, "state": RUNNING,
+            "version": VERSION, "launcher": launcher, "attempt": attempt, "state": AttemptState.RUNNING.value,
             "attempt_started_at": now, "updated_at": now,
             "world_size": sum(1 for p in processes.values() if p["rank"] is not None),
             "eval": dict(previous.get("eval") or {}) if previous else {}, "processes": processes}
@@ -151,11 +153,20 @@ class StatusWriter:
         self._pending = True  # every agent ends this way: 64 hosts were 64 rewrites in a row
         self.flush()
 
-    def attempt_ended(self, ok: bool, interrupted: bool, preempted: bool = False) -> None:
-        self.data["state"] = SUCCEEDED if ok else ("interrupted" if interrupted else ("preempted" if preempted else FAILED))
+    def attempt_ended(self, ok: bool, interrupted: bool, preempted: bool = False,
+                      interrupted_by: Optional[str] = None) -> None:
+        state = (AttemptState.SUCCEEDED if ok else AttemptState.INTERRUPTED if interrupted
+                 else AttemptState.PREEMPTED if preempted else AttemptState.FAILED)
+        self.ended(state, interrupted_by)
+
+    def ended(self, state: AttemptState, interrupted_by: Optional[str] = None) -> None:
+        """The attempt ended in ``state``: written at once; processes not ended are succeeded or stopped."""
+        self.data["state"] = state.value
+        if state is AttemptState.INTERRUPTED and interrupted_by:
+            self.data["interrupted_by"] = interrupted_by  # SIGINT (Ctrl-C), SIGTERM, SIGHUP
         for p in self.data["processes"].values():
             if p["state"] in (PENDING, RUNNING):
-                p["state"] = SUCCEEDED if ok else STOPPED
+                p["state"] = SUCCEEDED if state is AttemptState.SUCCEEDED else STOPPED
         self.write()
 
 
@@ -196,7 +207,7 @@ class JobStatus:
     """Where a job stands, from its folder."""
 
     job_dir: str
-    state: str  # running | succeeded | failed | interrupted
+    state: str  # a launcher.lifecycle.JobState: running | succeeded | failed | interrupted | preempted
     attempt: int  # 0 = the first attempt
     max_attempts: Optional[int] = None  # restarts + 1, from cluster.yaml
     detail: str = ""  # e.g. "restarting after attempt 1 failed", "the launcher (pid 12) is gone"
@@ -279,25 +290,33 @@ def read_status(job_dir: str) -> JobStatus:
         root = next((a.get("root_cause") for a in reversed(attempts) if a.get("root_cause")), None)
         if result.get("eval"):
             evaluation = {**evaluation, **result["eval"]}
-        return JobStatus(job_dir, str(result.get("status", "failed")), int(result.get("restarts", 0)), max_attempts,
+        return JobStatus(job_dir, _job_state(result.get("status")), int(result.get("restarts", 0)), max_attempts,
                          "", evaluation, tuple(ranks), os.path.getmtime(result_path),
-                         root if result.get("status") != "succeeded" else None)
+                         root if result.get("status") != JobState.SUCCEEDED else None)
     live = live or {}
-    attempt, state = int(live.get("attempt", 0)), str(live.get("state", RUNNING))
+    attempt, state = int(live.get("attempt", 0)), str(live.get("state", AttemptState.RUNNING))
     alive = _launcher_alive(live.get("launcher", {}))
     launcher = live.get("launcher", {})
     detail = ""
     if alive is False:
         detail = (f"the launcher (pid {launcher.get('pid')} on {launcher.get('host')}) is gone without "
                   f"writing {RESULT_FILE}")
-        state = FAILED if state == RUNNING else state
-    elif state != RUNNING:  # the attempt ended; the launcher decides on a restart or writes result.json
-        detail = "finishing" if state == SUCCEEDED else f"restarting after attempt {attempt + 1} {state}"
-        state = RUNNING
+        state = JobState.FAILED if state == AttemptState.RUNNING else state
+    elif state != AttemptState.RUNNING:  # the attempt ended; the launcher decides on a restart or writes result.json
+        detail = "finishing" if state == AttemptState.SUCCEEDED else f"restarting after attempt {attempt + 1} {state}"
+        state = JobState.RUNNING
     elif alive is None:
         detail = f"the launcher runs on {launcher.get('host')}"
     return JobStatus(job_dir, state, attempt, max_attempts, detail, evaluation, tuple(ranks),
                      live.get("updated_at"))
+
+
+def _job_state(raw: Any) -> str:
+    """A job state read from result.json (a word this version does not know is shown as it is)."""
+    try:
+        return JobState(raw)
+    except ValueError:
+        return str(raw) if isinstance(raw, str) else JobState.FAILED
 
 
 # -- formatting (pure) -----------------------------------------------------------------------------

@@ -1,12 +1,9 @@
 """Run one attempt of a job: an agent per host, every line relayed, all stopped at the first failure.
 
-An attempt's life (torchelastic's WorkerState, reduced to what we need):
-
-    STARTING --> RUNNING --> SUCCEEDED        every process of every host exited 0
-        |           |
-        +-----------+--> STOPPING --> FAILED        a rank failed, a host's agent or SSH session
-                                  \\-> INTERRUPTED   ended early / the user pressed Ctrl-C
-                                  \\-> PREEMPTED     Slurm's warning (SIGUSR1): rank 0 saved and left
+An attempt's life is ``launcher.lifecycle.AttemptState`` (the state machine is drawn there):
+STARTING -> RUNNING -> SUCCEEDED, or -> FINISHING (every rank ended well, the scheduler is left:
+its agent stops it) -> SUCCEEDED, or -> STOPPING -> FAILED | INTERRUPTED | PREEMPTED. The loop's
+control flow branches on that state.
 
 STARTING: agents are being started; RUNNING: every process of every host has started. STOPPING
 closes every agent's stdin; each agent then stops its processes (TERM to the process group, a
@@ -20,7 +17,6 @@ What the ranks say reaches this module as typed messages (``launcher.protocol``)
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import os
 import queue
@@ -28,36 +24,33 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Mapping, Optional, TextIO, Union
+from typing import Callable, Deque, Mapping, Optional, Union
 
+from launcher.attempt import AttemptMachine, outcome
 from launcher.executor import Executor, Session
-from launcher import watchdog
-from launcher.protocol import (BEAT_LINE, PREEMPT_REQUEST, STACKS_REQUEST, AgentMessage, AgentSpec, Done, Exited, Output,
-                               ProtocolError, Relayed, Stacks, Started, decode_message)
+from launcher.liveness import Keepalive
+from launcher.logsink import LogSink, console_levels, is_notable, mindspore_log_level  # noqa: F401 - re-exported
+from launcher.lifecycle import AttemptState, interrupt_reason, interrupt_signal
+from launcher.protocol import (ControlMessage, AgentMessage, AgentSpec, Done, Exited, Output,
+                               ProtocolError, Relayed, Stacks, Started, decode_message,
+                               encode_control)
+from launcher.preemption import PREEMPT_WAIT_S, PreemptAction, Preemption  # noqa: F401 - PREEMPT_WAIT_S re-exported
 from launcher.report import RankFailure, traceback_tail
 from launcher.spec import WatchdogSpec
+from launcher.stall import STACKS_WAIT_S, StallAction, StallWatch  # noqa: F401 - STACKS_WAIT_S re-exported
 from launcher.status import StatusWriter
-from mscluster import events, jobfiles
+from mscluster import events
 from mscluster.rank import PREEMPT_EXIT
 
 logger = logging.getLogger(__name__)
 
 STOP_MARGIN_S = 15.0
-STACKS_WAIT_S = 12.0  # how long a stall waits for every process's stack before it reports
 STATUS_EVERY_S = 0.5  # status.json is rewritten at most this often while the attempt runs
-PREEMPT_WAIT_S = 60.0  # after SIGUSR1, how long rank 0 may take to save and leave before everything is stopped
+# every rank has ended: how long the scheduler may take to leave by itself before its agent stops it (a program
+# that never joined the cluster leaves it waiting for workers forever)
+LEFTOVER_WAIT_S = 2.0
 OUTPUT_TAIL = 30
 AGENT = "agent"  # the name of a host's agent in logs and failure tables
-
-
-class AttemptState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-    PREEMPTED = "preempted"
 
 
 @dataclass
@@ -76,6 +69,7 @@ class AttemptResult:
     step_seconds: float = 0.0  # wall time between rank 0's first and last step of this attempt
     all_started_at: Optional[float] = None  # wall time every process of every host had started
     all_progress_at: Optional[float] = None  # wall time every rank had reported its first step
+    interrupted_by: Optional[str] = None  # the signal that interrupted it (SIGINT, SIGTERM, SIGHUP)
 
     @property
     def ok(self) -> bool:
@@ -109,158 +103,6 @@ class AgentGone:
 
 HostItem = Union[AgentMessage, AgentStderr, AgentGone]
 
-NOTABLE = ("WARNING", "ERROR", "CRITICAL", "FATAL", "Traceback (most recent call last)", "Error:", "Exception:")
-
-
-MINDSPORE_LEVELS = ("[DEBUG]", "[INFO]", "[WARNING]", "[ERROR]", "[CRITICAL]")  # GLOG_v 0..4
-MINDSPORE_DEFAULT_LEVEL = 2  # what MindSpore logs when GLOG_v is not set: WARNING and worse
-
-
-def is_notable(line: str) -> bool:
-    """A line worth the terminal whatever the console setting: a warning, an error, a traceback."""
-    return any(word in line for word in NOTABLE)
-
-
-def mindspore_log_level(line: str) -> Optional[int]:
-    """The GLOG_v level of a line of MindSpore's own log (``[INFO] DISTRIBUTED(...) ...``), else None."""
-    if line.startswith("["):
-        for level, tag in enumerate(MINDSPORE_LEVELS):
-            if line.startswith(tag):
-                return level
-    return None
-
-
-def console_levels(specs: Mapping[str, AgentSpec]) -> dict[str, int]:
-    """Each process's GLOG_v (its environment in the plan), for keeping MindSpore's chatter off the console.
-
-    MindSpore prints some INFO lines at exit whatever GLOG_v says; the files keep them.
-    """
-    levels = {}
-    for spec in specs.values():
-        for p in spec.processes:
-            raw = dict(p.env).get("GLOG_v", "")
-            levels[p.name] = int(raw) if raw.isdigit() else MINDSPORE_DEFAULT_LEVEL
-    return levels
-
-
-class LogSink:
-    """Each process's lines to its log file and to ``all.log``; the console gets a chosen part.
-
-    ``all.log`` holds every process's lines as ``[host:rank] line`` in the order the launcher
-    received them: the job's log merged by time (one clock, the launcher's), what ``mscluster
-    logs JOB`` shows. The console shows every line of the ranks in ``console_ranks`` (None: all
-    processes), and from every other process the lines ``is_notable`` picks out; MindSpore's own log lines below
-    the process's ``GLOG_v`` never reach it.
-    """
-
-    def __init__(self, logs_dir: str, console: Optional[TextIO], attempt: int,
-                 console_ranks: Optional[frozenset[int]] = frozenset({0}), levels: Mapping[str, int] = {}):
-        self.logs_dir, self.console, self.attempt = logs_dir, console, attempt
-        self.console_ranks = console_ranks
-        self.levels = dict(levels)  # process name -> its GLOG_v: MindSpore's lines below it stay off the console
-        self.disk_error: Optional[str] = None  # set when a log could not be written (a full disk)
-        self._files: dict[str, TextIO] = {}
-        self._unflushed: set[str] = set()  # processes whose log has lines not yet flushed
-        self._lock = threading.Lock()
-        os.makedirs(logs_dir, exist_ok=True)
-        self._all: Optional[TextIO] = None
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.logs_dir, jobfiles.log_name(name))
-
-    def _separator(self) -> str:
-        return f"===== mscluster: attempt {self.attempt} (restart {self.attempt}) =====\n"
-
-    def _handle(self, name: str) -> TextIO:
-        handle = self._files.get(name)
-        if handle is None:
-            handle = self._files[name] = _open_log(self.path(name))
-            if self.attempt:
-                handle.write(self._separator())
-                handle.flush()
-        return handle
-
-    def open(self, name: str) -> None:
-        """Create the log of a process that just started (even one that never prints)."""
-        with self._lock:
-            self._handle(name)
-
-    def chatter(self, name: str, line: str) -> bool:
-        """Whether the line is MindSpore's own log below the process's GLOG_v (files only)."""
-        level = mindspore_log_level(line)
-        return level is not None and level < self.levels.get(name, MINDSPORE_DEFAULT_LEVEL)
-
-    def shows(self, name: str, line: str) -> bool:
-        """Whether the console shows this line of process ``name``."""
-        if self.chatter(name, line):
-            return False
-        if self.console_ranks is None:
-            return True
-        rank = jobfiles.rank_of(name)
-        return (rank is not None and rank in self.console_ranks) or is_notable(line)
-
-    def write(self, host: str, name: str, line: str) -> None:
-        rank = jobfiles.rank_of(name)
-        label = str(rank) if rank is not None else ("sched" if name == jobfiles.SCHEDULER else name)
-        with self._lock:
-            if self.disk_error is None:
-                try:
-                    handle = self._handle(name)
-                    handle.write(line + "\n")
-                    self._unflushed.add(name)
-                    if self._all is None:
-                        self._all = _open_log(os.path.join(self.logs_dir, jobfiles.ALL_LOG))
-                        if self.attempt:
-                            self._all.write(self._separator())
-                    self._all.write(f"[{host}:{label}] {line}\n")
-                except OSError as exc:  # a full disk (or quota) under the job folder: the job must stop
-                    self.disk_error = f"cannot write the logs in {self.logs_dir}: {exc.strerror or exc}"
-            if self.console is not None and self.shows(name, line):
-                try:
-                    self.console.write(f"[{host}:{label}] {line}\n")
-                except (OSError, ValueError):  # a closed terminal or pipe: the files keep everything
-                    self.console = None
-
-    def flush(self) -> None:
-        """Hand what was written since the last flush to the files and the console (once per batch)."""
-        with self._lock:
-            if self.disk_error is None:
-                try:
-                    for name in self._unflushed:
-                        handle = self._files.get(name)
-                        if handle is not None:
-                            handle.flush()
-                    if self._all is not None:
-                        self._all.flush()
-                except OSError as exc:
-                    self.disk_error = f"cannot write the logs in {self.logs_dir}: {exc.strerror or exc}"
-            self._unflushed.clear()
-            if self.console is not None:
-                try:
-                    self.console.flush()
-                except (OSError, ValueError):
-                    self.console = None
-
-    def close(self) -> None:
-        with self._lock:
-            handles = [*self._files.values(), *([self._all] if self._all is not None else [])]
-            self._files.clear()
-            self._all = None
-            for handle in handles:
-                try:
-                    handle.close()
-                except OSError as exc:  # the last buffered line did not fit on a full disk
-                    self.disk_error = self.disk_error or f"cannot write the logs in {self.logs_dir}: {exc.strerror}"
-
-
-def _open_log(path: str) -> TextIO:
-    """A log to append to, created 0600, never through a symlink (one planted there is removed)."""
-    if os.path.islink(path):
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    return open(fd, "a", encoding="utf-8")
-
-
 @dataclass
 class _Host:
     spec: AgentSpec
@@ -280,33 +122,27 @@ class Supervisor:
     def __init__(self, specs: Mapping[str, AgentSpec], executors: Mapping[str, Executor],
                  agent_argv: Callable[[str], list[str]], agent_cwd: Callable[[str], Optional[str]],
                  sink: LogSink, attempt: int = 0, agent_env: Callable[[str], Mapping[str, str]] = lambda h: {},
-                 watch: WatchdogSpec = WatchdogSpec(enabled=False), preempt: Optional[threading.Event] = None):
+                 watch: WatchdogSpec = WatchdogSpec(enabled=False), preempt: Optional[threading.Event] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.clock = clock  # monotonic seconds: every timeout of the attempt is measured on it (tests drive it)
         self.hosts = {h: _Host(spec, executors[h]) for h, spec in specs.items()}
-        self.preempt = preempt  # set (by a SIGUSR1 handler): the job is about to be stopped; save and leave
-        self.preempting_since: Optional[float] = None
-        self.preempted_by: Optional[str] = None  # the process that saved and exited with PREEMPT_EXIT
+        self.preemption = Preemption(preempt, clock)  # preempt: set by a SIGUSR1 handler (Slurm's warning)
         self.agent_argv, self.agent_cwd, self.sink, self.attempt = agent_argv, agent_cwd, sink, attempt
         self.agent_env = agent_env
-        self.watch = watch
-        self.started_mono = time.monotonic()
-        self.liveness = {(h, p.name): watchdog.Liveness(p.name, h, p.rank)
-                         for h, host in self.hosts.items() for p in host.spec.processes if p.rank is not None}
-        self.stall_since: Optional[float] = None  # a stall was found; stacks are being gathered
-        self.stacks: dict[str, str] = {}
-        self.proc_states: dict[str, str] = {}
+        self.stall = StallWatch(watch, [(h, p.name, p.rank) for h, host in self.hosts.items()
+                                        for p in host.spec.processes if p.rank is not None], clock)
         self.exited: set = set()
         self.finished: set = set()  # (host, name) of processes whose entry point returned (events.Finished)
         self._rank0_first_step_at: Optional[float] = None
-        self._waiting_first_step = set(self.liveness)  # (host, name) of ranks yet to report a step
+        self._waiting_first_step = set(self.stall.liveness)  # (host, name) of ranks yet to report a step
         first = next(iter(specs.values()), None)
-        self.keepalive_interval = first.keepalive_interval if first is not None else 0.0
-        self.silence_limit = self.keepalive_interval * (first.keepalive_count if first is not None else 3)
-        self._beat_sent_at = 0.0
+        self.keepalive = Keepalive(first.keepalive_interval if first is not None else 0.0,
+                                   first.keepalive_count if first is not None else 3, clock)
         self.items: "queue.Queue[tuple[str, Union[HostItem, list[HostItem]]]]" = queue.Queue()
         self.tails: dict[tuple[str, str, str], Deque[str]] = collections.defaultdict(  # (host, name, stream)
             lambda: collections.deque(maxlen=OUTPUT_TAIL))
-        self.state = AttemptState.STARTING
-        self.stopping_since: Optional[float] = None  # monotonic time STOPPING began (or the last cut-off)
+        self.machine = AttemptMachine(clock)  # the attempt's state: the loop branches on it
+        self.leftover_stopped_at: Optional[float] = None  # when its agent was told to stop the leftover processes
         self.result = AttemptResult(state=AttemptState.STARTING, started_at=time.time())
         self._proc_info = {(h, p.name): p for h, host in self.hosts.items() for p in host.spec.processes}
         # <job>/status.json for `mscluster status` (the sink's logs_dir is <job>/logs)
@@ -323,7 +159,7 @@ class Supervisor:
                 host.session = host.session or session  # its stderr tail, for the failure table
                 self.items.put((name, AgentGone(session.wait(timeout=30), host.start_error)))
                 return
-            host.read_at = time.monotonic()  # one hand-over per read: a fleet sends thousands of lines a second
+            host.read_at = self.clock()  # one hand-over per read: a fleet sends thousands of lines a second
             batch: list[HostItem] = []
             for line in lines:
                 try:
@@ -347,35 +183,89 @@ class Supervisor:
             host.start_error = f"could not start the agent on {name}: {exc}"
             session.kill()
             return
-        host.heard_at = time.monotonic()
-        if self.stopping_since is not None:  # stop() ran before this session existed
+        host.heard_at = self.clock()
+        if self.stopping:  # stop() ran before this session existed
             session.close_stdin()
 
     # -- stopping ----------------------------------------------------------------------------------
+    @property
+    def state(self) -> AttemptState:
+        return self.machine.state
+
+    @property
+    def stopping(self) -> bool:
+        """Every agent was told to stop (the attempt is STOPPING; it ends once every agent is gone)."""
+        return self.machine.stopping
+
     def stop(self, why: str) -> None:
-        if self.stopping_since is not None:
+        if not self.machine.stop():
             return
-        self.state = AttemptState.STOPPING
-        self.stopping_since = time.monotonic()
         self.result.stopped_at = time.time()
         logger.warning("stopping every rank: %s", why)
         for host in self.hosts.values():
             if host.session is not None:
                 host.session.close_stdin()
 
+    def _finish_leftovers(self) -> None:
+        """Every rank has ended and none failed, but a process without a rank (the scheduler) still runs.
+
+        A program that never joins MindSpore's dynamic cluster (a data-preparation step, a program
+        that is not MindSpore) leaves the scheduler waiting for workers forever: it has no purpose
+        left. It gets LEFTOVER_WAIT_S to leave by itself (MindSpore's does once its workers are
+        done), then its agent stops it (TERM, the grace period, KILL); the attempt ends by the
+        ranks' results. A scheduler that ends while ranks still run is judged as any process is.
+        """
+        if self.state not in (AttemptState.STARTING, AttemptState.RUNNING, AttemptState.FINISHING):
+            return
+        if self.stopping:
+            return
+        ranks = [key for key, p in self._proc_info.items() if p.rank is not None]
+        if not ranks or any(key not in self.exited for key in ranks):
+            return
+        left = [(h, n) for (h, n), p in self._proc_info.items()
+                if p.rank is None and (h, n) not in self.exited and not self.hosts[h].gone]
+        if not left:
+            return
+        now = self.clock()
+        if self.machine.ranks_ended():
+            return
+        if self.leftover_stopped_at is not None or now - (self.machine.finishing_since or now) < LEFTOVER_WAIT_S:
+            return
+        self.leftover_stopped_at = now
+        for host in sorted({h for h, _ in left}):
+            names = ", ".join(n for h, n in left if h == host)
+            logger.info("every rank has ended; stopping %s on %s", names, host)
+            self.sink.write(host, AGENT, f"mscluster: every rank has ended; stopping {names} on {host} "
+                                         "(a program that never joined the cluster leaves it waiting for workers)")
+            session = self.hosts[host].session
+            if session is not None:
+                try:
+                    session.write(encode_control(ControlMessage.STOP))
+                except BrokenPipeError:
+                    pass
+
     def _cut_off_stragglers(self) -> None:
         grace = max(h.spec.grace_period for h in self.hosts.values())
-        if self.stopping_since is None or time.monotonic() - self.stopping_since < grace + STOP_MARGIN_S:
+        if self.leftover_stopped_at is not None and not self.stopping and \
+                self.clock() - self.leftover_stopped_at >= grace + STOP_MARGIN_S:
+            self.stop(f"the leftover processes did not stop within {grace + STOP_MARGIN_S:.0f} s")
+        since = self.machine.stopping_since
+        if not self.stopping or since is None or self.clock() - since < grace + STOP_MARGIN_S:
             return
         for name, host in self.hosts.items():
             if not host.gone and host.session is not None:
                 logger.warning("%s: agent did not stop within %.0f s; cutting it off", name, grace + STOP_MARGIN_S)
                 host.session.kill()
-        self.stopping_since = time.monotonic()  # give the cut-off its own margin
+        self.machine.stopping_since = self.clock()  # give the cut-off its own margin
 
     # -- items -------------------------------------------------------------------------------------
     def _on_exit(self, host: str, msg: Exited) -> None:
         if msg.code == 0:
+            return
+        if self.state is AttemptState.FINISHING and msg.rank is None:
+            how = f"signal {msg.signal}" if msg.signal else f"exit code {msg.code}"
+            self.sink.write(host, msg.name, f"mscluster: every rank had ended; {msg.name} was stopped ({how}): "
+                                            "not counted as a failure")
             return
         if (host, msg.name) in self.finished and msg.code != PREEMPT_EXIT:
             how = f"signal {msg.signal}" if msg.signal else f"exit code {msg.code}"
@@ -384,11 +274,9 @@ class Supervisor:
             logger.warning("%s", line.removeprefix("mscluster: "))
             self.sink.write(host, AGENT, line)
             return
-        left = msg.code == PREEMPT_EXIT or (self.preempting_since is not None and msg.signal == "SIGUSR1")
-        if left and msg.rank is not None and self.preempted_by is None:
+        if self.preemption.left(msg.code, msg.signal, msg.rank) and \
+                self.preemption.saved_and_left(f"{msg.name} on {host}"):
             # saved its checkpoint and left, as a preempted rank does: the attempt ends preempted
-            self.preempted_by = f"{msg.name} on {host}"
-            self.preempting_since = self.preempting_since or time.monotonic()
             self.stop(f"preempted: {msg.name} on {host} saved a checkpoint and exited {PREEMPT_EXIT}")
             return
         proc = self._proc_info.get((host, msg.name))
@@ -398,7 +286,7 @@ class Supervisor:
         failure = RankFailure(host=host, name=msg.name, rank=msg.rank,
                               device_id=proc.device_id if proc else None, exit_code=msg.code,
                               signal=msg.signal, time=msg.time, log_path=self.sink.path(msg.name), message=message,
-                              traceback_tail=tb, during_teardown=self.stopping_since is not None,
+                              traceback_tail=tb, during_teardown=self.stopping,
                               attempt=self.attempt)
         self.result.failures.append(failure)
         self.stop(f"{msg.name} on {host} ended with {failure.outcome()}")
@@ -414,29 +302,28 @@ class Supervisor:
         self.result.failures.append(RankFailure(
             host=host, name=AGENT, rank=None, device_id=None, exit_code=item.code, signal=None,
             time=time.time(), log_path=None, message=message, traceback_tail=tuple(stderr),
-            during_teardown=self.stopping_since is not None, attempt=self.attempt))
+            during_teardown=self.stopping, attempt=self.attempt))
         self.stop(f"lost the agent on {host}")
 
     def _handle(self, host: str, item: HostItem) -> None:
         state = self.hosts[host]
         if state.gone and not isinstance(item, AgentGone):
             return  # a host given up for lost: what its stale reader still hands over changes nothing
-        state.heard_at = time.monotonic()
+        state.heard_at = self.clock()
         if isinstance(item, (Started, Output, Relayed, Exited, Stacks)) and (host, item.name) not in self._proc_info:
             self.sink.write(host, AGENT, f"mscluster: the agent on {host} spoke of an unknown process {item.name!r}")
             return
         if not isinstance(item, (AgentStderr, AgentGone)):
-            self.status.on_message(host, item, stopping=self.stopping_since is not None)
+            self.status.on_message(host, item, stopping=self.stopping
+                                   or self.state is AttemptState.FINISHING)
         if isinstance(item, Output):
             if not self.sink.chatter(item.name, item.line):  # the failure table's tail: no exit chatter
                 self.tails[(host, item.name, item.stream)].append(item.line)
             self.sink.write(host, item.name, item.line)
         elif isinstance(item, Relayed):
-            live = self.liveness.get((host, item.name))
-            if live is not None and isinstance(item.event, (events.Beat, events.Progress)):
-                live.last_beat = time.monotonic()  # any word from it: it is alive
+            live = self.stall.on_event(host, item.name, item.event)
+            if live is not None:
                 if isinstance(item.event, events.Progress):
-                    live.last_step, live.last_progress = item.event.step, live.last_beat
                     self._count_step(live.rank, item.event.step)
                     if self._waiting_first_step:
                         self._waiting_first_step.discard((host, item.name))
@@ -449,22 +336,21 @@ class Supervisor:
             if isinstance(item.event, events.Eval):
                 self.result.eval = {"epoch": item.event.epoch, **item.event.metrics}
         elif isinstance(item, Stacks):
-            self.stacks[item.name] = item.text
-            self.proc_states[item.name] = item.state
+            self.stall.on_stack(item.name, item.text, item.state)
         elif isinstance(item, Started):
             self.sink.open(item.name)
             h = self.hosts[host]
             h.started.add(item.name)
             if self.state is AttemptState.STARTING and all(
-                    len(x.started) == len(x.spec.processes) for x in self.hosts.values()):
-                self.state = AttemptState.RUNNING
+                    len(x.started) == len(x.spec.processes) for x in self.hosts.values()) \
+                    and self.machine.all_started():
                 self.result.all_started_at = time.time()
         elif isinstance(item, Exited):
             self.exited.add((host, item.name))
             self._on_exit(host, item)
         elif isinstance(item, Done):
             self.hosts[host].done = True
-            if not item.ok and self.stopping_since is None:
+            if not item.ok and not self.stopping and self.state is not AttemptState.FINISHING:
                 self.stop(f"the agent on {host} reported a failure")
         elif isinstance(item, AgentStderr):
             self.sink.write(host, AGENT, item.line)
@@ -485,7 +371,7 @@ class Supervisor:
 
     def _check_disk(self) -> None:
         """Logs that cannot be written (a full disk): stop the job cleanly, naming the cause."""
-        if self.sink.disk_error is None or self.stopping_since is not None:
+        if self.sink.disk_error is None or self.stopping:
             return
         self.result.failures.append(RankFailure(
             host=socket.gethostname(), name="launcher", rank=None, device_id=None, exit_code=None, signal=None,
@@ -496,35 +382,32 @@ class Supervisor:
     def _keepalive(self) -> None:
         """Beat to every agent; a host whose agent has been silent past the limit is lost (the root
         cause, if nothing failed before), the others are stopped, and its reader is not waited for."""
-        if self.keepalive_interval <= 0:
-            return
-        now = time.monotonic()
-        if now - self._beat_sent_at >= self.keepalive_interval:
-            self._beat_sent_at = now
-            self._tell_agents(BEAT_LINE)
+        if self.keepalive.beat_due():
+            self._tell_agents(ControlMessage.BEAT)
+        limit = self.keepalive.limit
         for name, h in self.hosts.items():
-            if h.gone or h.heard_at is None or now - max(h.heard_at, h.read_at) <= self.silence_limit:
+            silent = None if h.gone else self.keepalive.silent_for(h.heard_at, h.read_at)
+            if silent is None:
                 continue
-            silent = now - max(h.heard_at, h.read_at)
             h.gone = True
             self.status.host_lost(name)
             self.result.failures.append(RankFailure(
                 host=name, name=AGENT, rank=None, device_id=None, exit_code=None, signal=None,
-                time=time.time() - (silent - self.silence_limit), log_path=None,
+                time=time.time() - (silent - limit), log_path=None,
                 message=f"no word from the agent on {name} for {silent:.0f} s (ssh.keepalive_interval x "
-                        f"keepalive_count = {self.silence_limit:g} s): the host or the network to it is down",
-                during_teardown=self.stopping_since is not None, attempt=self.attempt, reason="lost"))
+                        f"keepalive_count = {limit:g} s): the host or the network to it is down",
+                during_teardown=self.stopping, attempt=self.attempt, reason="lost"))
             session = h.session
             if session is not None:  # closing a channel over a dead link may block: not in this thread
                 threading.Thread(target=session.kill, daemon=True, name=f"cut-{name}").start()
             self.stop(f"lost the host {name}")
 
-    def _tell_agents(self, line: str) -> None:
-        """One line to every agent still there (one that is gone just misses it)."""
+    def _tell_agents(self, msg: ControlMessage) -> None:
+        """One control line to every agent still there (one that is gone just misses it)."""
         for host in self.hosts.values():
             if host.session is not None and not host.gone:
                 try:
-                    host.session.write(line + "\n")
+                    host.session.write(encode_control(msg))
                 except BrokenPipeError:
                     pass
 
@@ -532,105 +415,87 @@ class Supervisor:
     def _check_preempt(self) -> None:
         """SIGUSR1 came (Slurm's warning before the time limit): forward it to every rank once; stop
         everything once a rank has saved and left, or after PREEMPT_WAIT_S."""
-        if self.preempt is None or not self.preempt.is_set():
-            return
-        now = time.monotonic()
-        if self.preempting_since is None:
-            self.preempting_since = now
-            if self.stopping_since is not None:
-                return
+        action = self.preemption.check(self.stopping)
+        if action is PreemptAction.TELL_AGENTS:
             logger.warning("preempted (SIGUSR1): every rank is told; rank 0 saves a checkpoint and leaves")
-            self._tell_agents(PREEMPT_REQUEST)
-        elif self.stopping_since is None and now - self.preempting_since > PREEMPT_WAIT_S:
-            self.stop(f"preempted: no rank saved and left within {PREEMPT_WAIT_S:g} s")
+            self._tell_agents(ControlMessage.PREEMPT)
+        elif action is PreemptAction.GIVE_UP:
+            self.stop(f"preempted: no rank saved and left within {self.preemption.wait:g} s")
 
     # -- the stall watchdog ------------------------------------------------------------------------
     def _watch(self) -> None:
         """Find a stall; then gather every process's stack, name the culprit, and stop the job."""
-        if self.stopping_since is not None or not self.watch.enabled:
+        if self.stopping:
             return
-        now = time.monotonic()
-        if self.stall_since is None:
-            if not watchdog.stalled(list(self.liveness.values()), now, self.started_mono, self.watch):
-                return
-            self.stall_since = now
+        action = self.stall.check(lambda: [n for (h, n) in self._proc_info
+                                           if (h, n) not in self.exited and not self.hosts[h].gone])
+        if action is StallAction.ASK_STACKS:
             logger.warning("a rank has stalled: capturing every rank's stack before stopping the job")
-            self._tell_agents(STACKS_REQUEST)
-            return
-        alive = [n for (h, n) in self._proc_info if (h, n) not in self.exited and not self.hosts[h].gone]
-        if now - self.stall_since < STACKS_WAIT_S and not all(n in self.stacks for n in alive):
-            return
-        self._report_stall(now)
-
-    def _report_stall(self, now: float) -> None:
-        ranks = list(self.liveness.values())
-        culprit = watchdog.choose_culprit(ranks, self.stacks, now, self.watch, self.proc_states)
-        stalled = watchdog.stalled(ranks, self.stall_since or now, self.started_mono, self.watch)
-        longest = max((watchdog.idle_seconds(r, self.stall_since or now, self.started_mono) for r in stalled),
-                      default=0.0)
-        summary = f"stalled: no step for {longest:.0f} s (stall_timeout {self.watch.stall_timeout:g} s)"
-        if culprit.name is not None:
-            live = next(r for r in ranks if r.name == culprit.name and r.host == culprit.host)
-            proc = self._proc_info.get((culprit.host, culprit.name))
-            frames = watchdog.main_thread_frames(self.stacks.get(culprit.name, ""))[:watchdog.TOP_FRAMES]
-            step = "no step yet" if live.last_step is None else f"last step {live.last_step}"
-            # its time is when it last made progress (or began): the table and detect_s say how long it hung
-            since = live.last_progress if live.last_progress is not None else self.started_mono
-            failure = RankFailure(host=culprit.host or "?", name=culprit.name, rank=live.rank,
-                                  device_id=proc.device_id if proc else None, exit_code=None, signal=None,
-                                  time=time.time() - (now - since), log_path=self.sink.path(culprit.name),
-                                  message=f"{summary}, {step}; the culprit: {culprit.why}",
-                                  traceback_tail=tuple(frames), attempt=self.attempt, reason="stalled")
-        else:
-            lead = min(ranks, key=lambda r: r.rank)
-            frames = watchdog.main_thread_frames(self.stacks.get(lead.name, ""))[:watchdog.TOP_FRAMES]
-            failure = RankFailure(host=lead.host, name="all ranks", rank=None, device_id=None, exit_code=None,
-                                  signal=None, time=time.time(), log_path=None,
-                                  message=f"{summary}: {culprit.why}; every stack is in errors/stacks-attempt"
-                                          f"{self.attempt}/", traceback_tail=tuple(frames), attempt=self.attempt,
-                                  reason="stalled")
-        self.result.failures.append(failure)
-        self.stop(f"{failure.name} on {failure.host} stalled")
+            self._tell_agents(ControlMessage.STACKS)
+        elif action is StallAction.REPORT:
+            failure = self.stall.failure(self._proc_info, self.sink.path, self.attempt)
+            self.result.failures.append(failure)
+            self.stop(f"{failure.name} on {failure.host} stalled")
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> AttemptResult:
-        threads = [threading.Thread(target=self._start, args=(name, host), daemon=True, name=f"agent-{name}")
-                   for name, host in self.hosts.items()]
-        for t in threads:
-            t.start()
-        interrupted = False
+        """Start every agent, relay until every one is gone, and say how the attempt ended."""
+        self.start_agents()
         try:
-            while not all(h.gone for h in self.hosts.values()):
-                self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
-                self._check_preempt()
-                self._watch()
-                self._keepalive()
-                self._check_disk()
-                self.status.flush()
-                try:
-                    host, item = self.items.get(timeout=0.25)
-                except queue.Empty:
-                    continue
-                self._handle_all(host, item)
-        except KeyboardInterrupt:
-            interrupted = True
-            self.stop("interrupted (Ctrl-C)")
+            while not self.all_gone():
+                self.turn()
+        except KeyboardInterrupt as exc:  # Ctrl-C, or launcher.lifecycle.Interrupted from a SIGTERM/SIGHUP handler
+            self.interrupt(exc)
             self._drain_after_interrupt()
         finally:
-            if not all(h.gone for h in self.hosts.values()):
+            if not self.all_gone():
                 self.stop("the launcher is exiting")
             self.sink.close()
+        return self.finish()
+
+    def start_agents(self, threaded: bool = True) -> None:
+        """Start each host's agent (a thread per host: an SSH connection may take seconds)."""
+        if not threaded:
+            for name, host in self.hosts.items():
+                self._start(name, host)
+            return
+        for name, host in self.hosts.items():
+            threading.Thread(target=self._start, args=(name, host), daemon=True, name=f"agent-{name}").start()
+
+    def all_gone(self) -> bool:
+        return all(h.gone for h in self.hosts.values())
+
+    def turn(self, wait: float = 0.25) -> None:
+        """One turn of the loop: the timers (cut-off, leftovers, preemption, stall, keepalive, disk),
+        then the next item from the agents (waiting up to ``wait`` seconds for one)."""
+        self._cut_off_stragglers()  # every turn: a chatty host must not postpone it
+        self._finish_leftovers()
+        self._check_preempt()
+        self._watch()
+        self._keepalive()
+        self._check_disk()
+        self.status.flush()
+        try:
+            host, item = self.items.get(timeout=wait) if wait > 0 else self.items.get_nowait()
+        except queue.Empty:
+            return
+        self._handle_all(host, item)
+
+    def interrupt(self, exc: BaseException) -> None:
+        """The launcher was interrupted (Ctrl-C, SIGTERM, SIGHUP): stop every rank, naming the signal."""
+        self.result.interrupted_by = interrupt_signal(exc)
+        self.stop(interrupt_reason(self.result.interrupted_by))
+
+    def finish(self) -> AttemptResult:
+        """Every agent is gone: the attempt's end state, in the result and in status.json."""
         self.result.ended_at = time.time()
-        if interrupted:
-            self.state = AttemptState.INTERRUPTED
-        elif not self.result.failures and all(h.done for h in self.hosts.values()) and self.preempted_by is None:
-            self.state = AttemptState.SUCCEEDED
-        elif self.preempting_since is not None and not [f for f in self.result.failures if not f.during_teardown]:
-            self.state = AttemptState.PREEMPTED
-        else:
-            self.state = AttemptState.FAILED
-        self.result.state = self.state
-        self.status.attempt_ended(self.result.ok, self.result.interrupted, self.result.preempted)
+        failures = self.result.failures
+        self.result.state = self.machine.end(outcome(
+            interrupted=self.result.interrupted_by is not None, failures=len(failures),
+            causes=sum(1 for f in failures if not f.during_teardown), all_done=all(h.done for h in self.hosts.values()),
+            preempted=self.preemption.by is not None, preempting=self.preemption.preempting))
+        self.status.attempt_ended(self.result.ok, self.result.interrupted, self.result.preempted,
+                                  interrupted_by=self.result.interrupted_by)
         return self.result
 
     def _drain_after_interrupt(self) -> None:

@@ -83,10 +83,11 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from launcher.launch import LaunchRequest, launch
+    from launcher.lifecycle import Interrupted
     from launcher.report import format_failures
 
     def on_term(signum, frame):  # TERM, or HUP (its terminal closed), stops the job like Ctrl-C does
-        raise KeyboardInterrupt
+        raise Interrupted(signum)  # a KeyboardInterrupt that names its signal
 
     preempt = threading.Event()
     signal.signal(signal.SIGTERM, on_term)
