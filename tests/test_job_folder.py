@@ -13,10 +13,12 @@ import socket
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from helpers import job_processes, run_launch, start_launch, stop_launch, wait_for, write_cluster
+from shared_jobs import copy_job
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +28,10 @@ def _mode(path: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, cifar_dir):
-    work = tmp_path_factory.mktemp("private")
-    cluster = write_cluster(str(work / "c.yaml"), cifar_dir, env={"MS_TOPO_TIMEOUT": "60", "API_TOKEN": "s3cret"})
-    job = str(work / "job")
-    proc = run_launch(cluster, "--job-dir", job, cwd=str(work))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return work, cluster, job
+def finished(succeeded_job):
+    """The session's shared 2-rank job (tests/shared_jobs.py), finished in its --job-dir; read-only."""
+    assert succeeded_job.returncode == 0, succeeded_job.output[-4000:]
+    return Path(succeeded_job.work), succeeded_job.cluster, succeeded_job.job
 
 
 def test_a_finished_jobs_folders_are_0700_and_its_files_0600(finished):
@@ -45,20 +44,22 @@ def test_a_finished_jobs_folders_are_0700_and_its_files_0600(finished):
     assert "s3cret" in open(os.path.join(job, "cluster.yaml")).read()  # why the modes matter
 
 
-def test_planted_links_at_temporary_and_log_names_are_not_followed(finished):
-    work, cluster, job = finished
-    victim = work / "victim.txt"
+def test_planted_links_at_temporary_and_log_names_are_not_followed(finished, tmp_path):
+    _, cluster, shared = finished
+    job = copy_job(shared, str(tmp_path / "job"))  # the shared job stays as it ended
+    victim = tmp_path / "victim.txt"
     victim.write_text("must stay as it is\n")
     planted = [os.path.join(job, n) for n in ("status.json.tmp", "result.json.tmp", ".cluster.yaml.tmp",
                                                "logs/rank_0.log.tmp", "logs/all.log")]
     os.replace(os.path.join(job, "logs", "all.log"), os.path.join(job, "logs", "all.log.kept"))
     for path in planted:
         os.symlink(victim, path)
-    proc = run_launch(cluster, "--job-dir", job, "--set", "train.resume=auto", "train.epochs=2", cwd=str(work))
+    proc = run_launch(cluster, "--job-dir", job, "--set", "train.resume=auto", "train.epochs=3",
+                      "train.eval_every_epochs=0", cwd=str(tmp_path))  # the third epoch, without an evaluation
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert victim.read_text() == "must stay as it is\n"
     assert not os.path.islink(os.path.join(job, "logs", "all.log"))  # the planted log link was replaced
-    assert "epoch=2/2" in open(os.path.join(job, "logs", "all.log")).read()
+    assert "epoch=3/3" in open(os.path.join(job, "logs", "all.log")).read()
 
 
 def test_a_second_launcher_on_a_running_job_is_refused(tmp_path, cifar_dir):

@@ -23,11 +23,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def succeeded(tmp_path_factory, cifar_dir):
-    work = tmp_path_factory.mktemp("ok")
-    cluster = write_cluster(str(work / "c.yaml"), cifar_dir, train={"epochs": 1, "eval_every_epochs": 1})
-    proc = run_launch(cluster, cwd=str(work), console=None)  # the default console: rank 0 and warnings
-    return proc, only_job_dir(str(work / "runs"))
+def succeeded(succeeded_job):
+    """The session's shared 2-rank job (tests/shared_jobs.py): 2 epochs, evaluated, default console."""
+    return succeeded_job, succeeded_job.job
 
 
 def test_two_rank_job_succeeds_with_result_and_logs(succeeded):
@@ -37,14 +35,14 @@ def test_two_rank_job_succeeds_with_result_and_logs(succeeded):
     assert result["status"] == "succeeded" and result["exit_code"] == 0 and result["failures"] == []
     assert 0.0 <= result["eval"]["top1"] <= 1.0
     # the terminal shows rank 0's lines with their [host:rank] prefix; every rank's are in the files
-    assert re.search(r"^\[localhost:0\] epoch=1/1 step=4/4 ", proc.stdout, re.M)
+    assert re.search(r"^\[localhost:0\] epoch=2/2 step=4/4 ", proc.stdout, re.M)
     assert not re.search(r"^\[localhost:1\] ", proc.stdout, re.M)
     assert "[INFO]" not in proc.stdout  # MindSpore's chatter at exit stays in the files
     logs = os.path.join(job, "logs")
-    assert re.search(r"^\[localhost:1\] epoch=1/1 step=4/4 ", open(os.path.join(logs, "all.log")).read(), re.M)
+    assert re.search(r"^\[localhost:1\] epoch=2/2 step=4/4 ", open(os.path.join(logs, "all.log")).read(), re.M)
     assert sorted(os.listdir(logs)) == ["all.log", "rank_0.log", "rank_1.log", "scheduler.log"]
     rank1 = open(os.path.join(logs, "rank_1.log")).read()
-    assert "global_step=4" in rank1 and "eval epoch" not in rank1
+    assert "global_step=8" in rank1 and "eval epoch" not in rank1
     digests = re.findall(r"^\[localhost:\d\] final rank=\d .*weights_sha256=(\w+)$",
                          open(os.path.join(logs, "all.log")).read(), re.M)
     assert len(digests) == 2 and digests[0] == digests[1]
@@ -64,26 +62,23 @@ def test_existing_job_dir_is_refused_untouched(succeeded, tmp_path):
     assert {n: os.path.getmtime(os.path.join(job, n)) for n in os.listdir(job)} == before
 
 
-def test_failing_rank_stops_the_job_and_is_the_root_cause(tmp_path, cifar_dir):
-    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir,
-                            train={"steps_per_epoch": 40, "debug_fail_rank": 1, "debug_fail_step": 3})
-    started = time.monotonic()
-    proc = run_launch(cluster, cwd=str(tmp_path))
-    elapsed = time.monotonic() - started
-    job = only_job_dir(str(tmp_path / "runs"))
+def test_failing_rank_stops_the_job_and_is_the_root_cause(failed_job):
+    """The shared failing job (tests/shared_jobs.py): rank 1 exits 3 at step 5 of 40, on each of its 2 attempts."""
+    proc, job = failed_job, failed_job.job
     assert proc.returncode == 1, proc.stderr
     # the table: root cause first, naming host, rank and exit code, with the rank's exception
     table = proc.stderr
     root = re.search(r"^\s+root cause\s+\S+\s+(\S+)\s+(\S+)\s+(\S+)\s+(exit \d+|SIG\w+)", table, re.M)
     assert root, table
     assert root.groups() == ("localhost", "1", "1", "exit 3"), table
-    assert "InjectedFault: debug_fail_step: rank 1 fails at step 3" in table
+    assert "InjectedFault: debug_fail_step: rank 1 fails at step 5" in table
     result = json.load(open(os.path.join(job, "result.json")))
     assert result["status"] == "failed" and result["failures"][0]["rank"] == 1
     assert result["failures"][0]["exit_code"] == 3
-    # rank 0 would have run 40 steps; it was stopped instead
+    # rank 0 would have run 40 steps; it was stopped instead, within seconds of rank 1's exit
     assert "global_step=40" not in open(os.path.join(job, "logs", "rank_0.log")).read()
-    assert elapsed < 120
+    first = result["attempts"][0]
+    assert first["ended_at"] - first["started_at"] < 120
     assert job_processes(job) == []
 
 

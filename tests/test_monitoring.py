@@ -25,7 +25,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from helpers import free_port, kill_group, launch_argv, run_launch, write_cluster
+from helpers import free_port, kill_group
 from trainer.monitor import (CAPTION_H, TILE, EventWriter, SystemSampler, confusion_counts, confusion_image,
                              format_progress, prediction_grid, read_test_images)
 
@@ -206,42 +206,12 @@ def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-MONITOR_ENV = {"MS_TOPO_TIMEOUT": "60", "SYSTEM_METRICS_INTERVAL_S": "0.3"}
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, cifar_dir):
-    """A 2-rank job of 2 epochs x 4 steps with eval each epoch, polled with `status` while it runs."""
-    from launcher.status import read_status
-
-    work = tmp_path_factory.mktemp("monitored")
-    job = str(work / "job")
-    cluster = write_cluster(str(work / "c.yaml"), cifar_dir, env=MONITOR_ENV,
-                            train={"epochs": 2, "steps_per_epoch": 4, "eval_every_epochs": 1, "tensorboard": True})
-    out = open(work / "launch.out", "w+")
-    proc = subprocess.Popen(launch_argv(cluster, "--job-dir", job), cwd=str(work), stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    seen, cli_running = [], None
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                status = read_status(job)
-            except Exception:  # noqa: BLE001 - the folder is being created
-                time.sleep(0.1)
-                continue
-            lead = status.lead
-            seen.append((status.state, lead.global_step if lead else None))
-            if cli_running is None and status.state == "running" and lead and lead.global_step:
-                cli_running = _cli("status", job)
-            time.sleep(0.1)
-        proc.wait(timeout=max(deadline - time.monotonic(), 1))
-    finally:
-        if proc.poll() is None:
-            kill_group(proc)
-            proc.wait()
-    out.seek(0)
-    return {"job": job, "returncode": proc.returncode, "output": out.read(), "seen": seen, "cli_running": cli_running}
+def finished(succeeded_job):
+    """The session's shared 2-rank job of 2 epochs x 4 steps with eval each epoch (tests/shared_jobs.py),
+    polled with `status` while it ran."""
+    return {"job": succeeded_job.job, "returncode": succeeded_job.returncode, "output": succeeded_job.output,
+            "seen": succeeded_job.seen, "cli_running": succeeded_job.cli_running}
 
 
 def _ok(run: dict) -> None:
@@ -377,15 +347,10 @@ def test_tensorboard_command_without_tensorboard_prints_the_command(finished):
 
 
 @pytest.fixture(scope="module")
-def failed_after_restart(tmp_path_factory, cifar_dir):
-    """Rank 1 fails at step 5; restarts: 1 resumes from the step-4 checkpoint; it fails at step 5 again."""
-    work = tmp_path_factory.mktemp("restarted")
-    job = str(work / "job")
-    cluster = write_cluster(str(work / "c.yaml"), cifar_dir, env=MONITOR_ENV, restarts=1,
-                            train={"steps_per_epoch": 6, "save_every_steps": 2, "debug_fail_rank": 1,
-                                   "debug_fail_step": 5, "tensorboard": True})
-    proc = run_launch(cluster, "--job-dir", job, cwd=str(work))
-    return {"job": job, "returncode": proc.returncode, "output": proc.stdout + proc.stderr}
+def failed_after_restart(failed_job):
+    """The shared failing job (tests/shared_jobs.py): rank 1 fails at step 5; restarts: 1 resumes from the
+    step-4 checkpoint; it fails at step 5 again."""
+    return {"job": failed_job.job, "returncode": failed_job.returncode, "output": failed_job.output}
 
 
 @pytest.mark.integration

@@ -317,16 +317,14 @@ def test_kill_mid_save_keeps_the_previous_checkpoint_and_the_job_completes(rank0
     assert job_processes(job) == []
 
 
-def test_restarts_exhausted_fail_with_the_table_and_leave_no_process(tmp_path, cifar_dir):
-    _, job, argv = _launch(tmp_path, cifar_dir, restarts=1,
-                           train={"epochs": 1, "debug_fail_rank": 1, "debug_fail_step": 1, "tensorboard": False})
-    proc = subprocess.run(argv, cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def test_restarts_exhausted_fail_with_the_table_and_leave_no_process(failed_job):
+    """The shared failing job (tests/shared_jobs.py): rank 1 exits 3 at step 5 on both attempts; restarts: 1."""
+    proc, job = failed_job, failed_job.job
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "restart 1 of 1" in proc.stdout
     assert "job failed after 1 restart(s); root cause first:" in proc.stderr
     assert re.search(r"^\s+root cause\s+\S+\s+localhost\s+1\s+1\s+exit 3\s", proc.stderr, re.M), proc.stderr
-    assert "InjectedFault: debug_fail_step: rank 1 fails at step 1" in proc.stderr
+    assert "InjectedFault: debug_fail_step: rank 1 fails at step 5" in proc.stderr
     result = json.load(open(os.path.join(job, "result.json")))
     assert (result["status"], result["exit_code"], result["restarts"]) == ("failed", 1, 1)
     assert [(a["attempt"], a["ok"], a["root_cause"]["rank"], a["root_cause"]["exit_code"])
@@ -335,7 +333,7 @@ def test_restarts_exhausted_fail_with_the_table_and_leave_no_process(tmp_path, c
     assert sorted((f["attempt"], f["rank"]) for f in causes) == [(0, 1), (1, 1)]
     # the logs of both attempts are kept, the second after a separator
     log = open(os.path.join(job, "logs", "rank_1.log")).read()
-    assert log.count("debug_fail_step: rank 1 fails at step 1") >= 2 and SEPARATOR in log
+    assert log.count("debug_fail_step: rank 1 fails at step 5") >= 2 and SEPARATOR in log
     assert job_processes(job) == []
 
 

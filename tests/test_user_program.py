@@ -22,7 +22,7 @@ import time
 import pytest
 import yaml
 
-from helpers import (REPO_ROOT, all_log, final_digests, job_processes, launch_argv, only_job_dir, run_launch,
+from helpers import (REPO_ROOT, all_log, final_digests, job_processes, only_job_dir, run_launch,
                      start_launch, stop_launch, wait_for)
 
 pytestmark = pytest.mark.integration
@@ -49,10 +49,11 @@ def _cli(*args: str, cwd: str, timeout: float = 60) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def mlp_job(tmp_path_factory, cifar_dir):
-    """The example on 2 local ranks, from the cluster file's command:, printing a fake event line."""
+    """The example on 2 local ranks, printing a fake event line, given after -- to a shipped-style file
+    with train: (the cluster file's command: starts the ranks of the failing jobs below)."""
     work = tmp_path_factory.mktemp("mlp")
-    cluster = _cluster(work / "c.yaml", command=_mlp(cifar_dir, "--print-fake-event"))
-    proc = run_launch(cluster, cwd=str(work), console=None)
+    cluster = _cluster(work / "c.yaml", train={"epochs": 1})
+    proc = run_launch(cluster, "--", *_mlp(cifar_dir, "--print-fake-event"), cwd=str(work), console=None)
     return proc, only_job_dir(str(work / "runs")), work
 
 
@@ -96,14 +97,11 @@ def test_the_console_shows_rank_0_and_keeps_the_rest_in_files(mlp_job):
     assert "[localhost:1] epoch 1 done" in all_log(job) and "[INFO]" not in proc.stdout
 
 
-def test_dash_dash_program_replaces_the_files_training(tmp_path, cifar_dir):
+def test_dash_dash_program_replaces_the_files_training(mlp_job):
     """A shipped-style file with train: runs the program given after -- instead (nothing of train: is used)."""
-    cluster = _cluster(tmp_path / "c.yaml", train={"epochs": 1}, hosts=[{"address": "localhost", "devices": 1}])
-    proc = subprocess.run(launch_argv(cluster, "--", *_mlp(cifar_dir)), cwd=str(tmp_path), capture_output=True,
-                          text=True, timeout=240)
+    proc, job, _ = mlp_job
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    job = only_job_dir(str(tmp_path / "runs"))
-    assert "localhost:0" in final_digests(job)
+    assert sorted(final_digests(job)) == ["localhost:0", "localhost:1"]
     assert not [n for n in os.listdir(job) if n.startswith("train.attempt")]  # the built-in trainer never ran
 
 

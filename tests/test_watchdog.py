@@ -164,7 +164,9 @@ def test_a_frozen_rank_is_named_with_its_stack_and_the_job_comes_back(tmp_path, 
 @pytest.mark.parametrize("stacks", ["auto", "faulthandler"])
 def test_a_rank_stuck_in_python_is_named_with_its_sleeping_frame(tmp_path, cifar_dir, stacks):
     """py-spy (auto, here as root), or the ranks' own faulthandler where ptrace is not allowed."""
-    proc, job = _job(tmp_path, cifar_dir, stacks=stacks, debug_hang_step=6, debug_hang_rank=0, debug_fail_attempt=0)
+    # 8 steps: the hang at step 6 (first attempt) is all it needs; the restart resumes at step 5 and ends at 8
+    proc, job = _job(tmp_path, cifar_dir, stacks=stacks, debug_hang_step=6, debug_hang_rank=0, debug_fail_attempt=0,
+                     steps_per_epoch=8)
     try:
         out, err = proc.communicate(timeout=400)
     finally:
