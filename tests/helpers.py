@@ -61,10 +61,10 @@ def start_launch(cluster: str, *extra: str, cwd: str, console: Optional[str] = "
     """``mscluster launch`` in the background, in its own process group (``stop_launch`` ends it)."""
     out = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(launch_argv(cluster, *extra, console=console), cwd=cwd, stdout=out, stderr=out,
-                            text=True, start_new_session=True, preexec_fn=_sigint_default)
+                            text=True, start_new_session=True, preexec_fn=sigint_default)
 
 
-def _sigint_default() -> None:
+def sigint_default() -> None:
     """A shell runs background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored:
     the launch that ``stop_launch`` interrupts must get Ctrl-C as a terminal's foreground job does."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
