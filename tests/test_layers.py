@@ -137,6 +137,37 @@ def test_launcher_and_the_floor_never_import_mindspore():
     assert not wrong, f"imports MindSpore: {', '.join(wrong)}"
 
 
+def private_uses() -> list[str]:
+    """Where a module uses another module's underscore name: ``from m import _x`` or ``m._x``."""
+    modules = project_modules()
+    found = []
+    for module, path in sorted(modules.items()):
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        aliases = {}  # local name -> the project module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and resolve(node.module, modules):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{module} (line {node.lineno}) imports {node.module}.{alias.name}")
+                    if f"{node.module}.{alias.name}" in modules:
+                        aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname and alias.name in modules:
+                        aliases[alias.asname] = alias.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and aliases[node.value.id] != module):
+                found.append(f"{module} (line {node.lineno}) uses {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    wrong = private_uses()
+    assert not wrong, "make it public in its home module:\n" + "\n".join(wrong)
+
+
 def test_a_cycle_is_found_and_named():
     graph = {"a": {"b": 3}, "b": {"c": 7}, "c": {"a": 1}, "d": {"a": 2}}
     cycle = find_cycle(graph)
