@@ -9,14 +9,14 @@ one module with two functions (see `Scheduler`) and one entry in `SCHEDULERS`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from launcher.errors import ConfigError
 from launcher.executor import Executor, check_ssh_files, executor_for
 from launcher.slurm import scheduler as slurm_scheduler
-from launcher.spec import ClusterSpec, HostSpec
+from launcher.spec import ClusterSpec, HostSpec, SSHSpec
 
-MakeExecutor = Callable[[HostSpec, Any], Executor]  # (host, ssh settings) -> its executor; tests pass fakes
+MakeExecutor = Callable[[HostSpec, SSHSpec], Executor]  # a host of hosts: -> its executor; tests pass fakes
 
 
 @dataclass(frozen=True)

@@ -102,13 +102,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def _requeue_if_asked(job_dir: str) -> None:
     """slurm.requeue: put this batch job back in the queue (last thing: Slurm then ends this run)."""
     from launcher.config import load_cluster
+    from launcher.slurm.batch import SBATCH_SCRIPT
     from launcher.submit import requeue
+    from mscluster.jobfiles import CLUSTER_FILE
 
-    cluster = load_cluster(os.path.join(job_dir, "cluster.yaml"))
+    cluster = load_cluster(os.path.join(job_dir, CLUSTER_FILE))
     job_id = os.environ.get("SLURM_JOB_ID")
     if not cluster.slurm.requeue or not job_id:
         print("mscluster: not requeued (slurm.requeue is false): submit it again, or run sbatch "
-              f"{os.path.join(job_dir, 'sbatch.sh')}")
+              f"{os.path.join(job_dir, SBATCH_SCRIPT)}")
         return
     print(f"mscluster: requeueing Slurm job {job_id} (slurm.requeue): the next run resumes", flush=True)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Slurm ends this run of the script now
@@ -135,7 +137,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     job_id = cancel(args.job_dir)
     print(f"mscluster: cancelled Slurm job {job_id} ({args.job_dir})")
     return 0
-
 
 
 CONSOLE_HELP = ("whose lines the terminal shows: all, or ranks such as 0,3 (default: the file's console:, "

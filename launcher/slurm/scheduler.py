@@ -1,16 +1,16 @@
 """What `launcher.hosts` asks of ``scheduler: slurm``: the cluster placed on the allocation, and its executors."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from launcher.executor import Executor
 from launcher.slurm.allocation import allocate, placeholder_allocation, with_allocation
 from launcher.slurm.step import executors
-from launcher.spec import ClusterSpec, HostSpec
+from launcher.spec import ClusterSpec, HostSpec, SSHSpec
 
 
 def place(cluster: ClusterSpec, environ: Mapping[str, str],
-          make_executor: Callable[[HostSpec, Any], Executor]) -> tuple[ClusterSpec, dict[str, Executor], str]:
+          make_executor: Callable[[HostSpec, SSHSpec], Executor]) -> tuple[ClusterSpec, dict[str, Executor], str]:
     """The allocation's nodes as the hosts, an srun executor for each, and the Slurm job's name.
 
     ``make_executor`` (how a host of ``hosts:`` is reached) does not apply: srun reaches the nodes.

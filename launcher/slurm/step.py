@@ -96,7 +96,7 @@ class SlurmExecutor:
         try:
             out, err = proc.communicate(input.encode("utf-8") if input else None, timeout=timeout)
         except subprocess.TimeoutExpired:
-            stop_srun(proc)
+            _stop_srun(proc)
             raise HostUnreachable(f"node {self.label}: `{shlex.join(argv)}` did not finish within {timeout:g} s "
                                   f"(srun)") from None
         text = err.decode("utf-8", "replace")
@@ -116,7 +116,7 @@ class SlurmExecutor:
         self.group.close()
 
 
-def stop_srun(proc: subprocess.Popen, grace: float = 3.0) -> None:
+def _stop_srun(proc: subprocess.Popen, grace: float = 3.0) -> None:
     """srun ends its step on a second SIGINT within a second; KILL if it does not go."""
     for sig in (signal.SIGINT, signal.SIGINT):
         try:
@@ -319,9 +319,9 @@ class AgentStep:
                 try:
                     self.proc.wait(timeout=STEP_EXIT_WAIT_S)
                 except subprocess.TimeoutExpired:
-                    stop_srun(self.proc)
+                    _stop_srun(self.proc)
             else:
-                stop_srun(self.proc)
+                _stop_srun(self.proc)
         for sock in socks:
             try:
                 sock.close()
