@@ -1,7 +1,7 @@
 """The commands that run on a device: ``train`` (one rank), ``eval``, ``predict``. Parsing and printing only.
 
-MindSpore and the trainer's modules are imported inside the commands, not here: the other commands
-(``status`` on a login node, ``plan``) must not pay seconds of start-up for them.
+The trainer's modules (MindSpore with them) and the rank API are imported inside the commands, not
+here: the other commands (``status`` on a login node, ``plan``) must not pay their start-up time.
 """
 from __future__ import annotations
 
