@@ -8,6 +8,7 @@ counts, the ones inside functions too: a deferred import is still a dependency, 
 from __future__ import annotations
 
 import ast
+import functools
 import os
 from typing import Iterator, Optional
 
@@ -64,6 +65,7 @@ def resolve(name: str, modules: dict[str, str]) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=None)  # read once for every test here (they only read it)
 def import_graph() -> tuple[dict[str, dict[str, int]], dict[str, set[str]]]:
     """({module: {project module it imports: line}}, {module: top-level names it imports from outside})."""
     modules = project_modules()
