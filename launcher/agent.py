@@ -12,7 +12,7 @@ process's end is noticed by waiting on its pid, not by EOF on a pipe that a chil
 still hold. Each process runs in its own session (its pid is its process group) with
 PR_SET_PDEATHSIG, so even a SIGKILLed agent takes its ranks with it. Imports no MindSpore.
 
-Under Slurm (``launcher.slurm``) one srun step starts the agent on every node; each connects back
+Under Slurm (``launcher.slurm.step``) one srun step starts the agent on every node; each connects back
 to the launcher (``MSCLUSTER_AGENT_CONNECT``) and uses that connection as its stdin and stdout.
 Control lines on stdin (``launcher.protocol.ControlMessage``): ``stop`` stops every process as EOF
 does, ``stacks`` dumps their stacks, and ``preempt`` forwards SIGUSR1 to every rank (Slurm's
@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Optional
 
+from launcher.connect_back import CONNECT_ENV, TOKEN_ENV, connect_back
 from launcher.protocol import (ControlMessage, ControlReader, ProtocolError, AgentMessage, AgentSpec, Alive, Done, Exited, Output, ProcessSpec,
                                Relayed, Stacks, Started, encode_message, split_cpus)
 from mscluster import events, jobfiles
@@ -513,10 +514,8 @@ class _SocketWriter:
 
 
 def main() -> int:
-    from launcher import slurm
-
-    sock = slurm.connect_back(os.environ)
-    for name in (slurm.CONNECT_ENV, slurm.TOKEN_ENV):
+    sock = connect_back(os.environ)
+    for name in (CONNECT_ENV, TOKEN_ENV):
         os.environ.pop(name, None)  # the agent's own environment: its ranks need neither
     stdin_fd = sock.fileno() if sock is not None else sys.stdin.fileno()
     first, rest = _read_spec_line(stdin_fd)

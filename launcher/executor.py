@@ -36,6 +36,7 @@ from __future__ import annotations
 import codecs
 import collections
 import errno
+import json
 import logging
 import os
 import queue
@@ -50,6 +51,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Callable, Deque, Iterator, List, Mapping, Optional, Protocol, Sequence, cast
 
+from launcher import probe
 from launcher.errors import ConfigError, HostUnreachable, ProgramNotFound
 from launcher.spec import HostSpec, SSHSpec
 
@@ -148,7 +150,7 @@ def command_line(argv: Sequence[str], env: Mapping[str, str] = {}, cwd: Optional
 # --------------------------------------------------------------------------- sessions
 
 
-class _LineSplitter:
+class LineSplitter:
     """Turns byte chunks into whole decoded lines (UTF-8, undecodable bytes replaced)."""
 
     def __init__(self) -> None:
@@ -270,7 +272,7 @@ class Session:
             self._threads.append(thread)
 
     def _pump_stdout(self, read: Callable[[], bytes]) -> None:
-        splitter = _LineSplitter()
+        splitter = LineSplitter()
         try:
             for chunk in iter(read, b""):
                 self._deliver(splitter.feed(chunk))
@@ -283,7 +285,7 @@ class Session:
         if lines:
             self._on_lines(self, lines)
 
-    def _end_stdout(self, splitter: "_LineSplitter") -> None:
+    def _end_stdout(self, splitter: "LineSplitter") -> None:
         """The last partial line, then EOF."""
         self._deliver(splitter.finish())
         self._on_lines(self, None)
@@ -296,7 +298,7 @@ class Session:
             logger.exception("%s: stderr callback failed", self.host)
 
     def _pump_stderr(self, read: Callable[[], bytes]) -> None:
-        splitter = _LineSplitter()
+        splitter = LineSplitter()
         try:
             for chunk in iter(read, b""):
                 for line in splitter.feed(chunk):
@@ -393,7 +395,7 @@ class _SSHSession(Session):
 
     def _pump_channel(self) -> None:
         channel = self._channel
-        out, err = _LineSplitter(), _LineSplitter()
+        out, err = LineSplitter(), LineSplitter()
         poller = select.poll()  # not select(): a fleet's launcher holds more than 1024 descriptors
         poller.register(self._ready_fd, select.POLLIN)
         try:
@@ -844,10 +846,6 @@ def check_host(
             no such interpreter, or an interpreter without mscluster or MindSpore.
         ProgramNotFound: the command's folder, program, script or module is missing on the host.
     """
-    import json
-
-    from launcher import probe
-
     name = getattr(executor, "label", executor.host)
     spec = {"mindspore": needs_mindspore, "builtin": program is None,
             "program": None if program is None else {"folder": program.folder, "argv": list(program.argv),

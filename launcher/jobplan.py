@@ -90,7 +90,7 @@ def program_argv(cluster: ClusterSpec, host: HostSpec, job_dir_on_host: str, att
         first, *rest = cluster.command
         return (python if first == PYTHON_WORD else first, *rest)
     settings = os.path.join(job_dir_on_host, jobfiles.settings_file_name(attempt))
-    return (python, "-m", "mscluster.cli", "train", "--config", settings)
+    return (python, "-m", "mscluster_cli", "train", "--config", settings)
 
 
 def scheduler_argv(cluster: ClusterSpec, host: HostSpec, local_python: Optional[str] = None) -> tuple[str, ...]:

@@ -16,10 +16,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
-from launcher import slurm
 from launcher.config import load_cluster, resolved_yaml
 from launcher.errors import HostUnreachable, JobDirError
-from launcher.executor import Executor, ProgramCheck, check_host, check_ssh_files, executor_for
+from launcher.executor import Executor, ProgramCheck, check_host, executor_for
+from launcher.hosts import MakeExecutor, open_hosts
 from launcher.joblock import JobLock
 from launcher.lifecycle import JobState, interrupt_signal
 from launcher.jobplan import PYTHON_WORD, JobPlan, build_job_plan, host_python, launch_folder, program_argv
@@ -27,6 +27,8 @@ from launcher.plan import plan_ranks
 from launcher.npucheck import npu_preflight
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
 from launcher.report import RankFailure, format_failures, order_failures
+from launcher.slurm.allocation import SlurmError
+from launcher.slurm.batch import SBATCH_SCRIPT
 from launcher.spec import Backend, ClusterSpec, HostSpec, Plan
 from launcher.supervisor import AttemptResult, LogSink, Supervisor, console_levels
 from mscluster import jobfiles
@@ -293,7 +295,7 @@ def _say(console: Optional[TextIO], text: str) -> None:
 
 
 def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
-           make_executor: Callable[[HostSpec, Any], Executor] = executor_for,
+           make_executor: MakeExecutor = executor_for,
            sleep: Callable[[float], None] = time.sleep) -> JobResult:
     """Run the job described by ``request`` to its end and return how it ended.
 
@@ -307,9 +309,8 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         check_sbatch_folder(request.job_dir, cluster)
         if cluster.builtin_trainer and not wants_resume(cluster):  # a requeued run goes on from its checkpoint
             cluster = cluster.with_train(resume=train_config.RESUME_AUTO)
-    allocation = None
-    if cluster.on_slurm:
-        cluster, allocation = slurm.allocate(cluster, os.environ)
+    hosts = open_hosts(cluster, os.environ, make_executor)  # the scheduler's hosts (Slurm: the allocation's)
+    cluster, executors = hosts.cluster, hosts.executors
     job_dir = request.job_dir or default_job_dir(cluster, time.time())
     resume = wants_resume(cluster) or request.from_sbatch
     if request.job_dir is None and os.path.exists(job_dir):
@@ -318,12 +319,6 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
     if os.path.exists(job_dir):
         create_job_dir(job_dir, resume)  # an existing folder is checked before connecting anywhere
         lock = JobLock(job_dir).acquire()  # ... and refused while another launcher runs it
-    if allocation is not None:
-        executors: dict[str, Executor] = dict(slurm.executors(cluster, allocation, os.environ))
-    else:
-        if not all(h.is_local for h in cluster.hosts):
-            check_ssh_files(cluster.ssh, cluster.source)
-        executors = {h.address: make_executor(h, cluster.ssh) for h in cluster.hosts}
     try:
         began = time.monotonic()
         preflight(cluster, executors, launch_dir)
@@ -356,13 +351,11 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
 
         _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}"
-                      + (f"; Slurm job {allocation.job_id}: " + ", ".join(h.label for h in cluster.hosts)
-                         if allocation is not None else ""))
+                      + (f"; {hosts.where}: " + ", ".join(h.label for h in cluster.hosts) if hosts.where else ""))
         return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep,
                              preflight_s=preflight_s, preempt=request.preempt)
     finally:
-        for ex in executors.values():
-            ex.close()
+        hosts.close()
         if lock is not None:
             lock.release()
 
@@ -375,10 +368,10 @@ def check_sbatch_folder(job_dir: Optional[str], cluster: ClusterSpec) -> None:
         SlurmError: the cluster file does not say scheduler: slurm.
     """
     if not cluster.on_slurm:
-        raise slurm.SlurmError(f"{cluster.source}: --from-sbatch is for a scheduler: slurm job (this file says "
-                               f"scheduler: {cluster.scheduler})")
-    if job_dir is None or not os.path.isfile(os.path.join(job_dir, slurm.SBATCH_SCRIPT)):
-        raise JobDirError(f"{job_dir}: not a job folder of mscluster submit (no {slurm.SBATCH_SCRIPT}); "
+        raise SlurmError(f"{cluster.source}: --from-sbatch is for a scheduler: slurm job (this file says "
+                         f"scheduler: {cluster.scheduler})")
+    if job_dir is None or not os.path.isfile(os.path.join(job_dir, SBATCH_SCRIPT)):
+        raise JobDirError(f"{job_dir}: not a job folder of mscluster submit (no {SBATCH_SCRIPT}); "
                           "--from-sbatch is what that script passes")
 
 

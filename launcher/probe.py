@@ -42,7 +42,7 @@ def check(spec: Mapping[str, Any]) -> int:
         sys.stderr.write("mindspore is not installed for this interpreter\n")
         return 1
     if spec.get("builtin"):
-        import mscluster.cli  # noqa: F401
+        importlib.import_module("mscluster_cli.main")  # what the ranks run, by name: the launcher never imports the CLI
         import trainer.config  # noqa: F401
     prog = spec.get("program")
     if not prog:

@@ -15,9 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from launcher import slurm
 from launcher.config import load_cluster, resolved_yaml
+from launcher.errors import JobDirError
+from launcher.hosts import scheduler_for
 from launcher.launch import create_job_dir, default_job_dir
+from launcher.slurm.allocation import SlurmError, require_tool
+from launcher.slurm.batch import SBATCH_SCRIPT, SLURM_JOB_FILE, job_state, parse_sbatch_id, read_job_id, sbatch_script
 from mscluster import jobfiles
 from mscluster.fsutil import write_atomic, write_json_atomic
 
@@ -41,7 +44,7 @@ class Submitted:
 
 def launch_argv(python: str, job_dir: str) -> list[str]:
     """What the batch script runs inside the allocation."""
-    return [python, "-m", "mscluster.cli", "launch", os.path.join(job_dir, jobfiles.CLUSTER_FILE),
+    return [python, "-m", "mscluster_cli", "launch", os.path.join(job_dir, jobfiles.CLUSTER_FILE),
             "--job-dir", job_dir, "--from-sbatch"]
 
 
@@ -54,32 +57,32 @@ def submit(request: SubmitRequest, environ: Mapping[str, str] = os.environ, pyth
         JobDirError: the job folder exists.
     """
     cluster = load_cluster(request.cluster_path, request.set_pairs)
-    if not cluster.on_slurm:
-        raise slurm.SlurmError(f"{cluster.source}: scheduler: submit hands jobs to Slurm: set scheduler: slurm "
+    if not scheduler_for(cluster).submits:
+        raise SlurmError(f"{cluster.source}: scheduler: submit hands jobs to Slurm: set scheduler: slurm "
                                f"(this file says {cluster.scheduler}; run it with mscluster launch)")
-    sbatch = slurm.require_tool("sbatch", environ)
+    sbatch = require_tool("sbatch", environ)
     launch_dir = os.getcwd()
     job_dir = os.path.abspath(request.job_dir or default_job_dir(cluster, time.time()))
     create_job_dir(job_dir, resume=False)
     try:
         write_atomic(os.path.join(job_dir, jobfiles.CLUSTER_FILE), resolved_yaml(cluster), mode=0o600)
-        script = os.path.join(job_dir, slurm.SBATCH_SCRIPT)
-        write_atomic(script, slurm.sbatch_script(cluster, job_dir, launch_argv(python, job_dir), launch_dir),
+        script = os.path.join(job_dir, SBATCH_SCRIPT)
+        write_atomic(script, sbatch_script(cluster, job_dir, launch_argv(python, job_dir), launch_dir),
                      mode=0o700)
         argv = [sbatch, "--parsable", *request.sbatch_args, script]
         try:
             done = subprocess.run(argv, env=dict(environ), capture_output=True, text=True, timeout=SBATCH_TIMEOUT_S,
                                   cwd=launch_dir)
         except subprocess.TimeoutExpired:
-            raise slurm.SlurmError(f"sbatch did not answer within {SBATCH_TIMEOUT_S:g} s (is slurmctld up?)") from None
-        job_id = slurm.parse_sbatch_id(done.stdout) if done.returncode == 0 else None
+            raise SlurmError(f"sbatch did not answer within {SBATCH_TIMEOUT_S:g} s (is slurmctld up?)") from None
+        job_id = parse_sbatch_id(done.stdout) if done.returncode == 0 else None
         if job_id is None:
             said = (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}").splitlines()[-1]
-            raise slurm.SlurmError(f"sbatch refused the job: {said}")
+            raise SlurmError(f"sbatch refused the job: {said}")
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)  # made by this call a moment ago; nothing of the user's
         raise
-    write_json_atomic(os.path.join(job_dir, slurm.SLURM_JOB_FILE),
+    write_json_atomic(os.path.join(job_dir, SLURM_JOB_FILE),
                       {"job_id": job_id, "submitted_at": time.time(), "sbatch": argv}, mode=0o600)
     return Submitted(job_id=job_id, job_dir=job_dir, script=script)
 
@@ -90,19 +93,17 @@ def cancel(job_dir: str, environ: Mapping[str, str] = os.environ) -> str:
     Raises:
         JobDirError: not a folder of mscluster submit. SlurmError: scancel missing or refusing.
     """
-    from launcher.errors import JobDirError
-
     if not os.path.isdir(job_dir):
         raise JobDirError(f"{job_dir}: no such job folder")
-    job_id = slurm.read_job_id(job_dir)
+    job_id = read_job_id(job_dir)
     if job_id is None:
-        raise JobDirError(f"{job_dir}: not a job of mscluster submit (no {slurm.SLURM_JOB_FILE}); stop a "
+        raise JobDirError(f"{job_dir}: not a job of mscluster submit (no {SLURM_JOB_FILE}); stop a "
                           "launch with Ctrl-C or kill -TERM of its launcher")
-    scancel = slurm.require_tool("scancel", environ)
+    scancel = require_tool("scancel", environ)
     done = subprocess.run([scancel, job_id], env=dict(environ), capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         said = (done.stderr.strip() or f"exit code {done.returncode}").splitlines()[-1]
-        raise slurm.SlurmError(f"scancel {job_id}: {said}")
+        raise SlurmError(f"scancel {job_id}: {said}")
     return job_id
 
 
@@ -119,8 +120,8 @@ def requeue(job_id: str, environ: Mapping[str, str] = os.environ) -> Optional[st
 
 def slurm_lines(job_dir: str, environ: Mapping[str, str] = os.environ) -> Optional[dict[str, str]]:
     """The Slurm side of a submitted job, for ``status``: {"job_id", "state", "reason"}; None if not submitted."""
-    job_id = slurm.read_job_id(job_dir)
+    job_id = read_job_id(job_dir)
     if job_id is None:
         return None
-    state, reason = slurm.job_state(job_id, environ)
+    state, reason = job_state(job_id, environ)
     return {"job_id": job_id, "state": state, "reason": reason}

@@ -1,6 +1,6 @@
 """The one exception family of mscluster: every error a user sees as one line derives from it.
 
-``mscluster.cli`` catches ``MsclusterError`` once, prints ``mscluster <command>: error: <message>``
+``mscluster_cli.main`` catches ``MsclusterError`` once, prints ``mscluster <command>: error: <message>``
 and exits with the error's ``exit_code``. The launcher's family (``launcher.errors``) and the
 trainer's (``trainer.errors``) are branches of it. Imports nothing.
 """

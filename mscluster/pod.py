@@ -27,7 +27,7 @@ import time
 from typing import Mapping, Optional, Sequence
 
 from mscluster.errors import RankEnvError
-from mscluster.rank import _int  # the one reader of an integer variable
+from mscluster.rank import env_int  # the one reader of an integer variable
 
 OPERATOR_RANK_TABLE = "/user/serverid/devindex/config/hccl.json"
 RANK_TABLE_WAIT_S = 600.0  # the operator writes "completed" once every pod of the job is placed
@@ -45,10 +45,10 @@ def dynamic_workers(environ: Mapping[str, str]) -> Optional[list[dict[str, str]]
         return None
     if not environ.get("MS_LOCAL_WORKER"):
         return None
-    local = _int(environ, "MS_LOCAL_WORKER")
+    local = env_int(environ, "MS_LOCAL_WORKER")
     if local <= 1:
         return None
-    node, total = _int(environ, "MS_NODE_RANK"), _int(environ, "MS_WORKER_NUM")
+    node, total = env_int(environ, "MS_NODE_RANK"), env_int(environ, "MS_WORKER_NUM")
     if (node + 1) * local > total:
         raise RankEnvError(f"environment: MS_NODE_RANK={node} x MS_LOCAL_WORKER={local} leaves no room in "
                            f"MS_WORKER_NUM={total} for this pod's {local} ranks")

@@ -86,7 +86,8 @@ def _device_target(env: Mapping[str, str]) -> str:
     return "Ascend" if os.path.exists(NPU_DRIVER_NODE) else "CPU"
 
 
-def _int(environ: Mapping[str, str], name: str, default: Optional[int] = None) -> int:
+def env_int(environ: Mapping[str, str], name: str, default: Optional[int] = None) -> int:
+    """An integer >= 0 from ``environ[name]``, or ``default`` when unset. Raises RankEnvError."""
     raw = environ.get(name)
     if raw is None or raw == "":
         if default is None:
@@ -123,28 +124,28 @@ def rank_info(environ: Optional[Mapping[str, str]] = None) -> RankInfo:
         "host": env.get(HOST_ENV) or socket.gethostname(),
         "job_dir": job_dir,
         "checkpoint_dir": jobfiles.checkpoints_dir(job_dir) if job_dir else None,
-        "restart_count": _int(env, RESTART_COUNT_ENV, 0),
-        "local_rank": _int(env, "LOCAL_RANK", 0),
-        "local_size": max(_int(env, "LOCAL_SIZE", _int(env, "MS_LOCAL_WORKER", 1)), 1),
+        "restart_count": env_int(env, RESTART_COUNT_ENV, 0),
+        "local_rank": env_int(env, "LOCAL_RANK", 0),
+        "local_size": max(env_int(env, "LOCAL_SIZE", env_int(env, "MS_LOCAL_WORKER", 1)), 1),
         "device_target": _device_target(env),
     }
-    device_id = _int(env, "DEVICE_ID", common["local_rank"])
+    device_id = env_int(env, "DEVICE_ID", common["local_rank"])
     if env.get("RANK_TABLE_FILE"):
-        size, rank = _int(env, "RANK_SIZE"), _int(env, "RANK_ID")
+        size, rank = env_int(env, "RANK_SIZE"), env_int(env, "RANK_ID")
         if rank >= size:
             raise RankEnvError(f"environment: RANK_ID={rank} must be < RANK_SIZE={size}")
         return RankInfo(rank=rank, world_size=size, device_id=device_id, backend=HCCL, **common)
     role = env.get("MS_ROLE")
     if role:
-        size = _int(env, "MS_WORKER_NUM")
+        size = env_int(env, "MS_WORKER_NUM")
         if role == "MS_SCHED":
             return RankInfo(world_size=size, backend=DYNAMIC_CLUSTER, is_scheduler=True, **common)
         if role != "MS_WORKER":
             raise RankEnvError(f"environment: MS_ROLE={role!r} is neither MS_SCHED nor MS_WORKER")
         if env.get("MS_NODE_ID") or not env.get("MS_NODE_RANK"):
-            rank = _int(env, "MS_NODE_ID", _int(env, "RANK_ID", 0))
+            rank = env_int(env, "MS_NODE_ID", env_int(env, "RANK_ID", 0))
         else:  # ascend-operator: the pod's node rank and its local workers
-            rank = _int(env, "MS_NODE_RANK") * common["local_size"] + common["local_rank"]
+            rank = env_int(env, "MS_NODE_RANK") * common["local_size"] + common["local_rank"]
         if rank >= size:
             raise RankEnvError(f"environment: rank {rank} (MS_NODE_ID, or MS_NODE_RANK x MS_LOCAL_WORKER + "
                                f"LOCAL_RANK) must be < MS_WORKER_NUM={size}")

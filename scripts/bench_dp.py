@@ -96,14 +96,14 @@ def run_mscluster(case: str, args: argparse.Namespace, size: int, batch: int, da
     t0 = time.perf_counter()
     if ranks == 1:
         pairs = [f"{key}={value}" for key, value in train.items()] + [f"output_dir={work}/out"]
-        argv = [sys.executable, "-m", "mscluster.cli", "train", "--set", *pairs]
+        argv = [sys.executable, "-m", "mscluster_cli", "train", "--set", *pairs]
     else:
         cluster = os.path.join(work, "c.yaml")
         with open(cluster, "w", encoding="utf-8") as handle:
             yaml.safe_dump({"name": "dp", "backend": "cpu", "workdir": os.path.join(work, "runs"),
                             "hosts": [{"address": "localhost", "devices": ranks}], "watchdog": False,
                             "env": {"MS_TOPO_TIMEOUT": "120"}, "console": [0], "train": train}, handle)
-        argv = [sys.executable, "-m", "mscluster.cli", "launch", cluster]
+        argv = [sys.executable, "-m", "mscluster_cli", "launch", cluster]
     proc = subprocess.run(argv, cwd=work, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     wall = round(time.perf_counter() - t0, 1)
     if proc.returncode != 0:
@@ -149,7 +149,7 @@ def accuracy(args: argparse.Namespace, data: str, tmp: str) -> dict[str, Any]:
             yaml.safe_dump({"name": "acc", "backend": "cpu", "workdir": os.path.join(work, "runs"),
                             "hosts": [{"address": "localhost", "devices": 2}], "env": {"MS_TOPO_TIMEOUT": "120"},
                             "train": train}, handle)
-        proc = subprocess.run([sys.executable, "-m", "mscluster.cli", "launch", cluster, "--job-dir",
+        proc = subprocess.run([sys.executable, "-m", "mscluster_cli", "launch", cluster, "--job-dir",
                                os.path.join(work, "job")], cwd=work, env=_env(), capture_output=True, text=True,
                               timeout=TIMEOUT_S)
         try:

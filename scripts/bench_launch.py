@@ -14,7 +14,7 @@ batch 16, a few steps, evaluation and TensorBoard off) on a CIFAR-format stand-i
 - ``ssh``: the same through a private sshd on 127.0.0.2 (tests/sshd_util.py ``running_sshd``; needs
   root and openssh-server, else null with the reason).
 - ``msrun``: ``msrun --worker_num 2 --local_worker_num 2 --join True --master_port P --log_dir D
-  python -m mscluster.cli train --set ...`` (the trainer reads MS_ROLE etc., which msrun sets); the
+  python -m mscluster_cli train --set ...`` (the trainer reads MS_ROLE etc., which msrun sets); the
   first-step times are when the line appears in D/worker_<rank>.log (polled every 20 ms).
 Every figure counts from just before the launcher process is started; ``end`` is its exit. Modes
 alternate within each repeat; the JSON gives every run and the medians. ``overhead`` = ours -
@@ -110,7 +110,7 @@ def _outcome(ok: bool, exit_code: Optional[int], firsts: dict[int, float], end: 
 
 def run_ours(cluster: str, job_dir: str, cwd: str, host_label: str) -> dict[str, Any]:
     """``mscluster launch --console all``; first steps from its streamed ``[host:rank]`` lines."""
-    argv = [sys.executable, "-m", "mscluster.cli", "launch", cluster, "--job-dir", job_dir, "--console", "all"]
+    argv = [sys.executable, "-m", "mscluster_cli", "launch", cluster, "--job-dir", job_dir, "--console", "all"]
     firsts: dict[int, float] = {}
     milestones: dict[str, float] = {}
     lines: list[str] = []
@@ -156,7 +156,7 @@ def run_msrun(train: dict[str, Any], log_dir: str, cwd: str) -> dict[str, Any]:
     sets = [f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in train.items()]
     argv = [*launcher, "--worker_num", str(WORLD), "--local_worker_num", str(WORLD), "--join", "True",
             "--master_port", str(free_port()), "--log_dir", log_dir,
-            "python", "-m", "mscluster.cli", "train", "--set", *sets]
+            "python", "-m", "mscluster_cli", "train", "--set", *sets]
     logs = {r: os.path.join(log_dir, f"worker_{r}.log") for r in range(WORLD)}
     firsts: dict[int, float] = {}
     milestones: dict[str, float] = {}

@@ -87,7 +87,7 @@ def run_case(tmp: str, data_dir: str, case: str, cache: bool, arch: str, stall: 
     with open(path, "w") as handle:
         yaml.safe_dump(cluster, handle)
     job = os.path.join(work, "job")
-    proc = subprocess.Popen([sys.executable, "-m", "mscluster.cli", "launch", path, "--job-dir", job, "-q"],
+    proc = subprocess.Popen([sys.executable, "-m", "mscluster_cli", "launch", path, "--job-dir", job, "-q"],
                             cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     fault_at = None
     try:

@@ -185,7 +185,7 @@ def bench_recovery(work: str, data_dir: str, fail_step: int, steps: int) -> dict
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(cluster, handle)
     job = os.path.join(work, "job")
-    argv = [sys.executable, "-m", "mscluster.cli", "launch", path, "--job-dir", job]
+    argv = [sys.executable, "-m", "mscluster_cli", "launch", path, "--job-dir", job]
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1",

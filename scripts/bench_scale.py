@@ -81,7 +81,7 @@ class LauncherRun:
     """One ``mscluster launch`` in the background: its rusage, peak threads, and when it ended."""
 
     def __init__(self, cluster: str, job_dir: str, cwd: str):
-        argv = [sys.executable, "-m", "mscluster.cli", "launch", cluster, "--job-dir", job_dir, "--console", "0",
+        argv = [sys.executable, "-m", "mscluster_cli", "launch", cluster, "--job-dir", job_dir, "--console", "0",
                 "--skip-preflight"]  # the stand-in hosts have no NPU tools
         self.started = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -374,7 +374,7 @@ def plan_and_ranktable(tmp: str, servers: int = 128) -> dict[str, Any]:
         times = []
         for _ in range(3):
             began = time.monotonic()
-            done = subprocess.run([sys.executable, "-m", "mscluster.cli", *argv], capture_output=True, text=True,
+            done = subprocess.run([sys.executable, "-m", "mscluster_cli", *argv], capture_output=True, text=True,
                                   timeout=300, cwd=tmp)
             times.append(time.monotonic() - began)
             if done.returncode != 0:

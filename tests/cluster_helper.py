@@ -25,7 +25,7 @@ class ProcessResult:
 
 
 def trainer_command(set_pairs: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "mscluster.cli", "train", "--set", *set_pairs]
+    return [sys.executable, "-m", "mscluster_cli", "train", "--set", *set_pairs]
 
 
 def run_dynamic_cluster(workers: int, set_pairs: Sequence[str], workdir: str, timeout: float = 240,

@@ -47,7 +47,7 @@ def write_cluster(path: str, data_dir: str, hosts: Optional[list] = None, train:
 def launch_argv(cluster: str, *extra: str, console: Optional[str] = "all") -> list[str]:
     """``mscluster launch CLUSTER``; by default with every rank's lines on the console (tests read them)."""
     shown = ["--console", console] if console else []
-    return [sys.executable, "-m", "mscluster.cli", "launch", cluster, *shown, *extra]
+    return [sys.executable, "-m", "mscluster_cli", "launch", cluster, *shown, *extra]
 
 
 def run_launch(cluster: str, *extra: str, cwd: str, timeout: float = 300,

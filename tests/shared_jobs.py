@@ -42,7 +42,7 @@ class FinishedJob:
 
 
 def _cli_status(job: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mscluster.cli", "status", job], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mscluster_cli", "status", job], capture_output=True, text=True,
                           timeout=60)
 
 

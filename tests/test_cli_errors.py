@@ -15,7 +15,7 @@ import pytest
 
 
 def _cli(*args: str, cwd: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mscluster.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "mscluster_cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import slurm
+from launcher.slurm import allocation as slurm_alloc
 from launcher.config import load_cluster, parse_cluster, resolved_yaml
 from launcher.errors import ConfigError
 from launcher.plan import plan_ranks
@@ -556,7 +556,7 @@ def test_every_shipped_file_parses_and_plans():
     for path in SHIPPED:
         spec = load_cluster(str(path))
         if spec.on_slurm:  # its hosts come from the allocation: plan it on placeholder nodes, as `plan` does
-            spec = slurm.with_allocation(spec, slurm.placeholder_allocation(spec))
+            spec = slurm_alloc.with_allocation(spec, slurm_alloc.placeholder_allocation(spec))
         plan = plan_ranks(spec)
         if path.name in expected:
             assert (spec.backend, len(plan.ranks)) == expected[path.name], path.name

@@ -126,7 +126,7 @@ def _snapshot(root: str) -> dict[str, str]:
 def _one_line_failure(argv: list[str], cwd: str, expect: str) -> str:
     before = _snapshot(cwd)
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "mscluster.cli", *argv], cwd=cwd, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "mscluster_cli", *argv], cwd=cwd, capture_output=True, text=True,
                           timeout=30, env={**os.environ, "PYTHONPATH": REPO_ROOT})
     elapsed = time.monotonic() - t0
     lines = proc.stderr.strip().splitlines()

@@ -71,7 +71,7 @@ def test_a_second_launcher_on_a_running_job_is_refused(tmp_path, cifar_dir):
         wait_for(lambda: all(os.path.exists(os.path.join(job, n)) for n in ("status.json", "train.attempt0.yaml")),
                  90, what="the first job's status and settings")
         before = {n: os.path.getmtime(os.path.join(job, n)) for n in ("cluster.yaml", "train.attempt0.yaml")}
-        second = subprocess.run([sys.executable, "-m", "mscluster.cli", "launch", cluster, "--job-dir", job,
+        second = subprocess.run([sys.executable, "-m", "mscluster_cli", "launch", cluster, "--job-dir", job,
                                  "--set", "train.resume=auto"], cwd=str(tmp_path), capture_output=True, text=True,
                                 timeout=60)
         assert second.returncode == 2, second.stdout + second.stderr

@@ -120,7 +120,7 @@ def test_ranktable_discovers_device_ips_over_ssh(tmp_path):
                         "hosts": [{"address": "127.0.0.2", "devices": [0, 1, 2, 3]}],
                         "ssh": _ssh_fields(server)}, open(cluster, "w"))
         out = tmp_path / "rank_table.json"
-        proc = subprocess.run([sys.executable, "-m", "mscluster.cli", "ranktable", str(cluster), "-o", str(out)],
+        proc = subprocess.run([sys.executable, "-m", "mscluster_cli", "ranktable", str(cluster), "-o", str(out)],
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     table = json.load(open(out))

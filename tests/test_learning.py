@@ -22,7 +22,7 @@ SETTINGS = ["arch=resnet18", "stem=cifar", "width=16", "image_size=32", "batch_s
 
 
 def _cli(*args: str, cwd: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mscluster.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "mscluster_cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -66,7 +66,7 @@ def test_a_program_that_never_joins_the_cluster_ends_succeeded(tmp_path):
     assert result["failures"] == [] and result["attempts"][-1]["ok"] is True
     assert status["processes"]["scheduler"]["state"] == "stopped"
     assert {status["processes"][r]["state"] for r in ("rank0", "rank1")} == {"succeeded"}
-    shown = subprocess.run([sys.executable, "-m", "mscluster.cli", "status", job], capture_output=True, text=True,
+    shown = subprocess.run([sys.executable, "-m", "mscluster_cli", "status", job], capture_output=True, text=True,
                            timeout=60)
     assert "state:     succeeded" in shown.stdout, shown.stdout + shown.stderr
     assert job_processes(job) == []

@@ -202,7 +202,7 @@ def test_progress_line_fits_the_terminal():
 # -- real processes --------------------------------------------------------------------------------
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mscluster.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mscluster_cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -310,7 +310,7 @@ def test_tensorboard_command_serves_the_job_on_localhost(finished):
 
     _ok(finished)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mscluster.cli", "tensorboard", finished["job"], "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "mscluster_cli", "tensorboard", finished["job"], "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:
         deadline = time.monotonic() + 90
@@ -337,7 +337,7 @@ def test_tensorboard_command_serves_the_job_on_localhost(finished):
 
 @pytest.mark.integration
 def test_tensorboard_command_without_tensorboard_prints_the_command(finished):
-    code = ("import sys; sys.modules['tensorboard'] = None; from mscluster.cli import main; "
+    code = ("import sys; sys.modules['tensorboard'] = None; from mscluster_cli.main import main; "
             f"sys.exit(main(['tensorboard', {finished['job']!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -392,7 +392,7 @@ def test_status_of_a_failed_job(failed_after_restart):
 @pytest.mark.integration
 def test_progress_line_is_drawn_in_a_terminal(tmp_path, cifar_dir):
     master, slave = pty.openpty()
-    argv = [sys.executable, "-m", "mscluster.cli", "train", "--set", f"data_dir={cifar_dir}", "arch=resnet18",
+    argv = [sys.executable, "-m", "mscluster_cli", "train", "--set", f"data_dir={cifar_dir}", "arch=resnet18",
             "stem=cifar", "width=8", "image_size=32", "batch_size=16", "steps_per_epoch=12", "epochs=1",
             "eval_every_epochs=0", "tensorboard=false", "lr=0.02", f"output_dir={tmp_path / 'out'}"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, cwd=str(tmp_path),

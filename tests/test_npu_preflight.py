@@ -202,7 +202,7 @@ hosts:
   - {{address: localhost, devices: [4, 5], device_ips: {{4: 192.98.92.104, 5: 192.98.92.105}}}}
 command: [python, -c, "{PROGRAM}"]
 """)
-    return subprocess.run([sys.executable, "-m", "mscluster.cli", "launch", str(cluster), "--console", "all", *extra],
+    return subprocess.run([sys.executable, "-m", "mscluster_cli", "launch", str(cluster), "--console", "all", *extra],
                           cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
                           env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
 

@@ -179,7 +179,7 @@ def test_plan_output_shows_ranks_processes_and_env():
     assert lines[3].split() == ["0", "localhost", "0", "0/2"]
     assert lines[4].split() == ["1", "localhost", "1", "1/2"]
     assert "  sched   on localhost: /py -m trainer.scheduler   [in /launch]" in lines
-    assert ("  rank 1  on localhost: /py -m mscluster.cli train --config '<job dir>/train.attempt0.yaml'   "
+    assert ("  rank 1  on localhost: /py -m mscluster_cli train --config '<job dir>/train.attempt0.yaml'   "
             "[in /launch]") in lines
     common = lines[lines.index("environment of every process (on top of the host's own):") + 1:
                    lines.index("environment per process:")]

@@ -121,7 +121,7 @@ def test_a_scheduler_pod_and_a_worker_pod_of_2_npus_train_one_model(tmp_path, ci
     settings = ["arch=resnet18", "stem=cifar", "width=8", "image_size=32", "batch_size=16", "steps_per_epoch=4",
                 "epochs=1", "log_every_steps=2", "tensorboard=false", "eval_every_epochs=0", f"data_dir={cifar_dir}",
                 f"output_dir={tmp_path / 'out'}"]
-    argv = [sys.executable, "-m", "mscluster.cli", "train", "--set", *settings]
+    argv = [sys.executable, "-m", "mscluster_cli", "train", "--set", *settings]
     scheduler = subprocess.Popen(argv, env={**env, "MS_ROLE": "MS_SCHED", "MS_NODE_RANK": "0"}, cwd=str(tmp_path),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

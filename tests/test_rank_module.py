@@ -5,7 +5,7 @@ error file written by ``@record``, ``rank_info`` from each kind of environment; 
 MindSpore made unimportable, as on a launch node that lacks it.
 Expectation: events arrive typed and whole on the pipe and never on stdout; outside a launch the
 functions do nothing; an exception leaves its type, message and traceback; ``launcher.*`` and
-``mscluster.cli`` import without MindSpore, and ``mscluster.rank`` imports neither it nor the
+``mscluster_cli.*`` import without MindSpore, and ``mscluster.rank`` imports neither it nor the
 launcher; no module of ``trainer/`` imports ``launcher/``.
 """
 from __future__ import annotations
@@ -108,14 +108,15 @@ sys.meta_path.insert(0, Block())
 
 
 def test_launcher_and_cli_import_without_mindspore_and_rank_imports_neither():
-    launcher_modules = sorted(f"launcher.{p.stem}" for p in pathlib.Path(REPO_ROOT, "launcher").glob("*.py")
-                              if p.stem != "__init__")
+    modules = sorted(".".join(p.relative_to(REPO_ROOT).with_suffix("").parts)
+                     for package in ("launcher", "mscluster_cli") for p in pathlib.Path(REPO_ROOT, package).rglob("*.py")
+                     if p.stem not in ("__init__", "__main__"))
     code = BLOCK_MINDSPORE + (
         "import importlib\n"
-        f"for name in {launcher_modules!r} + ['mscluster.cli', 'mscluster.launch_cli', 'mscluster.monitor_cli']:\n"
+        f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        "import mscluster.cli\n"
-        "assert mscluster.cli.main(['plan', 'cluster_configs/local_cpu.yaml']) == 0\n")
+        "import mscluster_cli.main\n"
+        "assert mscluster_cli.main.main(['plan', 'cluster_configs/local_cpu.yaml']) == 0\n")
     proc = _run(code, {})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank 0" in proc.stdout

@@ -344,7 +344,7 @@ SINGLE = ["arch=resnet18", "stem=cifar", "width=8", "image_size=32", "batch_size
 
 
 def _train(cwd, *pairs, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mscluster.cli", "train", "--set", *SINGLE, *pairs],
+    return subprocess.run([sys.executable, "-m", "mscluster_cli", "train", "--set", *SINGLE, *pairs],
                           cwd=str(cwd), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1",
                                "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})

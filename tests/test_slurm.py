@@ -22,7 +22,7 @@ from slurm_util import SlurmLab
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
-MSCLUSTER = [sys.executable, "-m", "mscluster.cli"]
+MSCLUSTER = [sys.executable, "-m", "mscluster_cli"]
 
 
 def slurm_file(path, cifar_dir: str, train: dict = {}, slurm: dict = {}, **fields) -> str:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from launcher import slurm
+from launcher.slurm import allocation as slurm_alloc, batch as slurm_batch, step as slurm_step
 from launcher.config import parse_cluster, resolved_yaml
 from launcher.errors import ConfigError
 from launcher.jobplan import build_job_plan
@@ -20,8 +20,8 @@ def cluster(extra: str = "slurm: {nodes: 2}\n", base: str = BASE):
     return parse_cluster(base + extra, "c.yaml")
 
 
-def allocation(n: int = 2, cpus: int = 2) -> slurm.Allocation:
-    return slurm.Allocation(job_id="42", nodes=tuple(f"n{i + 1}" for i in range(n)),
+def allocation(n: int = 2, cpus: int = 2) -> slurm_alloc.Allocation:
+    return slurm_alloc.Allocation(job_id="42", nodes=tuple(f"n{i + 1}" for i in range(n)),
                             addresses=tuple(f"10.0.0.{i + 2}" for i in range(n)), cpus=(cpus,) * n)
 
 
@@ -63,49 +63,49 @@ def test_a_time_limit_yaml_reads_as_base_60_keeps_its_text():
 def test_the_resolved_file_of_a_slurm_cluster_reads_back_the_same():
     spec = cluster("slurm: {nodes: 3, time: '1:00:00', requeue: true, sbatch_options: [--qos=high]}\n")
     assert parse_cluster(resolved_yaml(spec), "c.yaml") == spec
-    placed = slurm.with_allocation(spec, allocation(3))
+    placed = slurm_alloc.with_allocation(spec, allocation(3))
     text = resolved_yaml(placed)
     assert "\nhosts:" not in text and "# this run's allocation: n1 (10.0.0.2), n2 (10.0.0.3), n3 (10.0.0.4)" in text
     assert parse_cluster(text, "c.yaml") == spec
 
 
 def test_slurm_output_formats():
-    assert slurm.expand_cpus_per_node("2(x3),1") == [2, 2, 2, 1]
-    assert slurm.expand_cpus_per_node("72") == [72]
+    assert slurm_alloc.expand_cpus_per_node("2(x3),1") == [2, 2, 2, 1]
+    assert slurm_alloc.expand_cpus_per_node("72") == [72]
     with pytest.raises(ValueError):
-        slurm.expand_cpus_per_node("2(x")
+        slurm_alloc.expand_cpus_per_node("2(x")
     # scontrol -o show node, as Slurm 22.05 prints it (trimmed)
     text = ("NodeName=n1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=1 CPUEfctv=2 CPUTot=2 NodeAddr=10.213.115.2 "
             "NodeHostName=n1 Version=22.05.8\n"
             "NodeName=gpu-a07 Arch=x86_64 NodeAddr=gpu-a07 NodeHostName=gpu-a07\n")
-    assert slurm.parse_show_node(text) == {"n1": "10.213.115.2", "gpu-a07": "gpu-a07"}
-    assert slurm.parse_sbatch_id("123\n") == "123" and slurm.parse_sbatch_id("123;cluster\n") == "123"
-    assert slurm.parse_sbatch_id("sbatch: error\n") is None
-    fields = slurm.parse_show_job("JobId=7 JobName=sl JobState=PENDING Reason=BeginTime Dependency=(null)")
+    assert slurm_alloc.parse_show_node(text) == {"n1": "10.213.115.2", "gpu-a07": "gpu-a07"}
+    assert slurm_batch.parse_sbatch_id("123\n") == "123" and slurm_batch.parse_sbatch_id("123;cluster\n") == "123"
+    assert slurm_batch.parse_sbatch_id("sbatch: error\n") is None
+    fields = slurm_batch.parse_show_job("JobId=7 JobName=sl JobState=PENDING Reason=BeginTime Dependency=(null)")
     assert (fields["JobState"], fields["Reason"]) == ("PENDING", "BeginTime")
 
 
 def test_the_allocation_becomes_the_hosts():
-    spec = slurm.with_allocation(cluster("slurm: {nodes: 2, devices_per_host: 2}\n"), allocation(3))
+    spec = slurm_alloc.with_allocation(cluster("slurm: {nodes: 2, devices_per_host: 2}\n"), allocation(3))
     assert spec.hosts == (HostSpec("10.0.0.2", (0, 1), node="n1"), HostSpec("10.0.0.3", (0, 1), node="n2"))
     assert spec.world_size == 4
-    every = slurm.with_allocation(cluster(""), allocation(3))  # no slurm.nodes: every node, 1 cpu slot each
+    every = slurm_alloc.with_allocation(cluster(""), allocation(3))  # no slurm.nodes: every node, 1 cpu slot each
     assert [h.node for h in every.hosts] == ["n1", "n2", "n3"] and every.world_size == 3
-    ascend = slurm.with_allocation(parse_cluster("name: s\nbackend: ascend\nscheduler: slurm\n", "c.yaml"), allocation(1))
+    ascend = slurm_alloc.with_allocation(parse_cluster("name: s\nbackend: ascend\nscheduler: slurm\n", "c.yaml"), allocation(1))
     assert ascend.hosts[0].devices == tuple(range(8))  # Ascend's default: 8 NPUs a server
 
 
 def test_an_allocation_too_small_names_both_counts():
-    with pytest.raises(slurm.SlurmError) as err:
-        slurm.with_allocation(cluster("slurm: {nodes: 4}\n"), allocation(2))
+    with pytest.raises(slurm_alloc.SlurmError) as err:
+        slurm_alloc.with_allocation(cluster("slurm: {nodes: 4}\n"), allocation(2))
     assert str(err.value) == ("Slurm job 42 has 2 nodes (n1, n2), but c.yaml asks for slurm.nodes: 4: allocate 4 "
                               "(salloc -N4) or lower slurm.nodes")
-    with pytest.raises(slurm.SlurmError, match=r"console: rank 5 does not exist: the allocation gives 2 rank"):
-        slurm.with_allocation(cluster("console: [0, 5]\n"), allocation(2))  # no slurm.nodes: checked at launch
+    with pytest.raises(slurm_alloc.SlurmError, match=r"console: rank 5 does not exist: the allocation gives 2 rank"):
+        slurm_alloc.with_allocation(cluster("console: [0, 5]\n"), allocation(2))  # no slurm.nodes: checked at launch
 
 
 def test_the_job_plan_of_an_allocation_runs_in_the_launch_folder_with_this_python():
-    spec = slurm.with_allocation(cluster(), allocation(2))
+    spec = slurm_alloc.with_allocation(cluster(), allocation(2))
     job = build_job_plan(spec, job_dir="/shared/runs/j", grace_period=5.0, launch_dir="/shared/proj",
                          scheduler_port=4000)
     for agent in job.agents:
@@ -116,11 +116,11 @@ def test_the_job_plan_of_an_allocation_runs_in_the_launch_folder_with_this_pytho
 
 
 def test_srun_lines_are_argv_not_shell():
-    words = slurm.task_argv("n2", ["python", "-c", "print('a b')"], {"A": "x y"}, "/work dir")
+    words = slurm_step.task_argv("n2", ["python", "-c", "print('a b')"], {"A": "x y"}, "/work dir")
     assert words == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=n2", "--overlap", "--quiet",
                      "--kill-on-bad-exit=1", "--job-name=mscluster-check", "--chdir=/work dir", "--", "env",
                      "A=x y", "python", "-c", "print('a b')"]
-    step = slurm.agent_step_argv(["n1", "n2"], 2, ["python", "-m", "launcher.agent"], None)
+    step = slurm_step.agent_step_argv(["n1", "n2"], 2, ["python", "-m", "launcher.agent"], None)
     assert step[:4] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
     assert "--kill-on-bad-exit=1" in step and "--label" in step and "--cpus-per-task=2" in step
     assert step[-4:] == ["--", "python", "-m", "launcher.agent"]
@@ -129,7 +129,7 @@ def test_srun_lines_are_argv_not_shell():
 def test_the_batch_script_asks_for_the_slurm_section_and_execs_the_launcher():
     spec = cluster("slurm: {nodes: 4, time: '2:00:00', partition: npu, account: proj1, requeue: true, "
                    "warning_s: 300, sbatch_options: ['--qos=high']}\n")
-    text = slurm.sbatch_script(spec, "/runs/job 1", ["/venv/bin/python", "-m", "mscluster.cli", "launch",
+    text = slurm_batch.sbatch_script(spec, "/runs/job 1", ["/venv/bin/python", "-m", "mscluster_cli", "launch",
                                                      "/runs/job 1/cluster.yaml", "--from-sbatch"], "/proj")
     lines = text.splitlines()
     assert lines[0] == "#!/bin/bash"
@@ -137,7 +137,7 @@ def test_the_batch_script_asks_for_the_slurm_section_and_execs_the_launcher():
     assert options == ["--job-name=s", "--nodes=4", "--ntasks-per-node=1", "'--output=/runs/job 1/logs/slurm-%j.out'",
                        "--open-mode=append", "--chdir=/proj", "--signal=B:USR1@300", "--requeue", "--exclusive",
                        "--partition=npu", "--account=proj1", "--time=2:00:00", "--qos=high"]
-    assert lines[-1] == "exec /venv/bin/python -m mscluster.cli launch '/runs/job 1/cluster.yaml' --from-sbatch"
+    assert lines[-1] == "exec /venv/bin/python -m mscluster_cli launch '/runs/job 1/cluster.yaml' --from-sbatch"
     check = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
     assert check.returncode == 0, check.stderr
 
@@ -146,7 +146,7 @@ def test_plan_outside_an_allocation_says_its_nodes_are_placeholders(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(BASE + "slurm: {nodes: 2}\ncommand: [python, train.py]\n")
     env = {"PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "mscluster.cli", "plan", str(path)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "mscluster_cli", "plan", str(path)], capture_output=True, text=True,
                           env=env, cwd=str(tmp_path), timeout=60)
     assert done.returncode == 0, done.stderr
     first, second = done.stdout.splitlines()[:2]

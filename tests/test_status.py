@@ -164,7 +164,7 @@ def test_not_a_job_folder_is_one_clear_line(tmp_path):
         read_status(str(tmp_path))
     with pytest.raises(JobDirError, match="no such job folder"):
         read_status(str(tmp_path / "nope"))
-    proc = subprocess.run([sys.executable, "-m", "mscluster.cli", "status", str(tmp_path / "nope")],
+    proc = subprocess.run([sys.executable, "-m", "mscluster_cli", "status", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"mscluster status: error: {tmp_path / 'nope'}: no such job folder"]
@@ -174,7 +174,7 @@ def test_logs_of_a_missing_rank_name_the_ranks_there(tmp_path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "rank_0.log").write_text("hello\n")
     (tmp_path / "status.json").write_text("{}")
-    proc = subprocess.run([sys.executable, "-m", "mscluster.cli", "logs", str(tmp_path), "--rank", "7"],
+    proc = subprocess.run([sys.executable, "-m", "mscluster_cli", "logs", str(tmp_path), "--rank", "7"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "rank_7.log: no such log (logs exist for rank(s) 0)" in proc.stderr

@@ -95,7 +95,7 @@ def test_only_rank0_checkpoints_and_evaluates(two_rank_run, cifar_dir):
 
     # reload: eval on the saved checkpoint gives the accuracy printed at save time
     last = str(out / "checkpoints" / ckpts[-1])
-    proc = subprocess.run([sys.executable, "-m", "mscluster.cli", "eval", "--checkpoint", last,
+    proc = subprocess.run([sys.executable, "-m", "mscluster_cli", "eval", "--checkpoint", last,
                            "--data-dir", cifar_dir], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(rf"^top1={evals[-1][1]} ", proc.stdout, re.M), (proc.stdout, evals)

@@ -43,7 +43,7 @@ def _mlp(cifar_dir: str, *extra: str) -> list[str]:
 
 
 def _cli(*args: str, cwd: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mscluster.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mscluster_cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
 

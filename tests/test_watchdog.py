@@ -26,7 +26,7 @@ from helpers import job_processes, kill_group, launch_argv, rank_step, start_lau
 from launcher import watchdog
 from launcher.spec import WatchdogSpec
 
-SPY_WAITING = """Process 4242: python -m mscluster.cli train --config j/train.attempt0.yaml
+SPY_WAITING = """Process 4242: python -m mscluster_cli train --config j/train.attempt0.yaml
 Python v3.11.7 (/usr/bin/python3.11)
 
 Thread 4242 (idle): "MainThread"
@@ -37,7 +37,7 @@ Thread 4242 (idle): "MainThread"
 Thread 4250 (idle): "mscluster-beat"
     _beat (mscluster/rank.py:231)
 """
-SPY_SLEEPING = """Process 4243: python -m mscluster.cli train --config j/train.attempt0.yaml
+SPY_SLEEPING = """Process 4243: python -m mscluster_cli train --config j/train.attempt0.yaml
 Python v3.11.7 (/usr/bin/python3.11)
 
 Thread 4243 (idle): "MainThread"
@@ -55,7 +55,7 @@ Current thread 0x00007f8b5a6e8740 (most recent call first):
   File "/v/lib/python3.11/site-packages/mindspore/train/callback/_callback.py", line 402 in on_train_step_end
 
 """
-SPY_IN_EXCHANGE = """Process 4244: python -m mscluster.cli train --config j/train.attempt0.yaml
+SPY_IN_EXCHANGE = """Process 4244: python -m mscluster_cli train --config j/train.attempt0.yaml
 Python v3.11.7 (/usr/bin/python3.11)
 
 Thread 4244 (idle): "MainThread"

@@ -1,4 +1,8 @@
-"""The launcher's subcommands: ``plan``, ``ranktable``, ``launch``, ``submit``, ``cancel``. Parsing and printing only."""
+"""The launcher's subcommands: ``plan``, ``ranktable``, ``launch``, ``submit``, ``cancel``. Parsing and printing only.
+
+Each command imports the launcher's modules it uses when it runs, not here: ``mscluster train`` (every
+rank) and ``mscluster status`` build this parser too, and would pay a second of imports for nothing.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +10,10 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
 
 from launcher.errors import ConfigError
+from launcher.spec import Backend
+from mscluster_cli.args import add_set, seconds
 from trainer.overrides import flatten
 
 
@@ -20,25 +25,11 @@ def _load(args: argparse.Namespace):
     return load_cluster(args.cluster, pairs, args.program)
 
 
-def _allocated(cluster):
-    """A scheduler: slurm cluster with the allocation's nodes as hosts, or placeholders outside one
-    (with a note saying so); any other cluster as it is."""
-    from launcher import slurm
-
-    if not cluster.on_slurm:
-        return cluster, ""
-    if os.environ.get("SLURM_JOB_ID"):
-        return slurm.allocate(cluster, os.environ)[0], ""
-    placeholder = slurm.placeholder_allocation(cluster)
-    note = (f"(scheduler slurm, outside an allocation: the nodes are shown as {', '.join(placeholder.nodes)} at "
-            "placeholder addresses; inside salloc or sbatch they are the allocation's)")
-    return slurm.with_allocation(cluster, placeholder), note
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
+    from launcher.hosts import preview_hosts
     from launcher.jobplan import build_job_plan, format_job_plan
 
-    cluster, note = _allocated(_load(args))
+    cluster, note = preview_hosts(_load(args), os.environ)
     if note:
         print(note)
     print(format_job_plan(build_job_plan(cluster, grace_period=5.0)))
@@ -46,31 +37,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_ranktable(args: argparse.Namespace) -> int:
-    from launcher.executor import check_ssh_files, executor_for
+    from launcher.hosts import open_hosts
     from launcher.launch import make_rank_table
     from launcher.plan import plan_ranks
-
-    from launcher import slurm
+    from mscluster.fsutil import write_atomic
 
     cluster = _load(args)
-    if cluster.backend != "ascend":
+    if cluster.backend is not Backend.ASCEND:
         raise ConfigError(f"{args.cluster}: backend: the rank table is for backend ascend (this file says {cluster.backend})")
-    if cluster.on_slurm:  # the nodes, and their devices' addresses, through srun in the allocation
-        cluster, allocation = slurm.allocate(cluster, os.environ)
-        executors = dict(slurm.executors(cluster, allocation, os.environ))
-    else:
-        if not all(h.is_local for h in cluster.hosts):
-            check_ssh_files(cluster.ssh, cluster.source)
-        executors = {h.address: executor_for(h, cluster.ssh) for h in cluster.hosts}
+    hosts = open_hosts(cluster, os.environ)  # under Slurm the allocation's nodes, asked through srun
     try:
-        text = make_rank_table(plan_ranks(cluster), executors)
+        text = make_rank_table(plan_ranks(hosts.cluster), hosts.executors)
     finally:
-        for ex in executors.values():
-            ex.close()
+        hosts.close()
     text = text if text.endswith("\n") else text + "\n"
     if args.output:
-        from mscluster.fsutil import write_atomic
-
         try:
             write_atomic(args.output, text)
         except OSError as exc:
@@ -123,13 +104,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def _requeue_if_asked(job_dir: str) -> None:
     """slurm.requeue: put this batch job back in the queue (last thing: Slurm then ends this run)."""
     from launcher.config import load_cluster
+    from launcher.slurm.batch import SBATCH_SCRIPT
     from launcher.submit import requeue
+    from mscluster.jobfiles import CLUSTER_FILE
 
-    cluster = load_cluster(os.path.join(job_dir, "cluster.yaml"))
+    cluster = load_cluster(os.path.join(job_dir, CLUSTER_FILE))
     job_id = os.environ.get("SLURM_JOB_ID")
     if not cluster.slurm.requeue or not job_id:
         print("mscluster: not requeued (slurm.requeue is false): submit it again, or run sbatch "
-              f"{os.path.join(job_dir, 'sbatch.sh')}")
+              f"{os.path.join(job_dir, SBATCH_SCRIPT)}")
         return
     print(f"mscluster: requeueing Slurm job {job_id} (slurm.requeue): the next run resumes", flush=True)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Slurm ends this run of the script now
@@ -158,12 +141,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-
 CONSOLE_HELP = ("whose lines the terminal shows: all, or ranks such as 0,3 (default: the file's console:, "
                 "else rank 0); warnings and errors of every rank always show")
 
 
-def add_commands(sub, add_set: Callable[[argparse.ArgumentParser, str], None]) -> None:
+def add_commands(sub) -> None:
     p = sub.add_parser("plan", help="print every process a launch would start (argv, folder, environment); "
                                     "starts nothing", usage="mscluster plan CLUSTER.yaml [--set ...] [-- PROGRAM ARGS...]")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
@@ -186,8 +168,6 @@ def add_commands(sub, add_set: Callable[[argparse.ArgumentParser, str], None]) -
     add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 restarts=1")
     p.add_argument("--job-dir", help="job folder (default: <workdir>/<name>-<time>); an existing one is "
                                       "refused unless train.resume is set")
-    from mscluster.cli import seconds
-
     p.add_argument("--grace-period", type=seconds, default=5.0, help="seconds between TERM and KILL (default 5)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not stream the ranks' output")
     p.add_argument("--skip-preflight", action="store_true",
@@ -208,6 +188,3 @@ def add_commands(sub, add_set: Callable[[argparse.ArgumentParser, str], None]) -
     p = sub.add_parser("cancel", help="cancel the Slurm job of a submitted job folder (scancel)")
     p.add_argument("job_dir", metavar="JOB_DIR")
     p.set_defaults(func=cmd_cancel)
-
-    from mscluster import monitor_cli  # status, logs, tensorboard
-    monitor_cli.add_commands(sub, add_set)

@@ -1,22 +1,24 @@
 """The monitoring subcommands: ``status``, ``logs``, ``tensorboard``. Parsing and printing only.
 
-None of them imports MindSpore: they answer in a fraction of a second on a login node.
+None of them imports MindSpore: they answer in a fraction of a second on a login node. The launcher's
+modules are imported by the command that uses them, for the same reason.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
-from typing import Callable, Optional
+
+from launcher.errors import JobDirError
 
 DEFAULT_TB_HOST = "127.0.0.1"
 DEFAULT_TB_PORT = 6006
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from launcher.errors import JobDirError
     from launcher.status import format_status, read_status
     from launcher.submit import slurm_lines
 
@@ -43,7 +45,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from launcher.errors import JobDirError
     from launcher.joblogs import follow, log_path, missing_log_message, read_lines
 
     path = log_path(args.job_dir, args.rank)
@@ -79,10 +80,6 @@ def _tensorboard_installed() -> bool:
 
 
 def cmd_tensorboard(args: argparse.Namespace) -> int:
-    import shlex
-
-    from launcher.errors import JobDirError
-
     logdir = os.path.join(os.path.abspath(args.job_dir), "tensorboard")
     if not os.path.isdir(args.job_dir):
         raise JobDirError(f"{args.job_dir}: no such job folder")
@@ -98,7 +95,7 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     return subprocess.run(tensorboard_argv(sys.executable, logdir, args.host, args.port)).returncode
 
 
-def add_commands(sub, add_set: Optional[Callable[[argparse.ArgumentParser, str], None]] = None) -> None:
+def add_commands(sub) -> None:
     p = sub.add_parser("status", help="where a job stands: state, attempt, progress, last eval, each rank")
     p.add_argument("job_dir", metavar="JOB_DIR")
     p.add_argument("--json", action="store_true", help="print the status as JSON")

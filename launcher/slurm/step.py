@@ -1,146 +1,42 @@
-"""``scheduler: slurm``: the allocation's nodes are the hosts, and Slurm's ``srun`` starts what SSH would.
+"""``scheduler: slurm``'s executors: Slurm's ``srun`` starts what SSH would.
 
-Inside an allocation (``salloc``, or the batch script ``mscluster submit`` writes) the launcher
-
-- reads the nodes from ``SLURM_JOB_NODELIST`` (``scontrol show hostnames``) and their addresses
-  from Slurm itself (``scontrol show node``'s NodeAddr, resolved where it is a name): `read_allocation`;
-- runs each short command of the pre-flight and the device discovery as a one-task step on its
-  node (`SlurmExecutor.run`);
-- starts one agent per node with ONE step, ``srun --nodes=N --ntasks-per-node=1
-  --kill-on-bad-exit=1 ... python -m launcher.agent`` (`AgentStep`). Each agent connects back to
-  the launcher over TCP (address, port and a one-time token in its environment) and speaks the
-  protocol it speaks over SSH on that socket: its stdin and stdout. srun's own stdio carries only
-  the agents' stderr (``--label`` says whose). Everything downstream (supervision, teardown,
-  restarts, logs, status) is the SSH path's, unchanged.
+- Each short command of the pre-flight and the device discovery runs as a one-task step on its node
+  (`SlurmExecutor.run`).
+- One agent per node starts with ONE step, ``srun --nodes=N --ntasks-per-node=1 --kill-on-bad-exit=1
+  ... python -m launcher.agent`` (`AgentStep`). Each agent connects back to the launcher over TCP
+  (`launcher.connect_back`) and speaks the protocol it speaks over SSH on that socket: its stdin and
+  stdout. srun's own stdio carries only the agents' stderr (``--label`` says whose). Everything
+  downstream (supervision, teardown, restarts, logs, status) is the SSH path's, unchanged.
 
 A step that does not end with its agents (a frozen node) is finished with ``scancel`` of the step.
-The sbatch script and the job states for ``submit``, ``status`` and ``cancel`` are here too.
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
-import hmac
-import json
 import logging
 import os
 import re
 import secrets
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from typing import Deque, Mapping, Optional, Sequence
 
-from launcher.errors import HostUnreachable, LauncherError
-from launcher.executor import BatchCallback, LineCallback, RunResult, Session, _LineSplitter, kill_process_group
-from launcher.spec import DEFAULT_DEVICES_PER_HOST, ClusterSpec, HostSpec, is_ipv4
+from launcher.connect_back import CONNECT_ENV, TOKEN_ENV, read_hello
+from launcher.errors import HostUnreachable
+from launcher.executor import BatchCallback, LineCallback, LineSplitter, RunResult, Session, kill_process_group
+from launcher.slurm.allocation import Allocation
+from launcher.spec import ClusterSpec, HostSpec
 
 logger = logging.getLogger(__name__)
 
-CONNECT_ENV = "MSCLUSTER_AGENT_CONNECT"  # host:port the agent connects back to
-TOKEN_ENV = "MSCLUSTER_AGENT_TOKEN"  # proves the connection is this step's agent
-SLURM_JOB_FILE = "slurm.json"  # <job>/slurm.json: the Slurm job id submit got
-SBATCH_SCRIPT = "sbatch.sh"
 STEP_EXIT_WAIT_S = 10.0  # after its agents are gone, how long a step may take to end before scancel
-HELLO_TIMEOUT_S = 10.0
 HARMLESS = ("cluster configuration lacks support for cpu binding",)  # srun's note where TaskPlugin=task/none
 _LABEL = re.compile(r"\s*(\d+): ?(.*)")  # srun --label: "<task>: line"
 _TASK_EXIT = re.compile(r"srun: error: (\S+): task (\d+): (?:Exited with exit code (\d+)|(.*))")
-_CPUS = re.compile(r"(\d+)(?:\(x(\d+)\))?")
-
-
-class SlurmError(LauncherError):
-    """Not inside an allocation, an allocation too small, a Slurm tool missing or failing."""
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """The Slurm job the launcher runs in: its id and nodes (in Slurm's order), with addresses and cores."""
-
-    job_id: str
-    nodes: tuple[str, ...]
-    addresses: tuple[str, ...]
-    cpus: tuple[int, ...]  # cores the job holds on each node
-
-
-# -- pure helpers ----------------------------------------------------------------------------------
-
-def expand_cpus_per_node(text: str) -> list[int]:
-    """``SLURM_JOB_CPUS_PER_NODE`` (``"2(x3),1"``) -> ``[2, 2, 2, 1]``."""
-    counts: list[int] = []
-    for part in filter(None, text.strip().split(",")):
-        match = _CPUS.fullmatch(part.strip())
-        if not match:
-            raise ValueError(f"not a SLURM_JOB_CPUS_PER_NODE list: {text!r}")
-        counts += [int(match.group(1))] * int(match.group(2) or 1)
-    return counts
-
-
-def parse_show_node(text: str) -> dict[str, str]:
-    """``scontrol -o show node`` (one node a line) -> {NodeName: NodeAddr}."""
-    addresses = {}
-    for line in text.splitlines():
-        fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
-        if "NodeName" in fields:
-            addresses[fields["NodeName"]] = fields.get("NodeAddr", fields["NodeName"])
-    return addresses
-
-
-def parse_show_job(text: str) -> dict[str, str]:
-    """``scontrol -o show job ID`` -> its fields (JobState, Reason, NodeList, RunTime, ...)."""
-    fields: dict[str, str] = {}
-    for word in text.split():
-        if "=" in word:
-            key, value = word.split("=", 1)
-            fields.setdefault(key, value)
-    return fields
-
-
-def resolve_address(node: str, addr: str) -> str:
-    """A node's IPv4 address: NodeAddr itself, or what it resolves to."""
-    if is_ipv4(addr):
-        return addr
-    try:
-        return socket.gethostbyname(addr)
-    except OSError:
-        raise SlurmError(f"Slurm node {node}: cannot resolve its address {addr!r} (NodeAddr) on this machine") from None
-
-
-def with_allocation(cluster: ClusterSpec, allocation: Allocation) -> ClusterSpec:
-    """The cluster with its hosts taken from the allocation: the first ``slurm.nodes`` nodes (all, if unset).
-
-    Raises:
-        SlurmError: the allocation has fewer nodes than the file asks for, or too few ranks for ``console:``.
-    """
-    wanted = cluster.slurm.nodes or len(allocation.nodes)
-    have = len(allocation.nodes)
-    if have < wanted:
-        listed = ", ".join(allocation.nodes[:8]) + (", ..." if have > 8 else "")
-        raise SlurmError(f"Slurm job {allocation.job_id} has {have} node{'s' if have != 1 else ''} ({listed}), but "
-                         f"{cluster.source} asks for slurm.nodes: {wanted}: allocate {wanted} (salloc -N{wanted}) "
-                         f"or lower slurm.nodes")
-    per_host = cluster.slurm.devices_per_host or DEFAULT_DEVICES_PER_HOST[cluster.backend]
-    hosts = tuple(HostSpec(address=address, devices=tuple(range(per_host)), node=node)
-                  for node, address in zip(allocation.nodes[:wanted], allocation.addresses[:wanted]))
-    world = wanted * per_host
-    too_high = [r for r in cluster.console or () if r >= world]
-    if too_high:
-        raise SlurmError(f"{cluster.source}: console: rank {too_high[0]} does not exist: the allocation gives "
-                         f"{world} rank(s) ({wanted} node(s) x {per_host})")
-    return dataclasses.replace(cluster, hosts=hosts)
-
-
-def placeholder_allocation(cluster: ClusterSpec) -> Allocation:
-    """For ``plan`` outside an allocation: ``slurm.nodes`` (else 1) nodes named node1.., at
-    addresses of the documentation range 192.0.2.0/24 (RFC 5737)."""
-    count = cluster.slurm.nodes or 1
-    return Allocation(job_id="<job id>", nodes=tuple(f"node{i + 1}" for i in range(count)),
-                      addresses=tuple(f"192.0.2.{i + 1}" for i in range(count)), cpus=(0,) * count)
 
 
 def task_argv(node: str, argv: Sequence[str], env: Mapping[str, str], cwd: Optional[str]) -> list[str]:
@@ -166,66 +62,6 @@ def agent_step_argv(nodes: Sequence[str], cpus_per_task: int, argv: Sequence[str
     if cwd is not None:
         words.append(f"--chdir={cwd}")
     return [*words, "--", *argv]
-
-
-# -- the allocation --------------------------------------------------------------------------------
-
-def require_tool(name: str, environ: Mapping[str, str]) -> str:
-    path = shutil.which(name, path=environ.get("PATH"))
-    if path is None:
-        raise SlurmError(f"{name} not found on PATH: scheduler: slurm needs Slurm's client tools "
-                         f"(srun, scontrol; sbatch for submit) on this machine")
-    return path
-
-
-def _scontrol(args: Sequence[str], environ: Mapping[str, str], what: str) -> str:
-    try:
-        done = subprocess.run(["scontrol", *args], env=dict(environ), capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SlurmError(f"scontrol {' '.join(args)}: {exc}") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise SlurmError(f"cannot read {what} from Slurm (scontrol {' '.join(args)}): {last}")
-    return done.stdout
-
-
-def read_allocation(environ: Mapping[str, str]) -> Allocation:
-    """The allocation this process runs in.
-
-    Raises:
-        SlurmError: not inside an allocation, srun or scontrol missing, or Slurm does not answer.
-    """
-    job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
-    if not job_id:
-        raise SlurmError("not inside a Slurm allocation (SLURM_JOB_ID is not set): run it under salloc "
-                         "(salloc -N2 mscluster launch ...) or submit it with mscluster submit")
-    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
-    if not nodelist:
-        raise SlurmError(f"Slurm job {job_id}: SLURM_JOB_NODELIST is not set: not a job allocation's environment")
-    require_tool("srun", environ)
-    require_tool("scontrol", environ)
-    nodes = tuple(_scontrol(["show", "hostnames", nodelist], environ, "the job's nodes").split())
-    if not nodes:
-        raise SlurmError(f"Slurm job {job_id}: no nodes in SLURM_JOB_NODELIST={nodelist!r}")
-    addrs = parse_show_node(_scontrol(["-o", "show", "node", nodelist], environ, "the nodes' addresses"))
-    addresses = tuple(resolve_address(n, addrs.get(n, n)) for n in nodes)
-    try:
-        cpus = expand_cpus_per_node(environ.get("SLURM_JOB_CPUS_PER_NODE", ""))
-    except ValueError:
-        cpus = []
-    if len(cpus) != len(nodes):
-        cpus = [1] * len(nodes)
-    return Allocation(job_id=job_id, nodes=nodes, addresses=addresses, cpus=tuple(cpus))
-
-
-def allocate(cluster: ClusterSpec, environ: Mapping[str, str]) -> tuple[ClusterSpec, Allocation]:
-    """The cluster with the hosts of the allocation this process runs in, and that allocation.
-
-    Raises:
-        SlurmError: as `read_allocation` and `with_allocation` do.
-    """
-    allocation = read_allocation(environ)
-    return with_allocation(cluster, allocation), allocation
 
 
 def advertised_address(peer: str) -> str:
@@ -313,7 +149,7 @@ class _StepSession(Session):
     def _recv(self) -> bytes:
         return self._sock.recv(32768)
 
-    def _end_stdout(self, splitter: _LineSplitter) -> None:
+    def _end_stdout(self, splitter: LineSplitter) -> None:
         self._ended.set()
         super()._end_stdout(splitter)
 
@@ -383,21 +219,10 @@ class AgentStep:
 
     def _greet(self, conn: socket.socket, peer) -> None:
         """Read the agent's hello line; keep the connection if its token and node are this step's."""
-        conn.settimeout(HELLO_TIMEOUT_S)
-        data = b""
-        try:
-            while not data.endswith(b"\n") and len(data) < 4096:
-                chunk = conn.recv(1)  # byte by byte: nothing after the hello may be consumed here
-                if not chunk:
-                    break
-                data += chunk
-            hello = json.loads(data.decode("utf-8"))
-            ok = isinstance(hello, dict) and hmac.compare_digest(str(hello.get("token", "")), self.token)
-            node = str(hello.get("node", "")) if ok else ""
-        except (OSError, ValueError, UnicodeDecodeError):
-            ok, node, hello = False, "", {}
+        hello = read_hello(conn, self.token)
+        node = str(hello.get("node", "")) if hello is not None else ""
         with self._lock:
-            if not ok or node not in self._stderr or node in self._socks:
+            if hello is None or node not in self._stderr or node in self._socks:
                 logger.warning("slurm: refused a connection from %s (not this step's agent, or a second one)", peer[0])
                 conn.close()
                 return
@@ -408,7 +233,7 @@ class AgentStep:
 
     # -- srun's own output: the agents' stderr, labelled with their task
     def _read_srun(self, stream) -> None:
-        splitter = _LineSplitter()
+        splitter = LineSplitter()
         try:
             for chunk in iter(lambda: stream.read1(32768), b""):
                 for line in splitter.feed(chunk):
@@ -544,97 +369,3 @@ def executors(cluster: ClusterSpec, allocation: Allocation, environ: Mapping[str
     """One executor per host of an allocated cluster (`with_allocation`), sharing one `StepGroup`."""
     group = StepGroup(cluster, allocation, environ)
     return {h.address: SlurmExecutor(h, group) for h in cluster.hosts}
-
-
-# -- the agent's side -----------------------------------------------------------------------------
-
-def connect_back(environ: Mapping[str, str], timeout: float = 30.0) -> Optional[socket.socket]:
-    """In an agent started by `AgentStep`: the connection to the launcher, hello sent; None otherwise.
-
-    Raises:
-        OSError: the launcher cannot be reached within ``timeout``.
-    """
-    target = environ.get(CONNECT_ENV)
-    if not target:
-        return None
-    host, _, port = target.rpartition(":")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            sock = socket.create_connection((host, int(port)), timeout=5.0)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    sock.settimeout(None)
-    step = environ.get("SLURM_STEP_ID")
-    hello = {"token": environ.get(TOKEN_ENV, ""), "node": environ.get("SLURMD_NODENAME", ""),
-             "task": environ.get("SLURM_PROCID"), "step": step}
-    sock.sendall((json.dumps(hello) + "\n").encode("utf-8"))
-    return sock
-
-
-# -- sbatch, status, cancel -----------------------------------------------------------------------
-
-def sbatch_script(cluster: ClusterSpec, job_dir: str, launch_argv: Sequence[str], launch_dir: str) -> str:
-    """The batch script ``mscluster submit`` writes to ``<job>/sbatch.sh``: Slurm's options from the
-    ``slurm:`` section, then ``mscluster launch`` of the job folder, exec'd: the batch shell becomes the
-    launcher, so Slurm's warning signal (``--signal=B:USR1@s``) and scancel's TERM reach it directly."""
-    s = cluster.slurm
-    nodes = s.nodes or 1
-    options = [f"--job-name={cluster.name}", f"--nodes={nodes}", "--ntasks-per-node=1",
-               f"--output={os.path.join(job_dir, 'logs', 'slurm-%j.out')}", "--open-mode=append",
-               f"--chdir={launch_dir}", f"--signal=B:USR1@{s.warning_s}", "--requeue" if s.requeue else "--no-requeue"]
-    if s.exclusive:
-        options.append("--exclusive")
-    for key in ("partition", "account", "time"):
-        value = getattr(s, key)
-        if value is not None:
-            options.append(f"--{key}={value}")
-    options += list(s.sbatch_options)
-    lines = ["#!/bin/bash",
-             f"# Written by `mscluster submit` for job {cluster.name}: Slurm runs it on the first node of the",
-             "# allocation; it runs `mscluster launch` there, which starts one agent per node with srun.",
-             *(f"#SBATCH {shlex.quote(o)}" for o in options),
-             "set -eu",
-             'echo "mscluster: Slurm job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}"',
-             "exec " + shlex.join(launch_argv), ""]
-    return "\n".join(lines)
-
-
-def parse_sbatch_id(stdout: str) -> Optional[str]:
-    """``sbatch --parsable`` prints ``<id>`` or ``<id>;<cluster>``."""
-    text = stdout.strip().splitlines()[-1] if stdout.strip() else ""
-    job_id = text.split(";", 1)[0]
-    return job_id if job_id.isdigit() else None
-
-
-def read_job_id(job_dir: str) -> Optional[str]:
-    """The Slurm job id ``submit`` recorded in the job folder, or None."""
-    try:
-        with open(os.path.join(job_dir, SLURM_JOB_FILE), encoding="utf-8") as handle:
-            value = json.load(handle).get("job_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(value) if value is not None and str(value).isdigit() else None
-
-
-def job_state(job_id: str, environ: Mapping[str, str]) -> tuple[str, str]:
-    """(state, reason) of a Slurm job: from squeue while Slurm lists it, else ``scontrol show job``;
-    ("UNKNOWN", why) when Slurm no longer knows it or does not answer."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], env=dict(environ), capture_output=True, text=True,
-                  timeout=20)
-        if out.returncode == 0 and out.stdout.strip():
-            state, _, reason = out.stdout.strip().splitlines()[0].partition("|")
-            return state, "" if reason in ("None", "(null)") else reason
-        out = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=dict(environ), capture_output=True, text=True,
-                  timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return "UNKNOWN", f"Slurm did not answer ({exc})"
-    if out.returncode != 0:
-        return "UNKNOWN", (out.stderr.strip().splitlines() or ["Slurm no longer knows the job"])[-1]
-    fields = parse_show_job(out.stdout)
-    reason = fields.get("Reason", "")
-    return fields.get("JobState", "UNKNOWN"), "" if reason in ("None", "(null)") else reason
