@@ -17,6 +17,7 @@ from typing import Mapping, Optional
 
 from launcher import slurm
 from launcher.config import load_cluster, resolved_yaml
+from launcher.jobplan import CLI_MODULE, own_argv
 from launcher.launch import create_job_dir, default_job_dir
 from mscluster import jobfiles
 from mscluster.fsutil import write_atomic, write_json_atomic
@@ -41,8 +42,8 @@ class Submitted:
 
 def launch_argv(python: str, job_dir: str) -> list[str]:
     """What the batch script runs inside the allocation."""
-    return [python, "-m", "mscluster.cli", "launch", os.path.join(job_dir, jobfiles.CLUSTER_FILE),
-            "--job-dir", job_dir, "--from-sbatch"]
+    return [*own_argv(python, CLI_MODULE, "launch", os.path.join(job_dir, jobfiles.CLUSTER_FILE),
+                      "--job-dir", job_dir, "--from-sbatch")]
 
 
 def submit(request: SubmitRequest, environ: Mapping[str, str] = os.environ, python: str = sys.executable) -> Submitted:
