@@ -242,7 +242,7 @@ def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_di
         # one job, one MindSpore: versions differ in their collectives and checkpoints (and on Ascend
         # each host's build must match its CANN), so a mixed job hangs or diverges instead of failing
         raise MindSporeMismatch("the hosts have different MindSpore versions: " + "; ".join(
-            f"{version} on {', '.join(labels)}" for version, labels in sorted(hosts_of.items()))
+            f"{version} on {', '.join(labels)}" for version, labels in hosts_of.items())
             + ": install one version on every host (on Ascend, the build matched to each host's CANN); "
               "nothing was started")
     if hosts_of:
