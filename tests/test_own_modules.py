@@ -20,26 +20,12 @@ import sys
 
 import pytest
 
-from helpers import only_job_dir, write_cluster
+from helpers import only_job_dir, user_folder, write_cluster
 from launcher.config import parse_cluster
 from launcher.errors import MindSporeMismatch
 from launcher.executor import LocalExecutor, RunResult, check_host
 from launcher.jobplan import own_argv
 from launcher.launch import preflight
-
-USER_FILE = 'raise SystemExit("user file imported")\n'
-# the names of mscluster's packages, and two a training project often has
-SHADOWING = ("launcher.py", "trainer.py", "mscluster.py")
-
-
-def user_folder(path) -> str:
-    """A folder holding a user's launcher.py, trainer.py and mscluster.py, each failing at import."""
-    os.makedirs(path, exist_ok=True)
-    for name in SHADOWING:
-        with open(os.path.join(path, name), "w", encoding="utf-8") as handle:
-            handle.write(USER_FILE)
-    return str(path)
-
 
 ARGV_MODULE = """import json, os, sys
 print(json.dumps({"name": __name__, "argv0": sys.argv[0], "args": sys.argv[1:],
@@ -51,7 +37,7 @@ def test_own_argv_runs_a_module_as_dash_m_does_but_not_from_the_folder(tmp_path)
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "argvmod.py").write_text(ARGV_MODULE)
-    folder = user_folder(tmp_path / "work")
+    folder = user_folder(str(tmp_path / "work"))
     env = {**os.environ, "PYTHONPATH": str(lib), "LIB": str(lib)}  # CANN's environment lives in PYTHONPATH
 
     def run(argv):
@@ -69,7 +55,7 @@ def test_own_argv_runs_a_module_as_dash_m_does_but_not_from_the_folder(tmp_path)
 
 
 def test_the_probe_ignores_the_users_launcher_py(tmp_path):
-    folder = user_folder(tmp_path / "work")
+    folder = user_folder(str(tmp_path / "work"))
     request = '{"free_port": true}'
     shadowed = subprocess.run([sys.executable, "-m", "launcher.probe"], cwd=folder, input=request,
                               capture_output=True, text=True, timeout=60)
@@ -126,7 +112,7 @@ def test_preflight_refuses_hosts_with_different_mindspore_versions():
 @pytest.mark.integration
 def test_builtin_trainer_job_runs_from_a_folder_with_the_users_launcher_and_trainer(tmp_path, cifar_dir):
     """backend cpu: the probe, the agent, the scheduler and both ranks all run in this folder."""
-    folder = user_folder(tmp_path / "project")
+    folder = user_folder(str(tmp_path / "project"))
     cluster = write_cluster(os.path.join(folder, "c.yaml"), cifar_dir)
     mscluster = os.path.join(os.path.dirname(sys.executable), "mscluster")  # the command a user runs
     proc = subprocess.run([mscluster, "launch", cluster, "--console", "all"], cwd=folder, capture_output=True,
