@@ -1,9 +1,9 @@
-"""What the launcher asks of a host before a job: ``python -m launcher.probe`` with a JSON request on stdin.
+"""What the launcher asks of a host before a job: mscluster's ``launcher.probe`` with a JSON request on stdin.
 
-Started as one of mscluster's own modules (``launcher.jobplan.own_argv``: never a same-named file of
-the folder it runs in). Runs on every host in the pre-flight (and on the first host for a free port). The request travels
-on stdin, never on the command line, so the remote shell sees only ``exec <python> -m
-launcher.probe`` (in that form). Requests:
+Runs on every host in the pre-flight (and on the first host for a free port), started as one of
+mscluster's own modules (``launcher.jobplan.own_argv``: never a same-named file of the folder it
+runs in). The request travels on stdin, never on the command line, so the remote shell sees only
+``exec <python> -c '<boot>' launcher.probe``. Requests:
 
     {"check": {"mindspore": bool, "builtin": bool, "program": null | {"folder", "argv", "python_first"}}}
         exit 0 printing ``{"mindspore": version | null}`` (the version when asked to check it), or
