@@ -1,6 +1,8 @@
 # Two commands on a fresh machine with Python 3.9-3.12 (3.11 tested):
 #   make demo   creates .venv, installs, prepares data, runs the 2-rank local job, evaluates, predicts
-#   make test   creates .venv, installs (with the test extra) and runs the test suite
+#   make test   creates .venv, installs (with the mindspore and test extras) and runs the test suite
+# (the launcher alone installs on any Python 3.9+ without MindSpore: pip install .; the demo and the
+# tests train, so they need MindSpore 2.10's Pythons)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -15,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -c '$(CHECK_PY)' && $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): on Debian/Ubuntu install python3-venv"; exit 1; }; }
 	@$(BIN)/python -c '$(CHECK_PY)'
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[mindspore,test]'
 	touch $@
 
 install: $(STAMP)

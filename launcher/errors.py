@@ -42,3 +42,9 @@ class NpuCheckFailed(LauncherError):
     """The NPU pre-flight found problems on Ascend hosts (one line each, naming host and device)."""
 
     exit_code = 3
+
+
+class MindSporeMismatch(LauncherError):
+    """The hosts that run MindSpore have different versions of it (the message names which host has which)."""
+
+    exit_code = 3

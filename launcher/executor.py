@@ -53,6 +53,7 @@ from typing import IO, Callable, Deque, Iterator, List, Mapping, Optional, Proto
 
 from launcher import probe
 from launcher.errors import ConfigError, HostUnreachable, ProgramNotFound
+from launcher.jobplan import own_argv
 from launcher.spec import HostSpec, SSHSpec
 
 logger = logging.getLogger(__name__)
@@ -838,8 +839,10 @@ def check_host(
     cwd: Optional[str] = None,
     needs_mindspore: bool = True,
     program: Optional[ProgramCheck] = None,
-) -> None:
+) -> Optional[str]:
     """Pre-flight: the host answers, ``python`` imports our packages there, and ``program`` is there.
+
+    Returns the host's MindSpore version when ``needs_mindspore`` (else None).
 
     Raises:
         HostUnreachable: one line naming the host: unreachable, refused key, unknown host key,
@@ -850,10 +853,14 @@ def check_host(
     spec = {"mindspore": needs_mindspore, "builtin": program is None,
             "program": None if program is None else {"folder": program.folder, "argv": list(program.argv),
                                                      "python_first": program.python_first}}
-    result = executor.run([python, "-m", "launcher.probe"], timeout=timeout, env=env, cwd=cwd,
+    result = executor.run(own_argv(python, "launcher.probe"), timeout=timeout, env=env, cwd=cwd,
                           input=json.dumps({"check": spec}))
     if result.exit_code == 0:
-        return
+        answer = next((ln for ln in reversed(result.stdout.splitlines()) if ln.startswith("{")), "{}")
+        try:
+            return json.loads(answer).get("mindspore")
+        except ValueError:
+            return None
     last = next((ln.strip() for ln in reversed(result.stderr.splitlines()) if ln.strip()), "")
     if result.exit_code == probe.MISSING_EXIT and last.startswith(probe.MISSING + " "):
         raise ProgramNotFound(f"host {name}: no {last.split(' ', 1)[1]}; nothing was started")

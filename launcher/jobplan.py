@@ -70,6 +70,23 @@ def host_python(cluster: ClusterSpec, host: HostSpec, local_python: Optional[str
     return cluster.python or ((local_python or sys.executable) if host.sees_launch_folder else "python3")
 
 
+# mscluster's own programs (agent, probe, scheduler, the built-in trainer's ranks) run as
+# ``python -c OWN_MODULE_BOOT <module> ARGS`` rather than ``python -m <module> ARGS``: -m puts the
+# folder the process runs in (the user's launch folder, a remote login folder) first on sys.path, so a
+# user's launcher.py or trainer.py there would be imported instead of ours. Python's -P does the same
+# as this line but only from 3.11 (hosts run 3.9-3.13), and -I also drops PYTHONPATH, which Ascend's
+# CANN environment needs. runpy.run_module with alter_sys is what -m does: sys.argv[0] becomes the
+# module's file, __name__ is "__main__".
+OWN_MODULE_BOOT = ("import runpy,sys;sys.path[:]=[p for p in sys.path if p];"
+                   'runpy.run_module(sys.argv.pop(1),run_name="__main__",alter_sys=True)')
+CLI_MODULE = "mscluster_cli"  # the CLI as a module: the built-in trainer (`train`), a Slurm batch job (`launch`)
+
+
+def own_argv(python: str, module: str, *args: str) -> tuple[str, ...]:
+    """The argv that runs mscluster's ``module`` with ``python`` as ``-m`` would, whatever the folder holds."""
+    return (python, "-c", OWN_MODULE_BOOT, module, *args)
+
+
 def launch_folder(cluster: ClusterSpec, host: HostSpec, launch_dir: str) -> Optional[str]:
     """The folder a host's processes run in.
 
@@ -90,12 +107,12 @@ def program_argv(cluster: ClusterSpec, host: HostSpec, job_dir_on_host: str, att
         first, *rest = cluster.command
         return (python if first == PYTHON_WORD else first, *rest)
     settings = os.path.join(job_dir_on_host, jobfiles.settings_file_name(attempt))
-    return (python, "-m", "mscluster_cli", "train", "--config", settings)
+    return own_argv(python, CLI_MODULE, "train", "--config", settings)
 
 
 def scheduler_argv(cluster: ClusterSpec, host: HostSpec, local_python: Optional[str] = None) -> tuple[str, ...]:
     """The dynamic cluster's scheduler: mscluster's own small program, whatever the ranks run."""
-    return (host_python(cluster, host, local_python), "-m", "trainer.scheduler")
+    return own_argv(host_python(cluster, host, local_python), "trainer.scheduler")
 
 
 def train_settings(cluster: ClusterSpec, job_dir_on_host: str, attempt: int) -> dict[str, Any]:

@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from launcher.config import load_cluster, resolved_yaml
-from launcher.errors import HostUnreachable, JobDirError
+from launcher.errors import HostUnreachable, JobDirError, MindSporeMismatch
 from launcher.executor import Executor, ProgramCheck, check_host, executor_for
 from launcher.hosts import MakeExecutor, open_hosts
 from launcher.joblock import JobLock
 from launcher.lifecycle import JobState, interrupt_signal
-from launcher.jobplan import PYTHON_WORD, JobPlan, build_job_plan, host_python, launch_folder, program_argv
+from launcher.jobplan import (PYTHON_WORD, JobPlan, build_job_plan, host_python, launch_folder, own_argv,
+                              program_argv)
 from launcher.plan import plan_ranks
 from launcher.npucheck import npu_preflight
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
@@ -218,12 +219,18 @@ def _in_parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     return results
 
 
-def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_dir: str) -> None:
+def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_dir: str) -> dict[str, str]:
     """Every host answers, its interpreter imports mscluster (and MindSpore where it is needed), and
-    a ``command:``'s folder and program are there, before anything starts anywhere."""
+    a ``command:``'s folder and program are there, before anything starts anywhere.
+
+    Returns the MindSpore version of every host that needs it (host label -> version).
+
+    Raises:
+        MindSporeMismatch: those hosts have different versions (one line: which host has which).
+    """
     timeout = cluster.ssh.connect_timeout + 20.0
 
-    def check(host: HostSpec) -> None:
+    def check(host: HostSpec) -> Optional[str]:
         python = host_python(cluster, host)
         needs_mindspore = cluster.builtin_trainer or cluster.uses_scheduler and host == cluster.hosts[0]
         program = None
@@ -231,16 +238,31 @@ def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_di
             folder = launch_folder(cluster, host, launch_dir)
             program = ProgramCheck(folder=folder or "", argv=program_argv(cluster, host, "", 0),
                                    python_first=cluster.command[0] == PYTHON_WORD)
-        check_host(executors[host.address], python, timeout, cwd=launch_dir if host.sees_launch_folder else None,
-                   needs_mindspore=needs_mindspore, program=program)
+        return check_host(executors[host.address], python, timeout,
+                          cwd=launch_dir if host.sees_launch_folder else None,
+                          needs_mindspore=needs_mindspore, program=program)
 
-    _in_parallel(check, list(cluster.hosts))
+    found = _in_parallel(check, list(cluster.hosts))
+    versions = {h.label: v for h, v in zip(cluster.hosts, found) if v is not None}
+    hosts_of: dict[str, list[str]] = {}
+    for label, version in versions.items():
+        hosts_of.setdefault(version, []).append(label)
+    if len(hosts_of) > 1:
+        # one job, one MindSpore: versions differ in their collectives and checkpoints (and on Ascend
+        # each host's build must match its CANN), so a mixed job hangs or diverges instead of failing
+        raise MindSporeMismatch("the hosts have different MindSpore versions: " + "; ".join(
+            f"{version} on {', '.join(labels)}" for version, labels in hosts_of.items())
+            + ": install one version on every host (on Ascend, the build matched to each host's CANN); "
+              "nothing was started")
+    if hosts_of:
+        logger.info("pre-flight: MindSpore %s on %s", next(iter(hosts_of)), ", ".join(versions))
+    return versions
 
 
 def pick_scheduler_port(cluster: ClusterSpec, executor: Executor) -> int:
     """A free TCP port on the first host (asked of that host, which may be remote)."""
     host = cluster.hosts[0]
-    result = executor.run([host_python(cluster, host), "-m", "launcher.probe"], input='{"free_port": true}',
+    result = executor.run(own_argv(host_python(cluster, host), "launcher.probe"), input='{"free_port": true}',
                           timeout=cluster.ssh.connect_timeout + 20.0, cwd=os.getcwd() if host.is_local else None)
     try:
         return int(result.stdout.strip().splitlines()[-1])
@@ -441,7 +463,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                        None if cluster.console is None else frozenset(cluster.console),
                        console_levels({a.host: a for a in job.agents}))
         supervisor = Supervisor({a.host: a for a in job.agents}, executors,
-                                agent_argv=lambda h: [host_python(cluster, by_host[h]), "-m", "launcher.agent"],
+                                agent_argv=lambda h: [*own_argv(host_python(cluster, by_host[h]), "launcher.agent")],
                                 agent_cwd=lambda h: launch_dir if by_host[h].sees_launch_folder else None,
                                 # a remote line carries no user data: the job folder travels in the spec
                                 agent_env=lambda h: {"MSCLUSTER_JOB_DIR": job.agent(h).job_dir} if by_host[h].is_local else {},

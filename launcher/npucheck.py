@@ -18,14 +18,14 @@ from typing import Mapping, Optional
 from launcher import npu
 from launcher.errors import HostUnreachable, NpuCheckFailed
 from launcher.executor import Executor
-from launcher.jobplan import host_python
+from launcher.jobplan import host_python, own_argv
 from launcher.spec import ClusterSpec, HostSpec
 
 CpuMap = dict[tuple[str, int], tuple[int, ...]]  # (host address, device id) -> cores of its rank
 
 
 def _ask(cluster: ClusterSpec, host: HostSpec, executor: Executor, request: dict) -> dict:
-    result = executor.run([host_python(cluster, host), "-m", "launcher.probe"], input=json.dumps({"npu": request}),
+    result = executor.run(own_argv(host_python(cluster, host), "launcher.probe"), input=json.dumps({"npu": request}),
                           timeout=cluster.ssh.connect_timeout + 90.0,
                           cwd=os.getcwd() if host.sees_launch_folder else None)
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("{")]

@@ -1,12 +1,14 @@
-"""What the launcher asks of a host before a job: ``python -m launcher.probe`` with a JSON request on stdin.
+"""What the launcher asks of a host before a job: mscluster's ``launcher.probe`` with a JSON request on stdin.
 
-Runs on every host in the pre-flight (and on the first host for a free port). The request travels
-on stdin, never on the command line, so the remote shell sees only ``exec <python> -m
-launcher.probe``. Requests:
+Runs on every host in the pre-flight (and on the first host for a free port), started as one of
+mscluster's own modules (``launcher.jobplan.own_argv``: never a same-named file of the folder it
+runs in). The request travels on stdin, never on the command line, so the remote shell sees only
+``exec <python> -c '<boot>' launcher.probe``. Requests:
 
     {"check": {"mindspore": bool, "builtin": bool, "program": null | {"folder", "argv", "python_first"}}}
-        exit 0, or exit 3 with one line ``MSCLUSTER-MISSING <what>`` on stderr, or exit 1 with the
-        reason (mindspore missing, an import error)
+        exit 0 printing ``{"mindspore": version | null}`` (the version when asked to check it), or
+        exit 3 with one line ``MSCLUSTER-MISSING <what>`` on stderr, or exit 1 with the reason
+        (mindspore missing, an import error)
     {"free_port": true}   prints a TCP port free on this host right now
     {"npu": {"devices": [ids], "ping": {id: ip}, "data_dir": path | null, "space_dir": path}}
         prints one JSON object: the outputs of npu-smi and hccn_tool for those devices (run in
@@ -34,17 +36,44 @@ def _missing(what: str) -> int:
     return MISSING_EXIT
 
 
+# the names MindSpore's wheels have been published under (Huawei's Ascend builds included)
+MINDSPORE_DISTRIBUTIONS = ("mindspore", "mindspore-ascend", "mindspore-gpu", "mindspore-cpu")
+
+
+def mindspore_version() -> str | None:
+    """The installed MindSpore's version, found without importing it (None: not installed)."""
+    import importlib.metadata
+
+    for name in MINDSPORE_DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if importlib.util.find_spec("mindspore") is None:
+        return None
+    return "unknown"  # importable, but installed without package metadata (a copied tree)
+
+
 def check(spec: Mapping[str, Any]) -> int:
     import launcher.agent  # noqa: F401  (the agent must import here)
     import mscluster.rank  # noqa: F401
 
-    if spec.get("mindspore") and not importlib.util.find_spec("mindspore"):
-        sys.stderr.write("mindspore is not installed for this interpreter\n")
-        return 1
+    version = None
+    if spec.get("mindspore"):
+        version = mindspore_version()
+        if version is None:
+            sys.stderr.write("mindspore is not installed for this interpreter\n")
+            return 1
     if spec.get("builtin"):
         importlib.import_module("mscluster_cli.main")  # what the ranks run, by name: the launcher never imports the CLI
         import trainer.config  # noqa: F401
-    prog = spec.get("program")
+    code = _find_program(spec.get("program"))
+    if code == 0:
+        print(json.dumps({"mindspore": version}))
+    return code
+
+
+def _find_program(prog: Mapping[str, Any] | None) -> int:
     if not prog:
         return 0
     folder = prog["folder"] or os.path.expanduser("~")
@@ -84,7 +113,6 @@ def _command(argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
 
 
 def npu_report(spec: Mapping[str, Any]) -> int:
-    import importlib.metadata
     import platform
     from concurrent.futures import ThreadPoolExecutor
 
@@ -113,10 +141,7 @@ def npu_report(spec: Mapping[str, Any]) -> int:
             toolkit = parse_toolkit_version(handle.read(1 << 16))
     except OSError:
         pass
-    try:
-        mindspore = importlib.metadata.version("mindspore")
-    except importlib.metadata.PackageNotFoundError:
-        mindspore = None
+    mindspore = mindspore_version()
     data_files = None
     data_dir = spec.get("data_dir")
     if data_dir and os.path.isdir(data_dir):

@@ -18,6 +18,7 @@ from typing import Mapping, Optional
 from launcher.config import load_cluster, resolved_yaml
 from launcher.errors import JobDirError
 from launcher.hosts import scheduler_for
+from launcher.jobplan import CLI_MODULE, own_argv
 from launcher.launch import create_job_dir, default_job_dir
 from launcher.slurm.allocation import SlurmError, require_tool
 from launcher.slurm.batch import SBATCH_SCRIPT, SLURM_JOB_FILE, job_state, parse_sbatch_id, read_job_id, sbatch_script
@@ -44,8 +45,8 @@ class Submitted:
 
 def launch_argv(python: str, job_dir: str) -> list[str]:
     """What the batch script runs inside the allocation."""
-    return [python, "-m", "mscluster_cli", "launch", os.path.join(job_dir, jobfiles.CLUSTER_FILE),
-            "--job-dir", job_dir, "--from-sbatch"]
+    return [*own_argv(python, CLI_MODULE, "launch", os.path.join(job_dir, jobfiles.CLUSTER_FILE),
+                      "--job-dir", job_dir, "--from-sbatch")]
 
 
 def submit(request: SubmitRequest, environ: Mapping[str, str] = os.environ, python: str = sys.executable) -> Submitted:

@@ -29,8 +29,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, flatten(args.set))
     workers = pod.pod_workers(os.environ)  # a pod of Huawei's ascend-operator: one process per NPU of it
     if workers is not None:
-        argv = [sys.executable, "-m", "mscluster_cli", "train", *(["--config", args.config] if args.config else []),
-                *(["--set", *flatten(args.set)] if flatten(args.set) else [])]
+        from launcher.jobplan import CLI_MODULE, own_argv  # deferred: only a pod's first process needs it
+
+        argv = list(own_argv(sys.executable, CLI_MODULE, "train", *(["--config", args.config] if args.config else []),
+                             *(["--set", *flatten(args.set)] if flatten(args.set) else [])))
         return pod.run_workers(argv, workers, os.environ)
     prepare_mindspore_process()
     from trainer.faults import InjectedFault

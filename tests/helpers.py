@@ -139,3 +139,15 @@ def final_digests(job_dir: str, pattern: str = r"weights_sha256=(\w+)$") -> dict
     for match in re.finditer(r"^\[([^\]]+)\] .*?" + pattern, all_log(job_dir), re.M):
         found[match.group(1)] = match.group(2)
     return found
+
+
+USER_FILE = 'raise SystemExit("user file imported")\n'
+
+
+def user_folder(path: str, names: tuple[str, ...] = ("launcher.py", "trainer.py", "mscluster.py")) -> str:
+    """A training project's folder holding files named as mscluster's packages, each failing at import."""
+    os.makedirs(path, exist_ok=True)
+    for name in names:
+        with open(os.path.join(path, name), "w", encoding="utf-8") as handle:
+            handle.write(USER_FILE)
+    return str(path)

@@ -367,7 +367,10 @@ def one_line_about(info: pytest.ExceptionInfo, label: str) -> str:
 
 
 def test_check_host_passes_with_our_interpreter(executor, tmp_path):
-    check_host(executor, PY, timeout=20, env={"PYTHONPATH": REPO_ROOT}, cwd=str(tmp_path))
+    import importlib.metadata
+
+    version = check_host(executor, PY, timeout=20, env={"PYTHONPATH": REPO_ROOT}, cwd=str(tmp_path))
+    assert version == importlib.metadata.version("mindspore")  # the pre-flight names the host's MindSpore
 
 
 def test_check_host_names_a_missing_interpreter(executor, tmp_path):

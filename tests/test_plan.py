@@ -13,12 +13,13 @@ import importlib.metadata
 import logging
 import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from launcher.config import load_cluster, parse_cluster
-from launcher.jobplan import build_job_plan, format_job_plan
+from launcher.jobplan import OWN_MODULE_BOOT, build_job_plan, format_job_plan
 from launcher.plan import plan_ranks, rank_env, scheduler_env, with_scheduler_port
 from launcher.spec import AscendSpec, AtLaunch, RankAssignment, SchedulerAssignment
 
@@ -178,8 +179,10 @@ def test_plan_output_shows_ranks_processes_and_env():
     assert lines[2].endswith("port <free port at launch>")
     assert lines[3].split() == ["0", "localhost", "0", "0/2"]
     assert lines[4].split() == ["1", "localhost", "1", "1/2"]
-    assert "  sched   on localhost: /py -m trainer.scheduler   [in /launch]" in lines
-    assert ("  rank 1  on localhost: /py -m mscluster_cli train --config '<job dir>/train.attempt0.yaml'   "
+    # mscluster's own programs: run as -m would, but never a same-named file of the launch folder
+    boot = shlex.quote(OWN_MODULE_BOOT)
+    assert f"  sched   on localhost: /py -c {boot} trainer.scheduler   [in /launch]" in lines
+    assert (f"  rank 1  on localhost: /py -c {boot} mscluster_cli train --config '<job dir>/train.attempt0.yaml'   "
             "[in /launch]") in lines
     common = lines[lines.index("environment of every process (on top of the host's own):") + 1:
                    lines.index("environment per process:")]
@@ -218,7 +221,7 @@ CPU2 = "name: t\nbackend: cpu\nhosts: [{address: localhost, devices: 2}]\n"
 def test_a_command_runs_on_every_rank_with_the_hosts_python_and_the_launch_folder():
     job = _job(CPU2 + "command: [python, train.py, --epochs, 2]\n", job_dir="/runs/j", scheduler_port=4000)
     (host, sched), (_, rank0), (_, rank1) = job.processes()
-    assert sched.argv == ("/py", "-m", "trainer.scheduler")  # our scheduler, whatever the ranks run
+    assert sched.argv == ("/py", "-c", OWN_MODULE_BOOT, "trainer.scheduler")  # ours, whatever the ranks run
     assert rank0.argv == rank1.argv == ("/py", "train.py", "--epochs", "2")
     assert rank0.cwd == rank1.cwd == "/launch"
     assert job.agent("localhost").files == ()  # no trainer settings for a command
