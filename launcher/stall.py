@@ -41,6 +41,7 @@ class StallWatch:
         self.proc_states: dict[str, str] = {}
         self.learned = watchdog.Learned()
         self.resumed_at: Optional[float] = None  # when the last section ended: steps are timed from then
+        self.section_at: Optional[float] = None  # when any rank last entered or left a section
         self.frozen_ranks: dict[str, str] = {}  # found at ``since``: the frozen ranks' kernel states (else a stall)
 
     def on_event(self, host: str, name: str, event: events.RankEvent) -> Optional[watchdog.Liveness]:
@@ -51,13 +52,16 @@ class StallWatch:
             return None
         now = live.last_beat = self.clock()  # any word from it: it is alive
         if isinstance(event, events.Progress):
-            # the time since its previous step (or the end of the last section): its first interval
-            # holds the compilation, so it teaches nothing
-            if live.last_progress is not None and live.steps_seen >= 2:
-                self.learned.step(now - max(live.last_progress, self.resumed_at or live.last_progress))
+            # the time since its previous step teaches the step limit, unless a section (of any
+            # rank: the others wait for it) overlapped it; its first interval holds the compilation
+            quiet = not any(r.section for r in self.liveness.values()) and \
+                (self.section_at is None or live.last_progress is None or self.section_at < live.last_progress)
+            if live.last_progress is not None and live.steps_seen >= 2 and quiet:
+                self.learned.step(now - live.last_progress)
             live.last_step, live.last_progress = event.step, now
             live.steps_seen += 1
         elif isinstance(event, events.Section):
+            self.section_at = now
             if event.end:
                 if live.section == event.name and live.section_since is not None:
                     self.learned.section(event.name, now - live.section_since)
