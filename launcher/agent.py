@@ -301,13 +301,19 @@ class Agent:
         now = time.monotonic()
         if now - self.beat_at >= interval:
             self.beat_at = now
-            self.emit(Alive(time=time.time()))
+            self.emit(Alive(time=time.time(), states=self.rank_states()))
         silent = now - self.heard_at
         if silent > interval * self.spec.keepalive_count and not self.stop_requested:
             sys.stderr.write(f"mscluster agent: no word from the launcher for {silent:.0f} s: stopping this "
                              f"host's processes\n")
             sys.stderr.flush()
             self.stop_requested = True
+
+    def rank_states(self) -> dict[str, str]:
+        """The kernel's state of each live rank (a read of /proc/<pid>/stat each): the watchdog's
+        word on a rank whose beats stopped (T stopped, D uninterruptible, R/S busy in MindSpore)."""
+        return {r.spec.name: _process_state(r.proc.pid) for r in self.running
+                if r.spec.rank is not None and not r.reported and r.proc.returncode is None}
 
     def _read_stdin(self) -> None:
         """EOF on stdin: the launcher is done with us, or gone; else control lines (launcher.protocol)."""

@@ -24,7 +24,7 @@ The format (see cluster_configs/ for commented examples)::
     train: {epochs: 1, image_size: 32}     # the built-in trainer's settings, or instead:
     command: [python, my_train.py, --epochs, "2"]   # the program every rank runs
     cwd: /shared/project      # its folder on every host (default: the folder launch runs in)
-    watchdog: {stall_timeout: 300, startup_timeout: 900, beat_interval: 5}   # or: false
+    watchdog: {stall_timeout: auto, startup_timeout: 900, beat_interval: 5}   # or: false; stall_timeout: 300
     scheduler: ssh            # ssh (the hosts: above) | slurm (the allocation's nodes, no hosts:)
     slurm: {nodes: 2, devices_per_host: 1, partition: null, account: null, time: "1:00:00", requeue: false,
             warning_s: 120, exclusive: true, start_timeout: 120, sbatch_options: []}
@@ -42,6 +42,7 @@ import yaml
 
 from launcher.errors import ConfigError
 from launcher.plan import is_reserved_env
+from launcher.watchdog import AUTO_FLOOR_S
 from launcher.spec import (DEFAULT_DEVICES_PER_HOST, AscendInit, AscendSpec, Backend, ClusterSpec, HostSpec,
                            RankTableVersion, SchedulerKind, SlurmSpec, SSHSpec, WatchdogSpec, is_ipv4)
 from mscluster import safeyaml
@@ -591,6 +592,7 @@ def _slurm(raw: Any, scheduler: SchedulerKind, backend: Backend, where: _Where) 
 WATCHDOG_KEYS = tuple(f.name for f in fields(WatchdogSpec))
 STACK_TOOLS = ("auto", "py-spy", "faulthandler")
 WATCHDOG_BOUNDS = {"stall_timeout": (5.0, 86400.0), "startup_timeout": (5.0, 86400.0), "beat_interval": (0.2, 600.0)}
+AUTO = "auto"  # stall_timeout: auto (the default): learned from the job (launcher.watchdog.Learned)
 
 
 def _watchdog(raw: Any, where: _Where) -> WatchdogSpec:
@@ -609,8 +611,11 @@ def _watchdog(raw: Any, where: _Where) -> WatchdogSpec:
         if key not in raw:
             continue
         value = raw[key]
+        if key == "stall_timeout" and value in (AUTO, None):
+            continue  # auto: WatchdogSpec's default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise where.error(("watchdog", key), f"expected a number of seconds, got {_describe(value)}")
+            raise where.error(("watchdog", key), f"expected a number of seconds{' or auto' if key == 'stall_timeout' else ''}, "
+                                                 f"got {_describe(value)}")
         if not low <= value <= high:
             raise where.error(("watchdog", key), f"must be {low:g}..{high:g} s, got {value:g}")
         values[key] = float(value)
@@ -620,9 +625,10 @@ def _watchdog(raw: Any, where: _Where) -> WatchdogSpec:
             raise where.error(("watchdog", "stacks"), f"expected one of {', '.join(STACK_TOOLS)}, got {_describe(stacks)}")
         values["stacks"] = stacks
     spec = WatchdogSpec(**values)
-    if spec.beat_interval * 3 >= spec.stall_timeout:
-        raise where.error(("watchdog", "beat_interval"), f"must be under a third of stall_timeout "
-                          f"({spec.stall_timeout:g} s), so a frozen rank is told from a slow one")
+    shortest = AUTO_FLOOR_S if spec.auto else spec.stall_timeout
+    if spec.beat_interval * 3 >= shortest:
+        raise where.error(("watchdog", "beat_interval"), f"must be under a third of stall_timeout ({shortest:g} s"
+                          f"{', the least auto sets' if spec.auto else ''}), so a frozen rank is told from a slow one")
     return spec
 
 
@@ -801,7 +807,8 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         "bind_cores": spec.bind_cores,
         "env": spec.env_dict(),
         "console": "all" if spec.console is None else list(spec.console),
-        "watchdog": {f.name: getattr(spec.watchdog, f.name) for f in fields(WatchdogSpec)},
+        "watchdog": {f.name: (AUTO if f.name == "stall_timeout" and spec.watchdog.auto else getattr(spec.watchdog, f.name))
+                     for f in fields(WatchdogSpec)},
     }
     if spec.backend is Backend.ASCEND:
         data["ascend"] = {"init": spec.ascend.init}

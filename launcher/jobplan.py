@@ -20,8 +20,10 @@ import yaml
 
 from launcher.plan import plan_ranks, rank_env, scheduler_env
 from launcher.protocol import AgentSpec, ProcessSpec
-from launcher.spec import AtLaunch, Backend, ClusterSpec, HostSpec, Plan
+from launcher.spec import AtLaunch, Backend, ClusterSpec, HostSpec, Plan, WatchdogSpec
 from launcher.table import format_table
+from launcher.watchdog import (AUTO_CEILING_S, AUTO_FIRST_S, AUTO_FLOOR_S, AUTO_LEARN_STEPS, AUTO_SECTION_MULTIPLE,
+                               AUTO_STEP_MULTIPLE)
 from mscluster import jobfiles
 from mscluster.rank import (BEAT_INTERVAL_ENV, ERROR_FILE_ENV, EVENT_FD_ENV, HOST_ENV, RESTART_COUNT_ENV,
                             STACK_FILE_ENV)
@@ -122,6 +124,17 @@ def train_settings(cluster: ClusterSpec, job_dir_on_host: str, attempt: int) -> 
     return cluster.train_section(output_dir=str(job_dir_on_host))
 
 
+def stall_words(w: WatchdogSpec) -> str:
+    """What ``plan`` says of the stall limits that will be used."""
+    first = f"{w.startup_timeout:g} s before the first step"
+    if not w.auto:
+        return f"a rank stalls after {w.stall_timeout:g} s without a step ({first})"
+    return (f"stall_timeout auto: {first}; then {AUTO_FIRST_S:g} s per step until {AUTO_LEARN_STEPS} steps are "
+            f"timed, then {AUTO_STEP_MULTIPLE:g} x the slowest step; a section (checkpoint, eval) "
+            f"{AUTO_FIRST_S:g} s the first time, then {AUTO_SECTION_MULTIPLE:g} x its slowest; "
+            f"each within {AUTO_FLOOR_S:g}..{AUTO_CEILING_S:g} s")
+
+
 def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
     """The backend's own timeouts, from the watchdog's, so the backend never waits longer than we do.
 
@@ -133,7 +146,9 @@ def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
     """
     if not cluster.watchdog.enabled:
         return {}
-    stall = int(cluster.watchdog.stall_timeout) + BACKEND_MARGIN_S
+    w = cluster.watchdog
+    # auto: no learned limit exceeds the ceiling, so the backend waits out the longest one
+    stall = int(AUTO_CEILING_S if w.auto else w.stall_timeout) + BACKEND_MARGIN_S
     wanted = {}
     if cluster.backend is Backend.ASCEND:
         wanted = {"HCCL_EXEC_TIMEOUT": str(min(stall, 17340)),
@@ -255,8 +270,8 @@ def format_job_plan(job: JobPlan) -> str:
             own = " ".join(f"{k}={_quote(v)}" for k, v in sorted(env.items()) if k not in common)
             lines.append(f"  {name.ljust(width)}  {own}".rstrip())
     w, ssh = cluster.watchdog, cluster.ssh
-    lines += ["", (f"watchdog: a rank stalls after {w.stall_timeout:g} s without a step ({w.startup_timeout:g} s "
-                   f"before its first), beats every {w.beat_interval:g} s" if w.enabled else "watchdog: off")
+    lines += ["", (f"watchdog: {stall_words(w)}; frozen after {w.frozen_after:g} s without a beat "
+                   f"(beats every {w.beat_interval:g} s)" if w.enabled else "watchdog: off")
               + f"; a host is lost after {ssh.silence_limit:g} s of silence "
                 f"(keepalive every {ssh.keepalive_interval:g} s)"]
     files = sorted({rel for a in job.agents for rel, _ in a.files})

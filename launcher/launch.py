@@ -83,6 +83,13 @@ class AttemptRecord:
     # and until every rank had reported its first step
     started_s: Optional[float] = None
     first_progress_s: Optional[float] = None
+    # where a failure's time went (launcher.launch.with_recovery): the teardown (its start to every
+    # agent gone), the restart (this attempt's end to the next one's start: back-off, planning), the
+    # next attempt's start to its first step, and where its training state came from (disk | memory)
+    teardown_s: Optional[float] = None
+    restart_s: Optional[float] = None
+    resume_first_step_s: Optional[float] = None
+    state_from: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,7 +108,41 @@ class AttemptRecord:
                              lost=raw.get("lost") is True, detect_s=number("detect_s"), recover_s=number("recover_s"),
                              steps_lost=raw.get("steps_lost") if isinstance(raw.get("steps_lost"), int) else None,
                              first_step_at=number("first_step_at"), step_seconds=number("step_seconds") or 0.0,
-                             started_s=number("started_s"), first_progress_s=number("first_progress_s"))
+                             started_s=number("started_s"), first_progress_s=number("first_progress_s"),
+                             teardown_s=number("teardown_s"), restart_s=number("restart_s"),
+                             resume_first_step_s=number("resume_first_step_s"),
+                             state_from=raw.get("state_from") if raw.get("state_from") in STATE_SOURCES else None)
+
+
+STATE_FROM_DISK = "disk"  # the restart resumed from the checkpoint on disk
+STATE_FROM_MEMORY = "memory"  # from a host's in-memory snapshot
+STATE_SOURCES = (STATE_FROM_DISK, STATE_FROM_MEMORY)
+
+
+def with_recovery(failed: AttemptRecord, started_at: float, first_step_at: Optional[float],
+                  state_from: str = STATE_FROM_DISK) -> AttemptRecord:
+    """The failed attempt's record once the next attempt has started (and reached its first step)."""
+    failed_at = float((failed.root_cause or {}).get("time") or 0.0)
+    return dataclasses.replace(
+        failed, state_from=state_from,
+        restart_s=round(started_at - failed.ended_at, 3) if failed.ended_at is not None else None,
+        resume_first_step_s=round(first_step_at - started_at, 3) if first_step_at is not None else None,
+        recover_s=round(first_step_at - failed_at, 3) if first_step_at is not None and failed_at else failed.recover_s)
+
+
+def format_recovery(a: AttemptRecord) -> Optional[str]:
+    """One line of where a failure's time went (None for an attempt that did not fail)."""
+    if a.root_cause is None:
+        return None
+    parts = [f"{label} {value:.1f} s" for label, value in (
+        ("detected in", a.detect_s), ("teardown", a.teardown_s), ("restart", a.restart_s),
+        ("first step", a.resume_first_step_s), ("back in", a.recover_s)) if value is not None]
+    if a.steps_lost is not None:
+        parts.append(f"{a.steps_lost} step(s) lost")
+    if a.state_from:
+        parts.append(f"state from {a.state_from}")
+    return f"mscluster: attempt {a.attempt}'s failure ({a.root_cause.get('name')} on {a.root_cause.get('host')}): " \
+           + (", ".join(parts) if parts else "no timings")
 
 
 @dataclass
@@ -134,7 +175,10 @@ def write_goodput_scalars(job_dir: str, attempts: Sequence[AttemptRecord]) -> No
         writer = EventWriter(os.path.join(job_dir, jobfiles.TENSORBOARD_DIR, "launcher"))
         for a in attempts:
             values = {"goodput/detect_s": a.detect_s, "goodput/recover_s": a.recover_s,
-                      "goodput/steps_lost": a.steps_lost,
+                      "goodput/steps_lost": a.steps_lost, "goodput/teardown_s": a.teardown_s,
+                      "goodput/restart_s": a.restart_s, "goodput/resume_first_step_s": a.resume_first_step_s,
+                      "goodput/state_from_memory": None if a.state_from is None
+                      else float(a.state_from == STATE_FROM_MEMORY),
                       "goodput/first_step_s": (a.first_step_at - a.started_at)
                       if a.first_step_at is not None and a.started_at is not None else None}
             writer.add_scalars({k: float(v) for k, v in values.items() if v is not None}, a.attempt)
@@ -469,6 +513,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                 agent_env=lambda h: {"MSCLUSTER_JOB_DIR": job.agent(h).job_dir} if by_host[h].is_local else {},
                                 sink=sink, attempt=attempt, watch=cluster.watchdog, preempt=preempt)
         attempt_result = supervisor.run()
+        state_from = STATE_FROM_DISK  # where this attempt's training state came from (a restart's: disk today)
         result.failures.extend(attempt_result.failures)
         ordered = order_failures(attempt_result.failures)
         root = ordered[0].to_dict() if ordered else None
@@ -478,10 +523,9 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
         if root is not None and attempt_result.last_step is not None:
             lost = max(attempt_result.last_step - (attempt_result.last_checkpoint_step or 0), 0)
             root["last_step"] = attempt_result.last_step
-        if result.attempts and result.attempts[-1].root_cause and attempt_result.first_step_at is not None:
-            before = result.attempts[-1]  # this attempt's first step ends the previous one's recovery
-            failed_at = float(before.root_cause.get("time") or 0.0)
-            result.attempts[-1] = dataclasses.replace(before, recover_s=round(attempt_result.first_step_at - failed_at, 3))
+        if result.attempts and result.attempts[-1].root_cause:  # this attempt is the previous one's recovery
+            result.attempts[-1] = with_recovery(result.attempts[-1], attempt_result.started_at,
+                                                attempt_result.first_step_at, state_from)
         result.attempts.append(AttemptRecord(attempt=attempt, ok=attempt_result.ok, started_at=attempt_result.started_at,
                                              ended_at=attempt_result.ended_at, interrupted=attempt_result.interrupted,
                                              interrupted_by=attempt_result.interrupted_by,
@@ -490,7 +534,9 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                              step_seconds=round(attempt_result.step_seconds, 3),
                                              started_s=_since(attempt_result.started_at, attempt_result.all_started_at),
                                              first_progress_s=_since(attempt_result.started_at,
-                                                                     attempt_result.all_progress_at)))
+                                                                     attempt_result.all_progress_at),
+                                             teardown_s=_since(attempt_result.stopped_at, attempt_result.ended_at)
+                                             if root is not None else None))
         result.restarts = attempt - first
         if attempt_result.eval:
             result.eval = attempt_result.eval

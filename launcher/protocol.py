@@ -23,7 +23,8 @@ Agent -> launcher (stdout): one message a line, each a frozen dataclass here:
     Exited   {"ev": "exit", "name", "rank", "code", "signal", "time", "error"}
                                                            it ended; error = its error file, if any
     Stacks   {"ev": "stacks", "name", "text", "method"}    its Python stack, asked for by a "stacks" line
-    Alive    {"ev": "alive", "time"}                       the agent's beat, every keepalive_interval
+    Alive    {"ev": "alive", "time", "states"}             the agent's beat, every keepalive_interval, with
+                                                           each live rank's kernel state ({name: "S"})
     Done     {"ev": "done", "ok"}                          every process of this host has ended
 
 ``decode_message`` checks every field's type and that a process name is one the launcher gave
@@ -157,9 +158,11 @@ class Stacks:
 
 @dataclass(frozen=True)
 class Alive:
-    """The agent's beat: its host and the network to it are up."""
+    """The agent's beat: its host and the network to it are up; with the kernel's state of each
+    live rank (/proc/<pid>/stat: R, S, D, T, ...), for the watchdog to tell frozen from busy."""
 
     time: float
+    states: Mapping[str, str] = field(default_factory=dict)
     ev = "alive"
 
 
@@ -209,7 +212,12 @@ def decode_message(line: str) -> AgentMessage:
         when = raw.get("time")
         if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
             raise ProtocolError("alive: time must be a finite number")
-        return Alive(time=float(when))
+        states = raw.get("states", {})
+        if not isinstance(states, dict) or len(states) > 4096 or not all(
+                isinstance(k, str) and is_process_name(k) and isinstance(v, str) and len(v) == 1
+                for k, v in states.items()):
+            raise ProtocolError("alive: states must map process names to one-letter kernel states")
+        return Alive(time=float(when), states=dict(states))
     name = _typed(raw, "name", str)
     if not is_process_name(name):
         raise ProtocolError(f"{kind}: unknown process name {name[:40]!r}")

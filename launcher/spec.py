@@ -99,7 +99,7 @@ class WatchdogSpec:
     """When a rank counts as stalled, and how often ranks say they are alive (seconds)."""
 
     enabled: bool = True
-    stall_timeout: float = 300.0  # no step for this long after the first step
+    stall_timeout: Optional[float] = None  # no step for this long after the first step; None: auto (learned)
     startup_timeout: float = 900.0  # no first step for this long after the attempt began
     beat_interval: float = 5.0  # a liveness beat from each rank's background thread
     stacks: str = "auto"  # how stacks are taken: py-spy, faulthandler (no ptrace needed), auto (py-spy, else faulthandler)
@@ -108,6 +108,11 @@ class WatchdogSpec:
     def frozen_after(self) -> float:
         """Seconds without a beat after which a rank counts as frozen (three beats missed)."""
         return 3 * self.beat_interval + 1.0
+
+    @property
+    def auto(self) -> bool:
+        """``stall_timeout: auto``: each section's limit is learned from the job (launcher.watchdog.Learned)."""
+        return self.stall_timeout is None
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,12 @@ class StatusWriter:
         self._pending = True
         self.flush()
 
+    def set_watchdog(self, in_force: Mapping[str, Any]) -> None:
+        """The watchdog's limits in force now (``launcher.stall.StallWatch.in_force``)."""
+        if self.data.get("watchdog") != in_force:
+            self.data["watchdog"] = dict(in_force)
+            self._pending = True
+
     def flush(self) -> None:
         """Write the changes not yet in the file, if ``every`` seconds have passed since the last write."""
         if self._pending and self.monotonic() - self._written_at >= self.every:
@@ -215,6 +221,7 @@ class JobStatus:
     ranks: tuple[RankStatus, ...] = ()
     updated_at: Optional[float] = None
     root_cause: Optional[dict[str, Any]] = None
+    watchdog: Optional[dict[str, Any]] = None  # the limits in force (status.json's "watchdog")
 
     @property
     def lead(self) -> Optional[RankStatus]:
@@ -307,8 +314,9 @@ def read_status(job_dir: str) -> JobStatus:
         state = JobState.RUNNING
     elif alive is None:
         detail = f"the launcher runs on {launcher.get('host')}"
+    watch = live.get("watchdog")
     return JobStatus(job_dir, state, attempt, max_attempts, detail, evaluation, tuple(ranks),
-                     live.get("updated_at"))
+                     live.get("updated_at"), watchdog=watch if isinstance(watch, dict) else None)
 
 
 def _job_state(raw: Any) -> str:
@@ -361,6 +369,11 @@ def format_status(status: JobStatus, now: Optional[float] = None) -> str:
         outcome = rc.get("signal") or f"exit {rc.get('exit_code')}"
         lines.append(f"  root cause: {rc.get('name')} on {rc.get('host')} ({outcome}): "
                      f"{str(rc.get('message') or '').splitlines()[0] if rc.get('message') else ''}".rstrip(": "))
+    if status.watchdog and isinstance(status.watchdog.get("limits"), dict):
+        w = status.watchdog
+        limits = ", ".join(f"{k} {_fmt(v, 'g')} s" for k, v in w["limits"].items() if isinstance(v, (int, float)))
+        lines.append(f"  watchdog:  stall_timeout {w.get('stall_timeout')}: {limits}; "
+                     f"frozen after {_fmt(w.get('frozen_after'), 'g')} s without a beat")
     if status.updated_at is not None:
         lines.append(f"  updated:   {max(now - status.updated_at, 0):.0f} s ago")
     if status.ranks:

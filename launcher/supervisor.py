@@ -31,7 +31,7 @@ from launcher.executor import Executor, Session
 from launcher.liveness import Keepalive
 from launcher.logsink import LogSink, console_levels, is_notable, mindspore_log_level  # noqa: F401 - re-exported
 from launcher.lifecycle import AttemptState, interrupt_reason, interrupt_signal
-from launcher.protocol import (ControlMessage, AgentMessage, AgentSpec, Done, Exited, Output,
+from launcher.protocol import (ControlMessage, AgentMessage, AgentSpec, Alive, Done, Exited, Output,
                                ProtocolError, Relayed, Stacks, Started, decode_message,
                                encode_control)
 from launcher.preemption import PREEMPT_WAIT_S, PreemptAction, Preemption  # noqa: F401 - PREEMPT_WAIT_S re-exported
@@ -337,6 +337,8 @@ class Supervisor:
                 self.result.eval = {"epoch": item.event.epoch, **item.event.metrics}
         elif isinstance(item, Stacks):
             self.stall.on_stack(item.name, item.text, item.state)
+        elif isinstance(item, Alive):
+            self.stall.on_states(host, item.states)
         elif isinstance(item, Started):
             self.sink.open(item.name)
             h = self.hosts[host]
@@ -474,6 +476,8 @@ class Supervisor:
         self._watch()
         self._keepalive()
         self._check_disk()
+        if self.stall.spec.enabled:
+            self.status.set_watchdog(self.stall.in_force())
         self.status.flush()
         try:
             host, item = self.items.get(timeout=wait) if wait > 0 else self.items.get_nowait()

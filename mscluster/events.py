@@ -10,6 +10,8 @@ again, since it trusts no message blindly. Kinds:
     checkpoint  {"v": 1, "kind": "checkpoint", "time", "path", "step"}
     beat        {"v": 1, "kind": "beat", "time"}     every few seconds from a thread: alive, not frozen
     finished    {"v": 1, "kind": "finished", "time"} the rank's entry point returned: its work is done
+    section     {"v": 1, "kind": "section", "time", "name", "end": bool}   the rank enters (end false) or
+                leaves (end true) a named part of its work: the watchdog times each section on its own
 
 ``step`` counts the program's own steps (the built-in trainer: optimizer steps); numbers may be
 NaN or infinite (a diverged loss is worth seeing). Pure data: no I/O, no MindSpore, no launcher.
@@ -25,7 +27,8 @@ from typing import Any, Mapping, Optional, Union
 VERSION = 1
 MAX_LINE_BYTES = 16384  # an event is a few hundred bytes; a longer line is refused, not parsed
 MAX_SCALARS = 64
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,63}")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,63}")  # a scalar, metric or section name
+_NAME = NAME
 
 
 class EventError(ValueError):
@@ -81,7 +84,26 @@ class Finished:
     kind = "finished"
 
 
-RankEvent = Union[Progress, Eval, Checkpoint, Beat, Finished]
+# the sections the built-in trainer marks, and the watchdog's names for the time outside any section
+CHECKPOINT_SECTION = "checkpoint"
+EVAL_SECTION = "eval"
+STEP_SECTION = "step"  # between steps: not a section a rank enters
+STARTUP_SECTION = "startup"  # from the start to the first step: not a section a rank enters
+RESERVED_SECTIONS = (STEP_SECTION, STARTUP_SECTION)
+
+
+@dataclass(frozen=True)
+class Section:
+    """The rank enters (``end`` false) or leaves (``end`` true) the section ``name`` (a checkpoint
+    save, an evaluation, any part of a program's own): the watchdog gives each its own timeout."""
+
+    name: str
+    time: float
+    end: bool = False
+    kind = "section"
+
+
+RankEvent = Union[Progress, Eval, Checkpoint, Beat, Finished, Section]
 
 
 def encode(event: RankEvent) -> str:
@@ -98,6 +120,8 @@ def encode(event: RankEvent) -> str:
         body.update(epoch=event.epoch, metrics=dict(event.metrics))
     elif isinstance(event, (Beat, Finished)):
         pass
+    elif isinstance(event, Section):
+        body.update(name=event.name, end=event.end)
     else:
         body.update(path=event.path, step=event.step)
     return json.dumps(body, separators=(",", ":"), allow_nan=True)
@@ -144,6 +168,15 @@ def from_dict(raw: Any) -> RankEvent:
     if kind == "finished":
         _only(raw, {"v", "kind", "time"})
         return Finished(time=when)
+    if kind == "section":
+        _only(raw, {"v", "kind", "time", "name", "end"})
+        name, end = raw.get("name"), raw.get("end", False)
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_SECTIONS:
+            raise EventError(f"section: name must be a valid name other than {' or '.join(RESERVED_SECTIONS)}, "
+                             f"got {name!r}")
+        if not isinstance(end, bool):
+            raise EventError(f"section: end must be true or false, got {end!r}")
+        return Section(name=name, time=when, end=end)
     if kind == "checkpoint":
         _only(raw, {"v", "kind", "time", "path", "step"})
         path = raw.get("path")

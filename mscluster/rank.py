@@ -19,6 +19,7 @@ schema of ``mscluster.events``; a write is one ``write(2)`` of a few hundred byt
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -28,7 +29,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 from mscluster import events, jobfiles
 from mscluster.errors import RankEnvError
@@ -352,3 +353,27 @@ def report_finished() -> None:
 def report_checkpoint(path: str, step: int) -> None:
     """Tell the launcher that a complete checkpoint of step ``step`` is at ``path``."""
     _channel.send(events.Checkpoint(path=str(path), step=int(step), time=time.time()))
+
+
+@contextlib.contextmanager
+def section(name: str) -> Iterator[None]:
+    """Tell the launcher's watchdog that the work inside is the section ``name`` (e.g. ``"checkpoint"``,
+    ``"eval"``, ``"data"``): with ``stall_timeout: auto`` each section gets its own timeout, learned
+    from how long it took before (the first time: a generous one), so a long save is not a stall.
+
+        with mscluster.rank.section("checkpoint"):
+            save(...)
+
+    Sections do not nest: an inner one ends the outer one's timing. Outside a launch it does nothing.
+    """
+    if not isinstance(name, str) or not _SECTION_NAME.fullmatch(name) or name in events.RESERVED_SECTIONS:
+        raise ValueError(f"section name: letters, digits, _ . / - (up to 64, not {' or '.join(events.RESERVED_SECTIONS)}), "
+                         f"got {name!r}")
+    _channel.send(events.Section(name=name, time=time.time()))
+    try:
+        yield
+    finally:
+        _channel.send(events.Section(name=name, time=time.time(), end=True))
+
+
+_SECTION_NAME = events.NAME

@@ -63,7 +63,7 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from launcher.launch import LaunchRequest, launch
+    from launcher.launch import LaunchRequest, format_recovery, launch
     from launcher.lifecycle import Interrupted
     from launcher.report import format_failures
 
@@ -92,6 +92,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         failures = [f for f in result.failures if f.attempt == last] or result.failures
         print(format_failures(failures, f"mscluster: job {result.status}"
                               + (f" after {result.restarts} restart(s)" if result.restarts else "")), file=sys.stderr)
+    for line in filter(None, map(format_recovery, result.attempts)):  # where each failure's time went
+        print(line, file=sys.stderr)
     print(f"  checkpoints: {os.path.join(where, 'checkpoints')}\n"
           f"  logs:        {os.path.join(where, 'logs')}\n"
           f"  tensorboard: {os.path.join(where, 'tensorboard')}\n"

@@ -17,8 +17,20 @@ of the tests' own harness (``tests/netns_util.py``, real sshd), takes the second
 at the fault step and brings it back once the keepalive window has passed, so the restart can
 reach it; its detection counts from the link going down.
 
-Usage: .venv/bin/python scripts/bench_recovery.py [--arch resnet50] [--stall-timeout 15]
-Prints one JSON document, with the CPU model. About 10 minutes with the defaults.
+Three cases run ``examples/paced_steps.py`` (no model: 0.1 s steps, reported with
+``mscluster.rank``) on 2 ranks with the **default** watchdog settings (``stall_timeout: auto``,
+beats every 5 s), ``restarts: 0``, once each:
+
+- ``frozen_default``: rank 1 SIGSTOPped at step 50; ``detect_s`` from the SIGSTOP to the teardown
+  (target: at most 20 s; ``why`` must be ``frozen``).
+- ``stuck_default``: rank 1 stuck in Python (a sleep; it still beats) after step 50;
+  ``detect_s`` from its last step (target: at most 60 s).
+- ``long_save_default``: rank 0 saves for 60 s (marked ``section("checkpoint")``) after step 30,
+  then 100 more steps: the job must succeed (no stall).
+
+Usage: .venv/bin/python scripts/bench_recovery.py [--arch resnet50] [--stall-timeout 15] [--cases ...]
+Prints one JSON document, with the CPU model. About 10 minutes with the defaults; the three
+default-settings cases alone (``--cases frozen_default,stuck_default,long_save_default``) about 3.
 """
 from __future__ import annotations
 
@@ -128,6 +140,58 @@ def run_case(tmp: str, data_dir: str, case: str, cache: bool, arch: str, stall: 
             "steps_lost": first.get("steps_lost"), "goodput": result.get("goodput")}
 
 
+PACED = os.path.join(REPO_ROOT, "examples", "paced_steps.py")
+PACED_CASES = ("frozen_default", "stuck_default", "long_save_default")
+PACED_FAULT_STEP = 50
+
+
+def run_paced_case(tmp: str, case: str) -> dict[str, Any]:
+    """One default-settings case of a paced program (see the module's docstring)."""
+    work = tempfile.mkdtemp(dir=tmp, prefix=f"{case}-")
+    argv = ["python", PACED, "--step-s", "0.1"]
+    if case == "stuck_default":
+        argv += ["--steps", "100000", "--hang-rank", "1", "--hang-at", str(PACED_FAULT_STEP + 1)]
+    elif case == "long_save_default":
+        argv += ["--steps", "130", "--save-at", "30", "--save-s", "60"]
+    else:
+        argv += ["--steps", "100000"]
+    # ascend from a rank table: no scheduler waiting for a MindSpore that this program never starts
+    cluster = {"name": "paced", "backend": "ascend", "ascend": {"init": "ranktable"}, "python": sys.executable,
+               "workdir": os.path.join(work, "runs"), "command": argv,
+               "hosts": [{"address": "localhost", "devices": 2, "device_ips": {0: "10.9.0.1", 1: "10.9.0.2"}}]}
+    path = os.path.join(work, "c.yaml")
+    with open(path, "w") as handle:
+        yaml.safe_dump(cluster, handle)
+    job = os.path.join(work, "job")
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "mscluster_cli", "launch", path, "--skip-preflight",
+                             "--job-dir", job, "-q"], cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    fault_at = None
+    try:
+        if case == "frozen_default":
+            deadline = time.monotonic() + 120
+            while _status_step(job, 1) < PACED_FAULT_STEP and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.02)
+            with open(os.path.join(job, "status.json")) as handle:
+                os.kill(json.load(handle)["processes"]["rank1"]["pid"], signal.SIGSTOP)
+            fault_at = time.time()
+        proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    with open(os.path.join(job, "result.json")) as handle:
+        result = json.load(handle)
+    first = result["attempts"][0]
+    root = first.get("root_cause") or {}
+    detected_at = (root.get("time") or 0.0) + (first.get("detect_s") or 0.0)
+    if case == "stuck_default":
+        fault_at = root.get("time")  # its last step: the hang began there
+    return {"case": case, "status": result["status"], "root_cause": root.get("name"), "why": root.get("reason"),
+            "message": root.get("message"), "detect_s": round(detected_at - fault_at, 2) if fault_at and root else None,
+            "job_s": round(time.time() - t0, 1)}
+
+
 def _ns_link(netns: str) -> str:
     out = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     return next(line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
@@ -138,7 +202,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50"))
     parser.add_argument("--stall-timeout", type=float, default=15.0)
-    parser.add_argument("--cases", default="sigkill,sigstop,python_hang,lost_link",
+    parser.add_argument("--cases", default="sigkill,sigstop,python_hang,lost_link," + ",".join(PACED_CASES),
                         help="lost_link needs root (network namespaces)")
     args = parser.parse_args()
     from trainer.standin import make_digits_standin
@@ -149,7 +213,7 @@ def main() -> int:
 
     cases = args.cases.split(",")
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        data_dir = make_digits_standin(os.path.join(tmp, "data")).dir
+        data_dir = make_digits_standin(os.path.join(tmp, "data")).dir if set(cases) - set(PACED_CASES) else ""
         lab = None
         if "lost_link" in cases:
             sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
@@ -157,6 +221,10 @@ def main() -> int:
 
             lab = stack.enter_context(netns_lab(os.path.join(tmp, "lab"), count=2))
         for case in cases:
+            if case in PACED_CASES:
+                out["results"].append(run_paced_case(tmp, case))
+                print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)
+                continue
             for cache in (True, False):
                 out["results"].append(run_case(tmp, data_dir, case, cache, args.arch, args.stall_timeout, lab))
                 print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)

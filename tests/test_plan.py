@@ -291,13 +291,19 @@ def test_dynamic_cluster_gives_up_waiting_after_300_s_unless_the_file_says():
 
 def test_plan_shows_the_watchdog_and_the_backend_timeouts_it_sets():
     text = format_job_plan(build_job_plan(shipped("local_cpu.yaml")))
-    assert ("watchdog: a rank stalls after 300 s without a step (900 s before its first), beats every 5 s; "
+    assert ("watchdog: stall_timeout auto: 900 s before the first step; then 600 s per step until 5 steps are timed, "
+            "then 10 x the slowest step; a section (checkpoint, eval) 600 s the first time, then 3 x its slowest; "
+            "each within 30..1800 s; frozen after 16 s without a beat (beats every 5 s); "
             "a host is lost after 15 s of silence (keepalive every 5 s)") in text
-    assert "  MS_NODE_TIMEOUT=330" in text and "  MS_RECEIVE_MSG_TIMEOUT=330" in text
+    # auto: the backend waits out the longest limit auto can set (1800 s) plus the margin
+    assert "  MS_NODE_TIMEOUT=1830" in text and "  MS_RECEIVE_MSG_TIMEOUT=1830" in text
+    by_hand = format_job_plan(build_job_plan(parse_cluster(CPU2 + "watchdog: {stall_timeout: 300}\n", "t.yaml")))
+    assert "watchdog: a rank stalls after 300 s without a step (900 s before the first step); frozen after 16 s" in by_hand
+    assert "  MS_NODE_TIMEOUT=330" in by_hand
     assert "  MS_COMPILER_CACHE_PATH='<job dir>/compile_cache'" in text
     off = format_job_plan(build_job_plan(parse_cluster(CPU2 + "watchdog: false\nenv: {MS_NODE_TIMEOUT: '45'}\n", "t.yaml")))
     assert "watchdog: off" in off and "MS_NODE_TIMEOUT=45" in off and "MS_RECEIVE_MSG_TIMEOUT" not in off
     ascend = format_job_plan(build_job_plan(parse_cluster(
         "name: a\nbackend: ascend\nhosts: [{address: 10.0.0.1, devices: 8}]\n", "a.yaml")))
-    assert "  HCCL_EXEC_TIMEOUT=330" in ascend and "  HCCL_CONNECT_TIMEOUT=900" in ascend
+    assert "  HCCL_EXEC_TIMEOUT=1830" in ascend and "  HCCL_CONNECT_TIMEOUT=900" in ascend
     assert "  HCCL_CONNECT_TIMEOUT=600" in format_job_plan(build_job_plan(shipped("ascend_1x8.yaml")))  # env: wins

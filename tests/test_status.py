@@ -222,3 +222,18 @@ def test_a_flood_of_events_rewrites_the_file_at_most_every_interval_and_loses_no
     _exit(writer, "rank1", 3)
     writer.attempt_ended(ok=False, interrupted=False)  # the end is written at once, whatever the interval
     assert {r.name: r.state for r in read_status(str(tmp_path)).ranks}["rank1"] == "failed"
+
+
+def test_status_shows_the_watchdog_limits_in_force(tmp_path):
+    from launcher.spec import WatchdogSpec
+    from launcher.stall import StallWatch
+
+    writer = StatusWriter(str(tmp_path), _specs(), attempt=0)
+    _started(writer)
+    watch = StallWatch(WatchdogSpec(), [("localhost", "rank0", 0)])
+    watch.learned.section("checkpoint", 20.0)
+    writer.set_watchdog(watch.in_force())
+    writer.flush()
+    text = format_status(read_status(str(tmp_path)))
+    assert ("watchdog:  stall_timeout auto: startup 900 s, step 600 s, checkpoint 600 s; frozen after 16 s "
+            "without a beat") in text  # too few steps timed: the first limits

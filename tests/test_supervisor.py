@@ -351,6 +351,30 @@ def test_a_stall_asks_for_stacks_and_names_the_culprit(tmp_path):
     assert root.traceback_tail  # its main thread's frames, from the stack the agent sent
 
 
+def test_a_stopped_rank_is_named_frozen_from_its_agents_word_and_status_shows_the_limits(tmp_path):
+    a = Attempt(tmp_path, watch=WatchdogSpec())  # the defaults: stall_timeout auto, beats every 5 s
+    a.start_all()
+    ranks = (("rank0", "host0"), ("rank1", "host0"), ("rank2", "host1"), ("rank3", "host1"))
+    for step in range(1, 4):
+        for name, host in ranks:
+            _step(a, host, name, step)
+        a.drive(0.5)
+    # rank 2 is SIGSTOPped: its agent's beat says T; the others wait in MindSpore (no beats, kernel S)
+    a.agent("host0").say(Alive(time=time.time(), states={"rank0": "S", "rank1": "S"}))
+    a.agent("host1").say(Alive(time=time.time(), states={"rank2": "T", "rank3": "S"}))
+    a.drive(15.0)
+    assert "stacks" not in a.agent("host1").controls  # three beats (16 s) have not passed yet
+    a.drive(2.0)
+    assert "stacks" in a.agent("host1").controls  # frozen, long before any stall limit
+    result = a.finish()
+    root = order_failures(result.failures)[0]
+    assert (root.name, root.host, root.reason) == ("rank2", "host1", "frozen")
+    assert "the kernel says it is stopped" in root.message
+    watch = a.status()["watchdog"]  # what was in force, for `mscluster status`
+    assert watch["stall_timeout"] == "auto" and watch["frozen_after"] == 16.0
+    assert watch["limits"]["step"] == 600.0  # too few steps timed yet: the first, generous limit
+
+
 def test_preemption_tells_the_agents_and_ends_preempted_when_rank0_saved(tmp_path):
     import threading
 

@@ -4,8 +4,10 @@ Description: the culprit rules on made-up liveness and real py-spy output; then 
 of the built-in trainer with a short ``stall_timeout``: rank 1 frozen with SIGSTOP mid-run, and
 rank 0 stuck in Python (a sleep inside a step, the test-only ``debug_hang_step``), each with
 ``restarts: 1``.
-Expectation: within ``stall_timeout + 10`` s the failure table names the frozen rank as the
-stalled root cause (frozen, and why), or rank 0 with its sleeping frame; every rank's stack is in
+A tiny program (``examples/paced_steps.py``) with default settings: a long save, then SIGSTOP.
+Expectation: within three missed beats + 10 s the failure table names the frozen rank as the
+frozen root cause (and why), or within ``stall_timeout + 10`` s rank 0 with its sleeping frame;
+with defaults a 35 s save at 0.1 s steps is no stall and a stopped rank is named within 20 s; every rank's stack is in
 ``errors/stacks-attempt0/``; the restart completes from the checkpoint and nothing is left.
 """
 from __future__ import annotations
@@ -147,15 +149,16 @@ def test_a_frozen_rank_is_named_with_its_stack_and_the_job_comes_back(tmp_path, 
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     result = json.load(open(os.path.join(job, "result.json")))
     root = result["attempts"][0]["root_cause"]
-    assert (root["name"], root["reason"]) == ("rank1", "stalled"), root
+    assert (root["name"], root["reason"]) == ("rank1", "frozen"), root
     assert "frozen: the kernel says it is stopped (SIGSTOP or a debugger)" in root["message"]
     detected_at = root["time"] + result["attempts"][0]["detect_s"]  # its last step + the time it hung
-    assert STALL_S - 1 <= detected_at - frozen_at <= STALL_S + 10
+    frozen_after = WatchdogSpec(beat_interval=1).frozen_after  # three beats missed, before stall_timeout
+    assert frozen_after - 1 <= detected_at - frozen_at <= frozen_after + 10
     assert os.path.getsize(os.path.join(job, "errors", "stacks-attempt0", "rank_1.txt")) > 0
     assert os.path.getsize(os.path.join(job, "errors", "stacks-attempt0", "rank_0.txt")) > 0
     assert result["status"] == "succeeded" and result["restarts"] == 1
     first = result["attempts"][0]  # goodput: detection, recovery, the steps redone
-    assert first["detect_s"] >= STALL_S and first["recover_s"] > 0 and first["steps_lost"] >= 0
+    assert first["detect_s"] >= frozen_after - 1 and first["recover_s"] > 0 and first["steps_lost"] >= 0
     assert 0 < result["goodput"]["effective_training_ratio"] < 1
     assert job_processes(job) == []
 
@@ -295,3 +298,41 @@ def test_an_automatic_restart_reaches_its_first_step_sooner_than_the_cold_start(
     assert os.listdir(os.path.join(job, "compile_cache"))
     goodput = os.listdir(os.path.join(job, "tensorboard", "launcher"))
     assert any(name.startswith("events.out.tfevents") for name in goodput)
+
+
+PACED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "paced_steps.py")
+
+
+@pytest.mark.integration
+def test_with_defaults_a_long_save_is_no_stall_and_a_stopped_rank_is_frozen_within_20_s(tmp_path):
+    """A tiny program (no MindSpore), default watchdog settings: 0.1 s steps, a 35 s save on rank 0
+    (past the 30 s a step may take here), then rank 1 SIGSTOPped. About 60 s."""
+    argv = ["python", PACED, "--step-s", "0.1", "--steps", "100000", "--save-at", "30", "--save-s", "35"]
+    # ascend from a rank table: no scheduler waiting for a MindSpore that this program never starts
+    data = {"name": "paced", "backend": "ascend", "ascend": {"init": "ranktable"}, "python": sys.executable,
+            "workdir": str(tmp_path / "runs"), "command": argv,
+            "hosts": [{"address": "localhost", "devices": 2, "device_ips": {0: "10.9.0.1", 1: "10.9.0.2"}}]}
+    cluster = str(tmp_path / "c.yaml")
+    with open(cluster, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle)
+    job = str(tmp_path / "job")
+    proc = start_launch(cluster, "--skip-preflight", "--job-dir", job, cwd=str(tmp_path), capture=True)
+    try:
+        wait_for(lambda: rank_step(job, 1) >= 60, 120, what="rank 1 past the save, at step 60")
+        status = json.load(open(os.path.join(job, "status.json")))
+        assert status["watchdog"]["limits"]["checkpoint"] == 105.0  # 3 x the 35 s it took
+        assert status["watchdog"]["limits"]["step"] == watchdog.AUTO_FLOOR_S
+        os.kill(status["processes"]["rank1"]["pid"], signal.SIGSTOP)
+        frozen_at = time.time()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    result = json.load(open(os.path.join(job, "result.json")))
+    first = result["attempts"][0]
+    root = first["root_cause"]
+    assert (root["name"], root["reason"]) == ("rank1", "frozen"), root
+    assert "frozen: the kernel says it is stopped (SIGSTOP or a debugger)" in root["message"]
+    assert root["time"] + first["detect_s"] - frozen_at <= 20.0  # named (the teardown began) within 20 s
+    assert os.path.getsize(os.path.join(job, "errors", "stacks-attempt0", "rank_1.txt")) > 0
+    assert job_processes(job) == []

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from mscluster.rank import (PREEMPT_EXIT, RankInfo, preempt_requested, rank_info,
+from mscluster import events
+from mscluster.rank import (PREEMPT_EXIT, RankInfo, preempt_requested, rank_info, section,
                             report_checkpoint, report_eval, watch_preemption)
 from trainer import checkpoint as ckpt
 from trainer import faults
@@ -336,7 +337,8 @@ class _Checkpointing:
                   "fingerprint": TrainConfig.fingerprint_hash(self.fingerprint)}
         t0 = time.perf_counter()
         source = _snapshot(cell) if cfg.async_save else cell
-        path = self.writer.submit(lambda p: ms.save_checkpoint(source, p, append_dict=append), fields)
+        with section(events.CHECKPOINT_SECTION):  # the watchdog's own limit for a save (stall_timeout: auto)
+            path = self.writer.submit(lambda p: ms.save_checkpoint(source, p, append_dict=append), fields)
         logger.info("checkpoint at global step %d: training stalled %.1f ms", global_step,
                     (time.perf_counter() - t0) * 1000.0)
         return path
@@ -380,7 +382,8 @@ def _evaluate(cfg: TrainConfig, info: RankInfo, run: _Run, epoch: int, eval_ds, 
     if eval_ds is None:
         eval_ds = create_dataset(run.data_dir, training=False, image_size=cfg.image_size, batch_size=cfg.batch_size,
                                  rank=info.rank, rank_size=info.world_size, num_parallel_workers=cfg.num_parallel_workers)
-    scores = run_eval(run.net, eval_ds, cfg.num_classes, allreduce_sum if info.distributed else None)
+    with section(events.EVAL_SECTION):  # the watchdog's own limit for an evaluation (stall_timeout: auto)
+        scores = run_eval(run.net, eval_ds, cfg.num_classes, allreduce_sum if info.distributed else None)
     metrics = scores.metrics()
     if info.rank == 0:
         monitor.log_eval(epoch + 1, metrics, scores.confusion, run.net)

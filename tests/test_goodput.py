@@ -1,0 +1,34 @@
+"""Feature: goodput says where a failure's time went.
+
+Description: ``launcher.launch``'s pure record helpers are given a failed attempt and its restart.
+Expectation: detection, teardown, restart, the first resumed step, the steps lost and where the
+state came from are in the record (and so in ``result.json``), survive a round trip through
+``result.json``, and read as one line of the job's final report.
+"""
+from __future__ import annotations
+
+from launcher.launch import STATE_FROM_DISK, AttemptRecord, format_recovery, with_recovery
+
+
+def _failed() -> AttemptRecord:
+    root = {"name": "rank1", "host": "h1", "time": 1000.0, "reason": "frozen"}
+    return AttemptRecord(attempt=0, ok=False, started_at=900.0, ended_at=1020.0, root_cause=root, detect_s=16.0,
+                         teardown_s=4.0, steps_lost=3)
+
+
+def test_a_restart_fills_in_where_the_failures_time_went():
+    record = with_recovery(_failed(), started_at=1025.0, first_step_at=1034.5)
+    assert (record.restart_s, record.resume_first_step_s, record.recover_s) == (5.0, 9.5, 34.5)
+    assert record.state_from == STATE_FROM_DISK
+    assert AttemptRecord.from_dict(record.to_dict()) == record
+    assert format_recovery(record) == (
+        "mscluster: attempt 0's failure (rank1 on h1): detected in 16.0 s, teardown 4.0 s, restart 5.0 s, "
+        "first step 9.5 s, back in 34.5 s, 3 step(s) lost, state from disk")
+
+
+def test_a_restart_that_never_stepped_keeps_what_is_known():
+    record = with_recovery(_failed(), started_at=1025.0, first_step_at=None, state_from="memory")
+    assert record.resume_first_step_s is None and record.recover_s is None and record.restart_s == 5.0
+    assert record.state_from == "memory"
+    assert AttemptRecord.from_dict({**record.to_dict(), "state_from": "tape"}).state_from is None
+    assert format_recovery(AttemptRecord(attempt=1, ok=True)) is None
