@@ -26,6 +26,7 @@ from launcher.jobplan import (PYTHON_WORD, JobPlan, build_job_plan, host_python,
                               program_argv)
 from launcher.plan import plan_ranks
 from launcher.npucheck import npu_preflight
+from launcher.status import write_status_html
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
 from launcher.report import RankFailure, format_failures, order_failures
 from launcher.slurm.allocation import SlurmError
@@ -517,4 +518,5 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
         write_json_atomic(os.path.join(job_dir, jobfiles.RESULT_FILE), result.to_dict(), mode=0o600)
     except OSError as exc:  # a full disk: the job's end is still printed, and the logs say the rest
         logger.error("%s: cannot write %s (%s)", job_dir, jobfiles.RESULT_FILE, exc.strerror or exc)
+    write_status_html(job_dir)  # the picture gets the attempts, the failures and the goodput
     return result
