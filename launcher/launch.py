@@ -59,6 +59,8 @@ class LaunchRequest:
     preempt: Optional[threading.Event] = field(default=None, compare=False)
     from_sbatch: bool = False  # run by the sbatch.sh of `mscluster submit`: its job folder exists; resume: auto
     skip_preflight: bool = False  # ascend: start without the NPU pre-flight (launcher.npucheck)
+    # `launch --detach`: called with the job folder once it exists and is locked (the output moves there)
+    on_job_dir: Optional[Callable[[str], None]] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,8 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         create_job_dir(job_dir, resume)
         if lock is None:
             lock = JobLock(job_dir).acquire()
+        if request.on_job_dir is not None:
+            request.on_job_dir(job_dir)
         write_atomic(os.path.join(job_dir, jobfiles.CLUSTER_FILE), resolved_yaml(cluster), mode=0o600)
         if rank_table is not None:
             write_atomic(os.path.join(job_dir, jobfiles.RANK_TABLE_FILE), rank_table, mode=0o600)
