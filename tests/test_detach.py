@@ -157,3 +157,25 @@ def test_stop_never_signals_a_pid_that_is_not_the_jobs_launcher(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+@pytest.mark.ssh
+def test_stop_leaves_nothing_on_either_namespace_host(netns_hosts, tmp_path):
+    lab = netns_hosts
+    spec = lab.ssh_spec()
+    hosts = [{"address": h.address, "devices": 2} for h in lab.hosts[:2]]
+    cluster = _cluster(tmp_path / "c.yaml", hosts=hosts, python=sys.executable,
+                       ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": 5,
+                            "known_hosts": spec.known_hosts})
+    proc = _cli("launch", cluster, "--detach", cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = re.search(r"mscluster: job (\S+): every rank started", proc.stdout).group(1)
+    wait_for(lambda: all(rank_step(job, r) >= 3 for r in range(4)), 60, what="every rank stepping on both hosts")
+    running = job_processes(job)
+    assert len(running) >= 5, [p.cmdline() for p in running]  # 2 ranks per host and the scheduler
+    stopped = _cli("stop", job, cwd=str(tmp_path))
+    assert stopped.returncode == 0 and f"job {job} stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    wait_for(lambda: not job_processes(job), 30, what="nothing of the job left on either host")
+    with open(os.path.join(job, "status.json"), encoding="utf-8") as handle:
+        hosts_seen = {p["host"] for p in json.load(handle)["processes"].values()}
+    assert hosts_seen == {h["address"] for h in hosts}
