@@ -83,7 +83,12 @@ def _launch_detached(args: argparse.Namespace) -> int:
     # its own session: the terminal's SIGHUP and Ctrl-C never reach it; its errors before the job folder
     # exists (the pre-flight's) still come to this terminal, the rest goes to <job>/launcher.log
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    outcome = wait_started(job_dir, child.pid, child.poll)
+    try:
+        outcome = wait_started(job_dir, child.pid, child.poll)
+    except KeyboardInterrupt:  # Ctrl-C reaches this terminal's command only: the launcher goes on
+        print(f"mscluster launch: interrupted while waiting; the launcher (pid {child.pid}) goes on: "
+              f"mscluster stop {job_dir} stops it", file=sys.stderr)
+        return 130
     log = os.path.join(job_dir, LAUNCHER_LOG)
     if not outcome.started:
         if os.path.isfile(log):
