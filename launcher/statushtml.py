@@ -1,7 +1,7 @@
 """A picture of the job: ``<job>/status.html`` from the same data as ``status.json`` (pure).
 
-One self-contained file (inline CSS, no script, nothing fetched): the hosts as rows of device
-cells coloured by the process's state, each cell titled with its rank, step and step time; the
+One self-contained file (inline CSS, no script, nothing fetched): each host a row of device
+cells coloured by the process's state (rows side by side as the window allows), each cell titled with its rank, step and step time; the
 root cause and the failure table; the attempts and goodput once ``result.json`` has them. Every
 string that came from a user (host names, process names, messages, paths) is escaped. A cell is
 a few dozen bytes, so 128 hosts x 8 devices stay a few hundred KiB.
@@ -18,7 +18,9 @@ _CSS = """
 body{font:13px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fff}
 h1{font-size:17px;margin:0 0 4px}h2{font-size:14px;margin:16px 0 4px}
 table{border-collapse:collapse}td,th{padding:1px 6px;text-align:left;border-bottom:1px solid #eee}
-.grid td{padding:0 2px;border:0}.host{font-family:monospace;padding-right:8px;white-space:nowrap}
+.grid{display:flex;flex-wrap:wrap;gap:2px 18px}.hostrow{white-space:nowrap}
+.host{display:inline-block;width:96px;font-family:monospace;overflow:hidden;text-overflow:ellipsis;vertical-align:top;
+line-height:30px}
 .cell{display:inline-block;width:42px;height:30px;margin:1px;border-radius:3px;font:10px/1.2 monospace;
 text-align:center;overflow:hidden;color:#111;vertical-align:top}
 .pending{background:#ddd}.running{background:#8fd18f}.succeeded{background:#4e9be8}
@@ -95,10 +97,12 @@ def render_status_html(status: Mapping[str, Any], result: Optional[Mapping[str, 
     by_host: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
     for name, p in sorted(processes.items(), key=lambda kv: (kv[1].get("rank") is None, kv[1].get("rank") or 0)):
         by_host.setdefault(str(p.get("host")), []).append((name, p))
-    out.append('<h2>hosts</h2><table class="grid" id="grid">')
+    # hosts side by side as the window allows: 128 x 8 fills a few screens, not one long column
+    out.append('<h2>hosts</h2><div class="grid" id="grid">')
     for host, procs in by_host.items():
-        out.append(f'<tr><td class="host">{_e(host)}</td><td>' + "".join(_cell(n, p) for n, p in procs) + "</td></tr>")
-    out.append("</table>")
+        out.append(f'<div class="hostrow"><span class="host" title="{_e(host)}">{_e(host)}</span>'
+                   + "".join(_cell(n, p) for n, p in procs) + "</div>")
+    out.append("</div>")
     failures = _failures(status, result)
     if failures:
         out.append('<h2>failures</h2><table id="failures"><tr><th>attempt</th><th>process</th><th>host</th>'
