@@ -1,8 +1,8 @@
 """A picture of the job: ``<job>/status.html`` from the same data as ``status.json`` (pure).
 
 One self-contained file (inline CSS, no script, nothing fetched): each host a row of device
-cells coloured by the process's state (rows side by side as the window allows), each cell titled with its rank, step and step time; the
-root cause and the failure table; the attempts and goodput once ``result.json`` has them. Every
+cells coloured by the process's state (rows side by side as the window allows), each cell
+titled with its rank, step and step time; the root cause and the failure table; the attempts and goodput once ``result.json`` has them. Every
 string that came from a user (host names, process names, messages, paths) is escaped. A cell is
 a few dozen bytes, so 128 hosts x 8 devices stay a few hundred KiB.
 """
