@@ -26,6 +26,7 @@ from launcher.jobplan import (PYTHON_WORD, JobPlan, build_job_plan, host_python,
                               program_argv)
 from launcher.plan import plan_ranks
 from launcher.npucheck import npu_preflight
+from launcher.status import write_status_html
 from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_table
 from launcher.report import RankFailure, format_failures, order_failures
 from launcher.slurm.allocation import SlurmError
@@ -58,6 +59,8 @@ class LaunchRequest:
     preempt: Optional[threading.Event] = field(default=None, compare=False)
     from_sbatch: bool = False  # run by the sbatch.sh of `mscluster submit`: its job folder exists; resume: auto
     skip_preflight: bool = False  # ascend: start without the NPU pre-flight (launcher.npucheck)
+    # `launch --detach`: called with the job folder once it exists and is locked (the output moves there)
+    on_job_dir: Optional[Callable[[str], None]] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,8 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         create_job_dir(job_dir, resume)
         if lock is None:
             lock = JobLock(job_dir).acquire()
+        if request.on_job_dir is not None:
+            request.on_job_dir(job_dir)
         write_atomic(os.path.join(job_dir, jobfiles.CLUSTER_FILE), resolved_yaml(cluster), mode=0o600)
         if rank_table is not None:
             write_atomic(os.path.join(job_dir, jobfiles.RANK_TABLE_FILE), rank_table, mode=0o600)
@@ -563,4 +568,5 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
         write_json_atomic(os.path.join(job_dir, jobfiles.RESULT_FILE), result.to_dict(), mode=0o600)
     except OSError as exc:  # a full disk: the job's end is still printed, and the logs say the rest
         logger.error("%s: cannot write %s (%s)", job_dir, jobfiles.RESULT_FILE, exc.strerror or exc)
+    write_status_html(job_dir)  # the picture gets the attempts, the failures and the goodput
     return result

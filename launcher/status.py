@@ -25,6 +25,8 @@ from launcher.errors import JobDirError
 from launcher.lifecycle import AttemptState, JobState, ProcessState
 from mscluster.fsutil import write_json_atomic
 from launcher.protocol import AgentMessage, AgentSpec, Exited, Relayed, Started
+from launcher.statushtml import STATUS_HTML, render_status_html
+from mscluster.fsutil import write_atomic
 from launcher.table import format_table
 from mscluster import events, jobfiles
 
@@ -107,6 +109,9 @@ class StatusWriter:
         self.data["updated_at"] = self.clock()
         try:
             write_json_atomic(self.path, self.data, mode=0o600)
+            # the picture of the same data, with the same throttle (launcher.statushtml)
+            write_atomic(os.path.join(self.job_dir, STATUS_HTML), render_status_html(self.data, now=self.clock()),
+                         mode=0o600)
         except OSError as exc:
             if not self._warned:
                 logger.warning("%s: cannot write the job's status (%s); `mscluster status` will lag", self.path, exc)
@@ -124,7 +129,10 @@ class StatusWriter:
             if isinstance(event, events.Beat):
                 return  # liveness is the watchdog's; status shows steps
             if isinstance(event, events.Progress):
+                before_step, before_at = proc.get("global_step"), proc.get("progress_at")
                 proc.update(progress_fields(event))
+                if isinstance(before_step, int) and isinstance(before_at, (int, float)) and event.step > before_step:
+                    proc["step_s"] = round((event.time - before_at) / (event.step - before_step), 6)
             elif isinstance(event, events.Eval):
                 self.data["eval"] = {"epoch": event.epoch, **event.metrics}
             elif isinstance(event, events.Checkpoint):
@@ -174,6 +182,18 @@ class StatusWriter:
             if p["state"] in (PENDING, RUNNING):
                 p["state"] = SUCCEEDED if state is AttemptState.SUCCEEDED else STOPPED
         self.write()
+
+
+def write_status_html(job_dir: str) -> None:
+    """Rewrite ``<job>/status.html`` from status.json and result.json (the job's end: attempts, goodput)."""
+    live = _load_json(os.path.join(job_dir, STATUS_FILE))
+    if live is None:
+        return
+    try:
+        write_atomic(os.path.join(job_dir, STATUS_HTML),
+                     render_status_html(live, _load_json(os.path.join(job_dir, RESULT_FILE))), mode=0o600)
+    except OSError as exc:
+        logger.warning("%s: cannot write %s (%s)", job_dir, STATUS_HTML, exc.strerror or exc)
 
 
 def _load_json(path: str) -> Optional[dict[str, Any]]:

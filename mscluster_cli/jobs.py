@@ -1,4 +1,4 @@
-"""The launcher's subcommands: ``plan``, ``ranktable``, ``launch``, ``submit``, ``cancel``. Parsing and printing only.
+"""The launcher's subcommands: ``plan``, ``ranktable``, ``launch``, ``submit``, ``cancel``, ``stop``. Parsing and printing only.
 
 Each command imports the launcher's modules it uses when it runs, not here: ``mscluster train`` (every
 rank) and ``mscluster status`` build this parser too, and would pay a second of imports for nothing.
@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 
 from launcher.errors import ConfigError
 from launcher.spec import Backend
@@ -62,22 +64,83 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch_detached(args: argparse.Namespace) -> int:
+    """``launch --detach``: the launcher in its own session; back once every rank started (or it ended)."""
+    from launcher.jobcontrol import LAUNCHER_LOG, wait_started
+    from launcher.jobplan import CLI_MODULE, own_argv
+    from launcher.launch import default_job_dir
+
+    job_dir = args.job_dir
+    if job_dir is None:  # chosen here, so this terminal knows where to look; the launcher checks it as always
+        job_dir = default_job_dir(_load(args), time.time())
+        job_dir = f"{job_dir}-{os.getpid()}" if os.path.exists(job_dir) else job_dir
+    argv = [*own_argv(sys.executable, CLI_MODULE, "launch", args.cluster),
+            *(word for pair in flatten(args.set) for word in ("--set", pair)),
+            "--job-dir", job_dir, "--grace-period", str(args.grace_period), "--detached-launcher",
+            *(["--console", args.console] if args.console else []), *(["-q"] if args.quiet else []),
+            *(["--skip-preflight"] if args.skip_preflight else []),
+            *(["--", *args.program] if args.program is not None else [])]
+    # its own session: the terminal's SIGHUP and Ctrl-C never reach it; its errors before the job folder
+    # exists (the pre-flight's) still come to this terminal, the rest goes to <job>/launcher.log
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    try:
+        outcome = wait_started(job_dir, child.pid, child.poll)
+    except KeyboardInterrupt:  # Ctrl-C reaches this terminal's command only: the launcher goes on
+        print(f"mscluster launch: interrupted while waiting; the launcher (pid {child.pid}) goes on: "
+              f"mscluster stop {job_dir} stops it", file=sys.stderr)
+        return 130
+    log = os.path.join(job_dir, LAUNCHER_LOG)
+    if not outcome.started:
+        if os.path.isfile(log):
+            with open(log, encoding="utf-8", errors="replace") as handle:
+                tail = handle.read().splitlines()[-20:]
+            print("\n".join(tail), file=sys.stderr)
+            print(f"mscluster: the launcher ended before every rank started (exit {outcome.exit_code}); "
+                  f"its output: {log}", file=sys.stderr)
+        return outcome.exit_code if outcome.exit_code is not None else 1
+    where = os.path.abspath(job_dir)
+    print(f"mscluster: job {where}: every rank started; the launcher (pid {child.pid}) runs detached"
+          + (f" (it already ended, exit {outcome.exit_code})" if outcome.exit_code is not None else "") + "\n"
+          f"  follow it:  mscluster status {where}   |   mscluster logs -f {where}\n"
+          f"  picture:    {os.path.join(where, 'status.html')}\n"
+          f"  launcher:   {os.path.abspath(log)}\n"
+          f"  stop it:    mscluster stop {where}")
+    return outcome.exit_code or 0
+
+
+def _output_to_job_dir(job_dir: str) -> None:
+    """A detached launcher's stdout and stderr from now on: ``<job>/launcher.log`` (no terminal to write to)."""
+    from launcher.jobcontrol import LAUNCHER_LOG
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(os.path.join(job_dir, LAUNCHER_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, sys.stdout.fileno())
+    os.dup2(fd, sys.stderr.fileno())
+    os.close(fd)
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from launcher.launch import LaunchRequest, format_recovery, launch
     from launcher.lifecycle import Interrupted
     from launcher.report import format_failures
+
+    if args.detach:
+        return _launch_detached(args)
 
     def on_term(signum, frame):  # TERM, or HUP (its terminal closed), stops the job like Ctrl-C does
         raise Interrupted(signum)  # a KeyboardInterrupt that names its signal
 
     preempt = threading.Event()
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
+    # a detached launcher has no terminal: a stray HUP (its starter's session ending) is not a stop
+    signal.signal(signal.SIGHUP, signal.SIG_IGN if args.detached_launcher else on_term)
     # Slurm's warning before the time limit (sbatch --signal=B:USR1@s, or scancel --signal=USR1 --batch)
     signal.signal(signal.SIGUSR1, lambda signum, frame: preempt.set())
     request = LaunchRequest(args.cluster, tuple(flatten(args.set)), args.job_dir, args.grace_period,
                             command=args.program, console=args.console, preempt=preempt,
-                            from_sbatch=args.from_sbatch, skip_preflight=args.skip_preflight)
+                            from_sbatch=args.from_sbatch, skip_preflight=args.skip_preflight,
+                            on_job_dir=_output_to_job_dir if args.detached_launcher else None)
     result = launch(request, console=None if args.quiet else sys.stdout)
     where = result.job_dir
     if result.status == "preempted":
@@ -135,6 +198,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    from launcher.jobcontrol import stop_job
+    from launcher.slurm.batch import SLURM_JOB_FILE
+    from launcher.submit import cancel
+
+    if os.path.isfile(os.path.join(args.job_dir, SLURM_JOB_FILE)):  # Slurm runs the launcher: scancel stops it
+        job_id = cancel(args.job_dir)
+        print(f"mscluster: cancelled Slurm job {job_id} ({args.job_dir})")
+        return 0
+    how = stop_job(args.job_dir, args.grace_period, say=lambda line: print(line, flush=True))
+    print(f"mscluster: job {args.job_dir} {how}; mscluster status {args.job_dir} shows its end")
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from launcher.submit import cancel
 
@@ -178,6 +255,10 @@ def add_commands(sub) -> None:
     p.add_argument("--from-sbatch", action="store_true",
                    help="what the sbatch.sh of mscluster submit passes: the job folder is the one submit made, and "
                         "a requeued run resumes from its newest checkpoint")
+    p.add_argument("--detach", action="store_true",
+                   help="return once every rank started; the launcher goes on in the background (its output in "
+                        "<job>/launcher.log); stop it with mscluster stop JOB_DIR")
+    p.add_argument("--detached-launcher", action="store_true", help=argparse.SUPPRESS)  # what --detach starts
     p.set_defaults(func=cmd_launch, program=None)
 
     p = sub.add_parser("submit", help="hand the job to Slurm: write <job>/sbatch.sh and sbatch it (scheduler: slurm)",
@@ -186,6 +267,13 @@ def add_commands(sub) -> None:
     add_set(p, "cluster-file fields with dotted keys, e.g. --set slurm.nodes=4 train.epochs=3")
     p.add_argument("--job-dir", help="job folder (default: <workdir>/<name>-<time>); must not exist")
     p.set_defaults(func=cmd_submit, program=None)
+
+    p = sub.add_parser("stop", help="stop a running job: TERM to its launcher, KILL after the grace period "
+                                    "(a Slurm job: scancel)")
+    p.add_argument("job_dir", metavar="JOB_DIR")
+    p.add_argument("--grace-period", type=seconds, default=5.0,
+                   help="the launch's grace period (default 5): the launcher is KILLed if it is still there 10 s after it")
+    p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("cancel", help="cancel the Slurm job of a submitted job folder (scancel)")
     p.add_argument("job_dir", metavar="JOB_DIR")

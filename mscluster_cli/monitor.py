@@ -1,4 +1,4 @@
-"""The monitoring subcommands: ``status``, ``logs``, ``tensorboard``. Parsing and printing only.
+"""The monitoring subcommands: ``status``, ``jobs``, ``logs``, ``tensorboard``. Parsing and printing only.
 
 None of them imports MindSpore: they answer in a fraction of a second on a login node. The launcher's
 modules are imported by the command that uses them, for the same reason.
@@ -14,6 +14,7 @@ import sys
 
 from launcher.errors import JobDirError
 
+DEFAULT_WORKDIR = "runs"  # the cluster file's workdir: when it names none (launcher.config)
 DEFAULT_TB_HOST = "127.0.0.1"
 DEFAULT_TB_PORT = 6006
 
@@ -41,6 +42,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines.insert(2, f"  slurm:     job {slurm['job_id']} {slurm['state']}"
                         + (f" ({slurm['reason']})" if slurm["reason"] else ""))
     print("\n".join(lines))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from launcher.jobcontrol import format_jobs, list_jobs
+
+    print(format_jobs(list_jobs(args.workdir)))
     return 0
 
 
@@ -100,6 +108,11 @@ def add_commands(sub) -> None:
     p.add_argument("job_dir", metavar="JOB_DIR")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("jobs", help="the jobs under a workdir: state, ranks, step, started, their launcher")
+    p.add_argument("workdir", metavar="WORKDIR", nargs="?", default=DEFAULT_WORKDIR,
+                   help=f"the cluster file's workdir: (default {DEFAULT_WORKDIR})")
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("logs", help="a job's log: every process merged by time, or one rank's")
     p.add_argument("job_dir", metavar="JOB_DIR")

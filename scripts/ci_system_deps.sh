@@ -16,6 +16,7 @@ declare -A wanted=(
     [/usr/sbin/slurmd]=slurm-wlm
     [/usr/bin/sbatch]=slurm-wlm
     [/usr/sbin/munged]=munge
+    [/usr/bin/chromium]=chromium  # tests/test_status_html.py renders status.html headless
 )
 
 missing=()
@@ -27,7 +28,7 @@ for path in "${!wanted[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "ci_system_deps: nothing to do (sshd, ssh-keygen, ip, curl, pdsh, slurm, munge present)"
+    echo "ci_system_deps: nothing to do (sshd, ssh-keygen, ip, curl, pdsh, slurm, munge, chromium present)"
     exit 0
 fi
 

@@ -306,7 +306,8 @@ def test_sbatch_refusing_the_job_leaves_no_folder(slurm_cluster, tmp_path):
     assert "partition" in lines[0].lower() and not (tmp_path / "job").exists()
 
 
-def test_cancel_of_a_pending_job(slurm_cluster, tmp_path):
+@pytest.mark.parametrize("verb", ["cancel", "stop"])  # under Slurm, stop is cancel
+def test_cancel_of_a_pending_job(slurm_cluster, tmp_path, verb):
     # --begin an hour from now: it pends until cancelled
     cluster = slurm_file(tmp_path / "c.yaml", str(tmp_path), slurm={"nodes": 2})
     job = tmp_path / "job"
@@ -317,7 +318,7 @@ def test_cancel_of_a_pending_job(slurm_cluster, tmp_path):
     status = subprocess.run([*MSCLUSTER, "status", str(job)], env=slurm_cluster.env, capture_output=True, text=True,
                             timeout=60)
     assert status.returncode == 0 and f"slurm:     job {job_id} PENDING (BeginTime)" in status.stdout, status.stdout
-    done = subprocess.run([*MSCLUSTER, "cancel", str(job)], env=slurm_cluster.env, capture_output=True, text=True,
+    done = subprocess.run([*MSCLUSTER, verb, str(job)], env=slurm_cluster.env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and f"cancelled Slurm job {job_id}" in done.stdout, done.stderr
     assert wait_job_gone(slurm_cluster, job_id, 60) == "CANCELLED"
