@@ -150,7 +150,7 @@ def add_commands(sub) -> None:
                                     "starts nothing", usage="mscluster plan CLUSTER.yaml [--set ...] [-- PROGRAM ARGS...]")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
     p.add_argument("--console", help=CONSOLE_HELP)
-    add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 restarts=1")
+    add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 --set restarts=1")
     p.set_defaults(func=cmd_plan, program=None)
 
     p = sub.add_parser("ranktable", help="write the Ascend HCCL rank table (v1.0 JSON)")
@@ -165,7 +165,7 @@ def add_commands(sub) -> None:
                                    "command:, or the PROGRAM given after --, on every rank.")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
     p.add_argument("--console", help=CONSOLE_HELP)
-    add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 restarts=1")
+    add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 --set restarts=1")
     p.add_argument("--job-dir", help="job folder (default: <workdir>/<name>-<time>); an existing one is "
                                       "refused unless train.resume is set")
     p.add_argument("--grace-period", type=seconds, default=5.0, help="seconds between TERM and KILL (default 5)")
@@ -181,7 +181,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("submit", help="hand the job to Slurm: write <job>/sbatch.sh and sbatch it (scheduler: slurm)",
                        usage="mscluster submit CLUSTER.yaml [--set ...] [--job-dir DIR] [-- SBATCH_OPTIONS...]")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
-    add_set(p, "cluster-file fields with dotted keys, e.g. --set slurm.nodes=4 train.epochs=3")
+    add_set(p, "cluster-file fields with dotted keys, e.g. --set slurm.nodes=4 --set train.epochs=3")
     p.add_argument("--job-dir", help="job folder (default: <workdir>/<name>-<time>); must not exist")
     p.set_defaults(func=cmd_submit, program=None)
 
