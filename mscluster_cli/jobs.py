@@ -9,6 +9,7 @@ import argparse
 import os
 import signal
 import sys
+import textwrap
 import threading
 
 from launcher.errors import ConfigError
@@ -27,12 +28,13 @@ def _load(args: argparse.Namespace):
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from launcher.hosts import preview_hosts
-    from launcher.jobplan import build_job_plan, format_job_plan
+    from launcher.jobplan import PLAN_WIDTH, build_job_plan, format_job_plan
+    from launcher.spec import AtLaunch
 
     cluster, note = preview_hosts(_load(args), os.environ)
     if note:
-        print(note)
-    print(format_job_plan(build_job_plan(cluster, grace_period=5.0)))
+        print(textwrap.fill(note, PLAN_WIDTH, break_long_words=False, break_on_hyphens=False))
+    print(format_job_plan(build_job_plan(cluster, grace_period=5.0, job_dir=args.job_dir or AtLaunch.JOB_DIR)))
     return 0
 
 
@@ -147,10 +149,11 @@ CONSOLE_HELP = ("whose lines the terminal shows: all, or ranks such as 0,3 (defa
 
 def add_commands(sub) -> None:
     p = sub.add_parser("plan", help="print every process a launch would start (argv, folder, environment); "
-                                    "starts nothing", usage="mscluster plan CLUSTER.yaml [--set ...] [-- PROGRAM ARGS...]")
+                                    "starts nothing", usage="mscluster plan CLUSTER.yaml [--set KEY=VALUE ...] [--job-dir DIR] [-- PROGRAM ARGS...]")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
     p.add_argument("--console", help=CONSOLE_HELP)
     add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 --set restarts=1")
+    p.add_argument("--job-dir", help="the job folder launch --job-dir would get (default: <workdir>/<name>-<time>)")
     p.set_defaults(func=cmd_plan, program=None)
 
     p = sub.add_parser("ranktable", help="write the Ascend HCCL rank table (v1.0 JSON)")
