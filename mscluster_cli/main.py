@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # `mscluster launch -v x.yaml` as `mscluster -v launch x.yaml`
         if "-v" not in command._option_string_actions:
             command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                 help="debug logging")
+                                 help=argparse.SUPPRESS)  # `mscluster --help` says so once
     return parser
 
 
@@ -87,8 +87,10 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, wor
     if hasattr(args, "set") and PAIR.fullmatch(extra[0]) and not extra[0].startswith("-"):
         command.error(f"{extra[0]!r} is not taken: each --set takes one key=value pair, "
                       f"write --set {extra[0]}")
-    start = words.index(args.command) + 1
-    cut = words.index(extra[0], start)  # the program starts at the first word that is not ours
+    try:
+        cut = words.index(extra[0], words.index(args.command) + 1)  # the program: from the first word not ours
+    except ValueError:  # argparse changed the word (an option's abbreviation): no line to suggest
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     suggestion = shlex.join(["mscluster", *words[:cut], "--", *words[cut:]])
     command.error(f"unrecognized arguments: {' '.join(extra)}: if they are the program's, put -- before it: "
                   f"{suggestion}")

@@ -16,6 +16,18 @@ LOCAL = str(CONFIGS / "local_cpu.yaml")
 MSCLUSTER = os.path.join(os.path.dirname(sys.executable), "mscluster")
 
 
+@pytest.fixture(autouse=True)
+def _keep_log_levels():
+    """main() sets the levels of mscluster's loggers; the other tests in this process keep theirs."""
+    import logging
+
+    names = ("trainer", "launcher", "mscluster", "mscluster_cli", "paramiko")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     """``mscluster ARGV`` in this process: its exit code, stdout and stderr."""
     try:

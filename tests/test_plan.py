@@ -392,3 +392,15 @@ def test_plan_shows_the_watchdog_and_the_backend_timeouts_it_sets():
         "name: a\nbackend: ascend\nhosts: [{address: 10.0.0.1, devices: 8}]\n", "a.yaml")))
     assert "  HCCL_EXEC_TIMEOUT=330" in ascend and "  HCCL_CONNECT_TIMEOUT=900" in ascend
     assert "  HCCL_CONNECT_TIMEOUT=600" in format_job_plan(build_job_plan(shipped("ascend_1x8.yaml")))  # env: wins
+
+
+def test_the_printed_boot_lines_give_bash_the_exact_boot():
+    """Copied into bash, the plan's BOOT= and BOOT+= lines make OWN_MODULE_BOOT, byte for byte."""
+    import subprocess
+
+    lines = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml"))).splitlines()
+    boot = [line.strip() for line in lines if line.lstrip().startswith(("BOOT=", "BOOT+="))]
+    assert len(boot) >= 2 and all(len(line) <= 96 for line in boot)
+    done = subprocess.run(["bash", "-c", "\n".join(boot) + '\nprintf %s "$BOOT"'], capture_output=True, text=True,
+                          timeout=30)
+    assert done.stdout == OWN_MODULE_BOOT
