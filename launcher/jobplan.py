@@ -318,8 +318,8 @@ def _process_lines(procs: list[tuple[str, ProcessSpec]]) -> list[str]:
     lines = []
     for (_, argv, cwd), members in groups.items():
         hosts = list(dict.fromkeys(host for host, _ in members))
-        where = cwd if cwd is not None else "~ (login folder)"
-        lines.append(f"  {_label([p for _, p in members])} on {_hosts_text(hosts)}, in {where}:")
+        lines.append(f"  {_label([p for _, p in members])} on {_hosts_text(hosts)}:")
+        lines.append(f"    # in {cwd if cwd is not None else '~ (the login folder)'}")
         words = [f'"${BOOT_VAR}"' if i and argv[i - 1] == "-c" and a == OWN_MODULE_BOOT else shlex.quote(a)
                  for i, a in enumerate(argv)]
         lines += _wrap_words(words, "    ", "      ")

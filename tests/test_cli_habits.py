@@ -127,12 +127,12 @@ def test_set_takes_one_pair_and_leaves_the_cluster_file(capsys):
     assert "epochs 5" in out and "lr 0.2" in out
 
 
-def test_a_second_pair_after_one_set_says_how_to_write_it(capsys, tmp_path):
+def test_a_second_pair_after_one_set_says_how_to_write_it(capsys, tmp_path, monkeypatch):
     code, _, err = run(capsys, "plan", LOCAL, "--set", "train.epochs=5", "restarts=1")
     assert code == 2
     assert one_line(err) == ("mscluster plan: error: 'restarts=1' is not taken: each --set takes one key=value "
                              "pair, write --set restarts=1 (see mscluster plan --help)")
-    os.chdir(tmp_path)  # `restarts=1` must not be a file here
+    monkeypatch.chdir(tmp_path)  # `restarts=1` must not be a file here
     code, _, err = run(capsys, "launch", "--set", "train.epochs=5", "restarts=1", "c.yaml")
     assert code == 2
     assert one_line(err).startswith("mscluster launch: error: 'restarts=1' is taken for the cluster file: "
