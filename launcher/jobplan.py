@@ -273,8 +273,11 @@ def _job_folder_lines(job: JobPlan) -> list[str]:
         notes = [f"{AtLaunch.JOB_DIR} below", "<time>: the launch's, as YYYYmmdd-HHMMSS"]
     if not os.path.isabs(folder) and any(not h.sees_launch_folder for h in cluster.hosts):
         notes.append("under the login folder on remote hosts")
-    return [f"  job folder:   {folder}", *textwrap.wrap(f"({'; '.join(notes)})", PLAN_WIDTH, break_long_words=False,
-                                                         initial_indent=" " * 16, subsequent_indent=" " * 17)]
+    first, notes_text = f"  job folder:   {folder}", f"({'; '.join(notes)})"
+    if len(first) + 1 + len(notes_text) <= PLAN_WIDTH:
+        return [f"{first} {notes_text}"]
+    return [first, *textwrap.wrap(notes_text, PLAN_WIDTH, break_long_words=False,
+                                  initial_indent=" " * 16, subsequent_indent=" " * 17)]
 
 
 def _training_lines(cluster: ClusterSpec, ranks: int) -> list[str]:

@@ -257,7 +257,7 @@ def test_plan_says_where_the_job_folder_will_be_and_the_training_it_runs():
     assert "  batch:        global 512 = batch_size 32 x 16 rank(s) x grad_accumulation 1" in lines
     lines = format_job_plan(build_job_plan(shipped("cpu_2hosts.yaml", "train.grad_accumulation=4"),
                                            job_dir="/scratch/j1")).splitlines()
-    assert "  job folder:   /scratch/j1" in lines
+    assert "  job folder:   /scratch/j1 (--job-dir)" in lines
     assert "global 512 = batch_size 32 x 4 rank(s) x grad_accumulation 4" in "\n".join(lines)
     assert "MSCLUSTER_JOB_DIR=/scratch/j1" in "\n".join(lines)
     relative = "\n".join(format_job_plan(build_job_plan(shipped("cpu_2hosts.yaml"))).splitlines())
