@@ -91,6 +91,11 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, wor
         cut = words.index(extra[0], words.index(args.command) + 1)  # the program: from the first word not ours
     except ValueError:  # argparse changed the word (an option's abbreviation): no line to suggest
         command.error(f"unrecognized arguments: {' '.join(extra)}")
+    cluster = getattr(args, "cluster", None)
+    if cluster and not os.path.exists(cluster) and not cluster.endswith((".yaml", ".yml")):
+        # `mscluster launch python train.py`: the program's first word was taken for the cluster file
+        at = words.index(cluster, words.index(args.command) + 1)
+        words, cut = [*words[:at], "CLUSTER.yaml", *words[at:]], at + 1
     suggestion = shlex.join(["mscluster", *words[:cut], "--", *words[cut:]])
     command.error(f"unrecognized arguments: {' '.join(extra)}: if they are the program's, put -- before it: "
                   f"{suggestion}")

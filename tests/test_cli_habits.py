@@ -113,6 +113,8 @@ def test_the_programs_words_without_dashdash_get_the_line_to_type(capsys, tmp_pa
     # an option of ours after the program's first word stays the program's, as it was typed
     code, _, err = run(capsys, "launch", "c.yaml", "python", "t.py", "-q", "--epochs", "3")
     assert code == 2 and "mscluster launch c.yaml -- python t.py -q --epochs 3 " in one_line(err)
+    code, _, err = run(capsys, "launch", "python", "train.py", "--lr", "0.1")  # the cluster file forgotten
+    assert code == 2 and "put -- before it: mscluster launch CLUSTER.yaml -- python train.py --lr 0.1 " in one_line(err)
     code, _, err = run(capsys, "status", "runs/j", "extra")  # no program to run: argparse's message
     assert code == 2 and one_line(err) == ("mscluster status: error: unrecognized arguments: extra "
                                            "(see mscluster status --help)")
