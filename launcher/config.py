@@ -100,7 +100,8 @@ class _Where:
         field = format_path(path)
         if path[:1] == ("command",) and self.command_given:
             return ConfigError(f"{self.source}: {field} (from the command line after --): {message}")
-        if any(path[:n] in self.set_paths for n in range(1, len(path) + 1)):
+        given = tuple(str(part) for part in path)  # --set names list items as text: hosts.0.devices
+        if any(given[:n] in self.set_paths for n in range(1, len(path) + 1)):
             return ConfigError(f"{self.source}: {field} (from --set): {message}")
         for n in range(len(path), 0, -1):
             if path[:n] in self.lines:
@@ -150,7 +151,10 @@ def parse_cluster(text: str, source: str, set_pairs: Sequence[str] = (),
         raise ConfigError(f"{source}:1: expected a mapping of cluster settings (name, hosts, ...), "
                           f"got {_describe(data)}")
     set_paths = set(_leaf_paths(overrides))
-    data = merge(data, overrides)
+    try:
+        data = merge(data, overrides, lists=True)  # hosts.0.devices=4: a number indexes a list
+    except OverrideError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if command is not None:
         if not command:
             raise ConfigError(f"{source}: nothing after --: give the program every rank runs, e.g. -- python train.py")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -230,16 +231,27 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = AtLaunch.JOB_DIR,
 
 # -- printing (mscluster plan) -----------------------------------------------------------------------
 
+PLAN_WIDTH = 100  # columns: what a plan's lines fit (a single longer word, a path, stays whole)
+BOOT_VAR = "BOOT"  # OWN_MODULE_BOOT is printed once, as a shell variable, and named in every argv
+
+
 def format_job_plan(job: JobPlan) -> str:
-    """The plan as ``mscluster plan`` prints it: ranks, then each process's argv, folder and environment."""
+    """The plan as ``mscluster plan`` prints it: the job, its ranks, each distinct argv once, the environment.
+
+    Processes that run the same argv in the same folder share one entry ("ranks 0-15 on h1, h2"); the
+    environment is printed once for what every process gets, once per process only for what differs.
+    """
     cluster, placement = job.cluster, job.placement
     hosts = len(cluster.hosts)
     program = "command" if cluster.command else "built-in trainer"
     lines = [f"{cluster.name}: backend {cluster.backend}, {len(placement.ranks)} rank(s) on "
-             f"{hosts} host{'s' if hosts != 1 else ''}, {program} ({cluster.source})"]
+             f"{hosts} host{'s' if hosts != 1 else ''}, {program}",
+             f"  cluster file: {cluster.source}"]
+    lines += _job_folder_lines(job)
+    lines += _training_lines(cluster, len(placement.ranks))
     if cluster.backend is Backend.ASCEND:
-        lines.append("HCCL starts " + ("as msrun starts it (ascend.init: dynamic): the scheduler below, MS_* "
-                                       "variables, no rank table" if not cluster.uses_rank_table else
+        lines.append("HCCL starts " + ("as msrun starts it (ascend.init: dynamic): a scheduler, MS_* variables, "
+                                       "no rank table" if not cluster.uses_rank_table else
                                        f"from the rank table (ascend.init: ranktable, version "
                                        f"{cluster.ascend.rank_table_version}): RANK_TABLE_FILE"))
     unit = "npu" if cluster.backend is Backend.ASCEND else "slot"
@@ -252,32 +264,149 @@ def format_job_plan(job: JobPlan) -> str:
     lines.extend(format_table(rows, indent="  "))
 
     procs = job.processes()
-    label = {p.name: ("sched" if p.rank is None else f"rank {p.rank}") for _, p in procs}
-    envs = [(label[p.name], dict(p.env)) for _, p in procs]
-    common = dict(envs[0][1]) if envs else {}
-    for _, env in envs[1:]:
-        common = {k: v for k, v in common.items() if env.get(k) == v}
-    width = max(len(v) for v in label.values()) if label else 0
     lines += ["", "processes (argv, folder):"]
-    for host, p in procs:
-        where = p.cwd if p.cwd is not None else "~ (login folder)"
-        lines.append(f"  {label[p.name].ljust(width)}  on {host}: {shlex.join(p.argv)}   [in {where}]")
+    lines += _process_lines(procs)
     lines += ["", "environment of every process (on top of the host's own):"]
-    lines.extend(f"  {k}={_quote(v)}" for k, v in sorted(common.items()))
-    if len(envs) > 1:
-        lines.append("environment per process:")
-        for name, env in envs:
-            own = " ".join(f"{k}={_quote(v)}" for k, v in sorted(env.items()) if k not in common)
-            lines.append(f"  {name.ljust(width)}  {own}".rstrip())
+    lines += _env_lines(procs)
     w, ssh = cluster.watchdog, cluster.ssh
-    lines += ["", (f"watchdog: {stall_words(w)}; frozen after {w.frozen_after:g} s without a beat "
-                   f"(beats every {w.beat_interval:g} s)" if w.enabled else "watchdog: off")
-              + f"; a host is lost after {ssh.silence_limit:g} s of silence "
-                f"(keepalive every {ssh.keepalive_interval:g} s)"]
+    words = (f"watchdog: {stall_words(w)}; frozen after {w.frozen_after:g} s without a beat "
+             f"(beats every {w.beat_interval:g} s)" if w.enabled else "watchdog: off")
+    words += f"; a host is lost after {ssh.silence_limit:g} s of silence (keepalive every {ssh.keepalive_interval:g} s)"
+    lines += ["", *textwrap.wrap(words, PLAN_WIDTH, subsequent_indent="  ", break_on_hyphens=False)]
     files = sorted({rel for a in job.agents for rel, _ in a.files})
     if files:
         lines += ["", "files written in the job folder of every host first: " + ", ".join(files)]
     return "\n".join(lines)
+
+
+def _job_folder_lines(job: JobPlan) -> list[str]:
+    """Where the job folder will be: ``--job-dir``'s, or ``<workdir>/<name>-<time>`` as launch names it."""
+    cluster = job.cluster
+    if job.job_dir is not AtLaunch.JOB_DIR:
+        folder, notes = job.job_dir, ["--job-dir"]
+    else:
+        folder = os.path.join(cluster.workdir, f"{cluster.name}-<time>")
+        notes = [f"{AtLaunch.JOB_DIR} below", "<time>: the launch's, as YYYYmmdd-HHMMSS"]
+    if not os.path.isabs(folder) and any(not h.sees_launch_folder for h in cluster.hosts):
+        notes.append("under the login folder on remote hosts")
+    first, notes_text = f"  job folder:   {folder}", f"({'; '.join(notes)})"
+    if len(first) + 1 + len(notes_text) <= PLAN_WIDTH:
+        return [f"{first} {notes_text}"]
+    return [first, *textwrap.wrap(notes_text, PLAN_WIDTH, break_long_words=False,
+                                  initial_indent=" " * 16, subsequent_indent=" " * 17)]
+
+
+def _training_lines(cluster: ClusterSpec, ranks: int) -> list[str]:
+    """The built-in trainer's epochs, lr and global batch (a command's own are its business)."""
+    if not cluster.builtin_trainer:
+        return []
+    cfg = cluster.train_config
+    schedule = cfg.lr_schedule + (f", {cfg.warmup_epochs:g} warm-up epoch(s)" if cfg.warmup_epochs else "")
+    return [f"  training:     epochs {cfg.epochs}, lr {cfg.lr:g} ({schedule})",
+            f"  batch:        global {cfg.batch_size * ranks * cfg.grad_accumulation} = batch_size "
+            f"{cfg.batch_size} x {ranks} rank(s) x grad_accumulation {cfg.grad_accumulation}"]
+
+
+def _label(specs: list[ProcessSpec]) -> str:
+    if specs[0].rank is None:
+        return "sched"
+    return ("rank " if len(specs) == 1 else "ranks ") + _ranges([p.rank for p in specs])
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5``."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _hosts_text(hosts: list[str]) -> str:
+    text = ", ".join(hosts)
+    return text if len(hosts) <= 4 else f"{hosts[0]} .. {hosts[-1]} ({len(hosts)} hosts)"
+
+
+def _process_lines(procs: list[tuple[str, ProcessSpec]]) -> list[str]:
+    """Each distinct (argv, folder) once, with the processes that run it; mscluster's boot line once."""
+    groups: dict[tuple, list[tuple[str, ProcessSpec]]] = {}
+    for host, p in procs:  # the scheduler never shares an entry with ranks
+        groups.setdefault((p.rank is None, p.argv, p.cwd), []).append((host, p))
+    lines = []
+    for (_, argv, cwd), members in groups.items():
+        hosts = list(dict.fromkeys(host for host, _ in members))
+        lines.append(f"  {_label([p for _, p in members])} on {_hosts_text(hosts)}:")
+        lines.append(f"    # in {cwd if cwd is not None else '~ (the login folder)'}")
+        words = [f'"${BOOT_VAR}"' if i and argv[i - 1] == "-c" and a == OWN_MODULE_BOOT else shlex.quote(a)
+                 for i, a in enumerate(argv)]
+        lines += _wrap_words(words, "    ", "      ")
+    if any(OWN_MODULE_BOOT in p.argv for _, p in procs):
+        lines.append(f"  where {BOOT_VAR} runs a module as python -m would, never a same-named file of the folder:")
+        lines += _shell_assignment(BOOT_VAR, OWN_MODULE_BOOT, "    ")
+    return lines
+
+
+def _wrap_words(words: list[str], indent: str, more: str) -> list[str]:
+    """Shell words on lines of at most PLAN_WIDTH columns, continued with `` \\``."""
+    lines, line = [], indent
+    for word in words:
+        if line.strip() and len(line) + 1 + len(word) + 2 > PLAN_WIDTH:
+            lines.append(line + " \\")
+            line = more
+        line += (" " if line.strip() else "") + word
+    return lines + [line]
+
+
+def _shell_assignment(name: str, value: str, indent: str) -> list[str]:
+    """``NAME='...'`` then ``NAME+='...'`` lines, split after a ``;``: bash rebuilds the exact value."""
+    room = PLAN_WIDTH - len(indent) - len(name) - 4
+    parts, part = [], ""
+    for piece in value.split(";"):
+        candidate = f"{part};{piece}" if part else piece
+        if part and len(shlex.quote(candidate + ";")) > room:
+            parts.append(part + ";")
+            part = piece
+        else:
+            part = candidate
+    parts.append(part)
+    return [f"{indent}{name}{'+' if i else ''}={shlex.quote(p)}" for i, p in enumerate(parts)]
+
+
+def _env_lines(procs: list[tuple[str, ProcessSpec]]) -> list[str]:
+    """What every process gets, per-process patterns (``<name>``), then a table of what differs."""
+    envs = [(p, dict(p.env)) for _, p in procs]
+    if not envs:
+        return []
+    common = dict(envs[0][1])
+    for _, env in envs[1:]:
+        common = {k: v for k, v in common.items() if env.get(k) == v}
+    differ = sorted({k for _, env in envs for k in env} - set(common))
+    patterns = {}
+    for key in differ:  # e.g. each process's error file: '<job dir>/errors/<name>.attempt0.json'
+        shapes = {str(env[key]).replace(p.name, "<name>") if key in env and p.name in str(env[key]) else None
+                  for p, env in envs}
+        if len(envs) > 1 and len(shapes) == 1 and None not in shapes:
+            patterns[key] = shapes.pop()
+    lines = [f"  {k}={_quote(v)}" for k, v in sorted({**common, **patterns}.items())]
+    if patterns:
+        names = [p.name for p, _ in envs]
+        lines.append(f"  (<name>: each process's own: {', '.join(names[:3])}" + (" .. " + names[-1] if len(names) > 3
+                                                                                else "") + ")")
+    table_keys = [k for k in differ if k not in patterns]
+    if len(envs) < 2 or not table_keys:
+        return lines
+    rows = [("process", *table_keys)]
+    rows += [(_label([p]), *(_quote(env[k]) if k in env else "-" for k in table_keys)) for p, env in envs]
+    table = format_table(rows, indent="  ")
+    if max(len(line) for line in table) <= PLAN_WIDTH:
+        return lines + ["environment per process:"] + table
+    lines.append("environment per process:")
+    for p, env in envs:  # too many columns for a table: each process's differences, wrapped
+        own = [f"{k}={_quote(env[k])}" for k in table_keys if k in env]
+        lines += _wrap_words([_label([p]).ljust(8), *own], "  ", "      ")
+    return lines
 
 
 def _quote(value: str) -> str:

@@ -67,7 +67,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="run one training process (its rank comes from the environment)")
     p.add_argument("--config", help="YAML file of training settings (or a cluster file: its train: section)")
-    add_set(p, "training settings, e.g. --set epochs=3 lr=0.1")
+    add_set(p, "training settings, e.g. --set epochs=3 lr=0.1", many=True)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split; prints top1=<acc>")

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -29,12 +30,13 @@ def _load(args: argparse.Namespace):
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from launcher.hosts import preview_hosts
-    from launcher.jobplan import build_job_plan, format_job_plan
+    from launcher.jobplan import PLAN_WIDTH, build_job_plan, format_job_plan
+    from launcher.spec import AtLaunch
 
     cluster, note = preview_hosts(_load(args), os.environ)
     if note:
-        print(note)
-    print(format_job_plan(build_job_plan(cluster, grace_period=5.0)))
+        print(textwrap.fill(note, PLAN_WIDTH, break_long_words=False, break_on_hyphens=False))
+    print(format_job_plan(build_job_plan(cluster, grace_period=5.0, job_dir=args.job_dir or AtLaunch.JOB_DIR)))
     return 0
 
 
@@ -226,10 +228,11 @@ CONSOLE_HELP = ("whose lines the terminal shows: all, or ranks such as 0,3 (defa
 
 def add_commands(sub) -> None:
     p = sub.add_parser("plan", help="print every process a launch would start (argv, folder, environment); "
-                                    "starts nothing", usage="mscluster plan CLUSTER.yaml [--set ...] [-- PROGRAM ARGS...]")
+                                    "starts nothing", usage="mscluster plan CLUSTER.yaml [--set KEY=VALUE ...] [--job-dir DIR] [-- PROGRAM ARGS...]")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
     p.add_argument("--console", help=CONSOLE_HELP)
-    add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 restarts=1")
+    add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 --set restarts=1")
+    p.add_argument("--job-dir", help="the job folder launch --job-dir would get (default: <workdir>/<name>-<time>)")
     p.set_defaults(func=cmd_plan, program=None)
 
     p = sub.add_parser("ranktable", help="write the Ascend HCCL rank table (v1.0 JSON)")
@@ -244,7 +247,7 @@ def add_commands(sub) -> None:
                                    "command:, or the PROGRAM given after --, on every rank.")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
     p.add_argument("--console", help=CONSOLE_HELP)
-    add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 restarts=1")
+    add_set(p, "cluster-file fields with dotted keys, e.g. --set train.epochs=3 --set restarts=1")
     p.add_argument("--job-dir", help="job folder (default: <workdir>/<name>-<time>); an existing one is "
                                       "refused unless train.resume is set")
     p.add_argument("--grace-period", type=seconds, default=5.0, help="seconds between TERM and KILL (default 5)")
@@ -264,7 +267,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("submit", help="hand the job to Slurm: write <job>/sbatch.sh and sbatch it (scheduler: slurm)",
                        usage="mscluster submit CLUSTER.yaml [--set ...] [--job-dir DIR] [-- SBATCH_OPTIONS...]")
     p.add_argument("cluster", metavar="CLUSTER.yaml")
-    add_set(p, "cluster-file fields with dotted keys, e.g. --set slurm.nodes=4 train.epochs=3")
+    add_set(p, "cluster-file fields with dotted keys, e.g. --set slurm.nodes=4 --set train.epochs=3")
     p.add_argument("--job-dir", help="job folder (default: <workdir>/<name>-<time>); must not exist")
     p.set_defaults(func=cmd_submit, program=None)
 

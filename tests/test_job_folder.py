@@ -54,8 +54,8 @@ def test_planted_links_at_temporary_and_log_names_are_not_followed(finished, tmp
     os.replace(os.path.join(job, "logs", "all.log"), os.path.join(job, "logs", "all.log.kept"))
     for path in planted:
         os.symlink(victim, path)
-    proc = run_launch(cluster, "--job-dir", job, "--set", "train.resume=auto", "train.epochs=3",
-                      "train.eval_every_epochs=0", cwd=str(tmp_path))  # the third epoch, without an evaluation
+    proc = run_launch(cluster, "--job-dir", job, "--set", "train.resume=auto", "--set", "train.epochs=3",
+                      "--set", "train.eval_every_epochs=0", cwd=str(tmp_path))  # the third epoch, without an evaluation
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert victim.read_text() == "must stay as it is\n"
     assert not os.path.islink(os.path.join(job, "logs", "all.log"))  # the planted log link was replaced

@@ -170,44 +170,139 @@ def test_every_rank_gets_a_distinct_rank_id():
         assert all(isinstance(v, str) for e in envs for v in e.values())
 
 
+def _section(lines: list[str], title: str) -> list[str]:
+    """The lines under ``title`` up to the next blank line or ``environment per process:``."""
+    start = lines.index(title) + 1
+    end = next((i for i in range(start, len(lines)) if not lines[i] or lines[i] == "environment per process:"),
+               len(lines))
+    return lines[start:end]
+
+
+def _argvs(lines: list[str]) -> dict[str, list[str]]:
+    """The processes section read back as a shell would: label -> argv, ``$BOOT`` as its definition makes it."""
+    section = _section(lines, "processes (argv, folder):")
+    boot = "".join(shlex.split(line.split("=", 1)[1])[0] for line in section if line.lstrip().startswith("BOOT"))
+    argvs, label, text = {}, None, ""
+    for line in section + ["  end:"]:
+        if line.startswith("  where "):
+            continue
+        if line.startswith("  ") and not line.startswith("   ") and line.endswith(":"):
+            if label is not None:
+                argvs[label] = shlex.split(text.replace('"$BOOT"', shlex.quote(boot)))
+            label, text = line.strip(), ""
+        elif not line.lstrip().startswith(("BOOT", "#")):
+            text += line.rstrip("\\").strip() + " " if line.endswith("\\") else line.strip() + " "
+    return argvs
+
+
+def _per_process(lines: list[str]) -> dict[str, dict[str, str]]:
+    """The table under ``environment per process:`` as process label -> {variable: value} (``-`` left out)."""
+    table = lines[lines.index("environment per process:") + 1:]
+    table = table[:table.index("")] if "" in table else table
+    head = table[0].split()
+    rows = {}
+    for row in table[1:]:
+        cells = row.split()
+        label = " ".join(cells[:2]) if cells[0] == "rank" else cells[0]
+        values = cells[2:] if cells[0] == "rank" else cells[1:]
+        rows[label] = {k: v for k, v in zip(head[1:], values) if v != "-"}
+    return rows
+
+
 def test_plan_output_shows_ranks_processes_and_env():
-    text = format_job_plan(build_job_plan(shipped("local_cpu.yaml"), launch_dir="/launch", local_python="/py"))
+    job = build_job_plan(shipped("local_cpu.yaml"), launch_dir="/launch", local_python="/py")
+    text = format_job_plan(job)
     lines = text.splitlines()
-    assert lines[0].startswith("local-cpu: backend cpu, 2 rank(s) on 1 host, built-in trainer")
-    assert lines[1].split() == ["rank", "host", "slot", "local", "rank"]
-    assert lines[2].split()[:3] == ["sched", "localhost", "-"]
-    assert lines[2].endswith("port <free port at launch>")
-    assert lines[3].split() == ["0", "localhost", "0", "0/2"]
-    assert lines[4].split() == ["1", "localhost", "1", "1/2"]
-    # mscluster's own programs: run as -m would, but never a same-named file of the launch folder
-    boot = shlex.quote(OWN_MODULE_BOOT)
-    assert f"  sched   on localhost: /py -c {boot} trainer.scheduler   [in /launch]" in lines
-    assert (f"  rank 1  on localhost: /py -c {boot} mscluster_cli train --config '<job dir>/train.attempt0.yaml'   "
-            "[in /launch]") in lines
-    common = lines[lines.index("environment of every process (on top of the host's own):") + 1:
-                   lines.index("environment per process:")]
+    assert lines[0] == "local-cpu: backend cpu, 2 rank(s) on 1 host, built-in trainer"
+    assert lines[1] == f"  cluster file: {CONFIGS / 'local_cpu.yaml'}"
+    table = lines[lines.index("  rank   host       slot  local rank"):]
+    assert table[1].split()[:3] == ["sched", "localhost", "-"]
+    assert table[1].endswith("port <free port at launch>")
+    assert table[2].split() == ["0", "localhost", "0", "0/2"]
+    assert table[3].split() == ["1", "localhost", "1", "1/2"]
+    # mscluster's own programs: run as -m would, but never a same-named file of the launch folder; the same
+    # argv in the same folder is printed once, for every process that runs it
+    sched, ranks = lines.index("  sched on localhost:"), lines.index("  ranks 0-1 on localhost:")
+    assert lines[sched + 1] == lines[ranks + 1] == "    # in /launch"
+    assert _argvs(lines) == {
+        "sched on localhost:": ["/py", "-c", OWN_MODULE_BOOT, "trainer.scheduler"],
+        "ranks 0-1 on localhost:": ["/py", "-c", OWN_MODULE_BOOT, "mscluster_cli", "train", "--config",
+                                    "<job dir>/train.attempt0.yaml"]}
+    assert [list(p.argv) for _, p in job.processes()][1:] == [_argvs(lines)["ranks 0-1 on localhost:"]] * 2
+    common = _section(lines, "environment of every process (on top of the host's own):")
     for wanted in ("MS_WORKER_NUM=2", "MS_TOPO_TIMEOUT=120", "MSCLUSTER_RESTART_COUNT=0", "PYTHONUNBUFFERED=1",
-                   "MSCLUSTER_JOB_DIR='<job dir>'", "MSCLUSTER_EVENT_FD='<pipe fd>'"):
+                   "MSCLUSTER_JOB_DIR='<job dir>'", "MSCLUSTER_EVENT_FD='<pipe fd>'",
+                   "MSCLUSTER_ERROR_FILE='<job dir>/errors/<name>.attempt0.json'"):
         assert f"  {wanted}" in common, wanted
-    per_process = lines[lines.index("environment per process:") + 1:]
-    assert per_process[0].split()[0] == "sched" and "MS_ROLE=MS_SCHED" in per_process[0]
-    assert "MSCLUSTER_ERROR_FILE='<job dir>/errors/scheduler.attempt0.json'" in per_process[0]
-    assert per_process[2].split()[:2] == ["rank", "1"]
-    assert "MS_NODE_ID=1" in per_process[2] and "RANK_ID=1" in per_process[2]
+    assert "  (<name>: each process's own: scheduler, rank0, rank1)" in common
+    per_process = _per_process(lines)
+    assert per_process["sched"] == {"MS_ROLE": "MS_SCHED"}
+    assert per_process["rank 1"]["MS_NODE_ID"] == "1" and per_process["rank 1"]["RANK_ID"] == "1"
+    # every process's environment is exactly the common part, its <name> patterns and its row
+    for _, p in job.processes():
+        label = "sched" if p.rank is None else f"rank {p.rank}"
+        shown = {}
+        for line in common:
+            if "=" in line and not line.startswith("  ("):
+                key, value = line.strip().split("=", 1)
+                shown[key] = shlex.split(value)[0].replace("<name>", p.name)
+        shown.update(per_process[label])
+        assert shown == {k: str(v) for k, v in p.env}, label
+
+
+def test_plan_says_where_the_job_folder_will_be_and_the_training_it_runs():
+    lines = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml"))).splitlines()
+    assert "  job folder:   /home/ma-user/runs/resnet50-cifar10-2x8-<time>" in lines
+    assert "  training:     epochs 90, lr 0.2 (warmup_poly, 5 warm-up epoch(s))" in lines
+    assert "  batch:        global 512 = batch_size 32 x 16 rank(s) x grad_accumulation 1" in lines
+    lines = format_job_plan(build_job_plan(shipped("cpu_2hosts.yaml", "train.grad_accumulation=4"),
+                                           job_dir="/scratch/j1")).splitlines()
+    assert "  job folder:   /scratch/j1 (--job-dir)" in lines
+    assert "global 512 = batch_size 32 x 4 rank(s) x grad_accumulation 4" in "\n".join(lines)
+    assert "MSCLUSTER_JOB_DIR=/scratch/j1" in "\n".join(lines)
+    relative = "\n".join(format_job_plan(build_job_plan(shipped("cpu_2hosts.yaml"))).splitlines())
+    assert "  job folder:   runs/cpu-2hosts-<time>" in relative
+    assert "under the login folder\n                 on remote hosts" in relative
+    command = format_job_plan(build_job_plan(parse_cluster(CPU2 + "command: [python, train.py]\n", "t.yaml")))
+    assert "training:" not in command and "batch:" not in command  # a program's own business
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_plan_fits_100_columns(name, capsys, monkeypatch, tmp_path):
+    from mscluster_cli.main import main
+
+    monkeypatch.chdir(tmp_path)  # a long launch folder (the ranks' folder on local hosts) fits too
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:  # outside an allocation, as on a laptop
+        monkeypatch.delenv(key)
+    assert main(["plan", str(CONFIGS / name)]) == 0
+    text = capsys.readouterr().out
+    assert "processes (argv, folder):" in text
+    wide = [line for line in text.splitlines() if len(line) > 100]
+    assert wide == [], name
+
+
+def test_sixteen_ranks_print_their_argv_once():
+    lines = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml"))).splitlines()
+    ranks = lines.index("  ranks 0-15 on 10.0.0.1, 10.0.0.2:")
+    assert lines[ranks + 1] == "    # in ~ (the login folder)"
+    assert sum("mscluster_cli train" in line for line in lines) == 1
+    assert set(_per_process(lines)) == {"sched"} | {f"rank {i}" for i in range(16)}
 
 
 def test_plan_output_ascend_shows_how_hccl_starts():
-    dynamic = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml")))
-    assert dynamic.splitlines()[1].startswith("HCCL starts as msrun starts it (ascend.init: dynamic)")
-    assert dynamic.splitlines()[3].split()[:3] == ["sched", "10.0.0.1", "-"]
-    assert "rank_table.json" not in dynamic and "RANK_TABLE_FILE" not in dynamic
+    dynamic = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml"))).splitlines()
+    hccl = next(i for i, line in enumerate(dynamic) if line.startswith("HCCL starts"))
+    assert dynamic[hccl].startswith("HCCL starts as msrun starts it (ascend.init: dynamic)")
+    assert dynamic[hccl + 2].split()[:3] == ["sched", "10.0.0.1", "-"]
+    assert "rank_table.json" not in "\n".join(dynamic) and "RANK_TABLE_FILE" not in "\n".join(dynamic)
     text = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml", "ascend.init=ranktable")))
-    assert text.splitlines()[1].startswith("HCCL starts from the rank table (ascend.init: ranktable, version 1.0)")
+    lines = text.splitlines()
+    hccl = next(i for i, line in enumerate(lines) if line.startswith("HCCL starts"))
+    assert lines[hccl].startswith("HCCL starts from the rank table (ascend.init: ranktable, version 1.0)")
     assert "sched" not in text
-    assert text.splitlines()[2].split()[:3] == ["rank", "host", "npu"]
-    per_process = text.splitlines()[text.splitlines().index("environment per process:") + 1:]
-    last = next(line for line in per_process if line.split()[:2] == ["rank", "15"])
-    assert "DEVICE_ID=7" in last
+    assert lines[hccl + 1].split()[:3] == ["rank", "host", "npu"]
+    assert _per_process(lines)["rank 15"]["DEVICE_ID"] == "7"
     assert "files written in the job folder of every host first: rank_table.json, train.attempt0.yaml" in text
 
 
@@ -291,14 +386,17 @@ def test_dynamic_cluster_gives_up_waiting_after_300_s_unless_the_file_says():
 
 def test_plan_shows_the_watchdog_and_the_backend_timeouts_it_sets():
     text = format_job_plan(build_job_plan(shipped("local_cpu.yaml")))
+    flat = " ".join(text.split())  # the watchdog's sentence wraps at 100 columns
     assert ("watchdog: stall_timeout auto: 900 s before the first step; then 600 s per step until 5 steps are timed, "
             "then 10 x the slowest step; a section (checkpoint, eval) 600 s the first time, then 3 x its slowest; "
             "each within 30..1800 s; frozen after 16 s without a beat (beats every 5 s); "
-            "a host is lost after 15 s of silence (keepalive every 5 s)") in text
+            "a host is lost after 15 s of silence (keepalive every 5 s)") in flat
+    assert all(len(line) <= 100 for line in text.splitlines() if line.startswith(("watchdog", "  ")))
     # auto: the backend waits out the longest limit auto can set (1800 s) plus the margin
     assert "  MS_NODE_TIMEOUT=1830" in text and "  MS_RECEIVE_MSG_TIMEOUT=1830" in text
     by_hand = format_job_plan(build_job_plan(parse_cluster(CPU2 + "watchdog: {stall_timeout: 300}\n", "t.yaml")))
-    assert "watchdog: a rank stalls after 300 s without a step (900 s before the first step); frozen after 16 s" in by_hand
+    assert ("watchdog: a rank stalls after 300 s without a step (900 s before the first step); frozen after 16 s"
+            in " ".join(by_hand.split()))
     assert "  MS_NODE_TIMEOUT=330" in by_hand
     assert "  MS_COMPILER_CACHE_PATH='<job dir>/compile_cache'" in text
     off = format_job_plan(build_job_plan(parse_cluster(CPU2 + "watchdog: false\nenv: {MS_NODE_TIMEOUT: '45'}\n", "t.yaml")))
@@ -307,3 +405,15 @@ def test_plan_shows_the_watchdog_and_the_backend_timeouts_it_sets():
         "name: a\nbackend: ascend\nhosts: [{address: 10.0.0.1, devices: 8}]\n", "a.yaml")))
     assert "  HCCL_EXEC_TIMEOUT=1830" in ascend and "  HCCL_CONNECT_TIMEOUT=900" in ascend
     assert "  HCCL_CONNECT_TIMEOUT=600" in format_job_plan(build_job_plan(shipped("ascend_1x8.yaml")))  # env: wins
+
+
+def test_the_printed_boot_lines_give_bash_the_exact_boot():
+    """Copied into bash, the plan's BOOT= and BOOT+= lines make OWN_MODULE_BOOT, byte for byte."""
+    import subprocess
+
+    lines = format_job_plan(build_job_plan(shipped("ascend_2x8.yaml"))).splitlines()
+    boot = [line.strip() for line in lines if line.lstrip().startswith(("BOOT=", "BOOT+="))]
+    assert len(boot) >= 2 and all(len(line) <= 96 for line in boot)
+    done = subprocess.run(["bash", "-c", "\n".join(boot) + '\nprintf %s "$BOOT"'], capture_output=True, text=True,
+                          timeout=30)
+    assert done.stdout == OWN_MODULE_BOOT

@@ -149,7 +149,7 @@ def test_plan_outside_an_allocation_says_its_nodes_are_placeholders(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mscluster_cli", "plan", str(path)], capture_output=True, text=True,
                           env=env, cwd=str(tmp_path), timeout=60)
     assert done.returncode == 0, done.stderr
-    first, second = done.stdout.splitlines()[:2]
-    assert first.startswith("(scheduler slurm, outside an allocation: the nodes are shown as node1, node2 at "
-                            "placeholder addresses")
-    assert second.startswith("s: backend cpu, 2 rank(s) on 2 hosts, command")
+    note, plan = done.stdout.split(")\n", 1)  # the note, wrapped at 100 columns as the plan is
+    assert " ".join(note.split()).startswith("(scheduler slurm, outside an allocation: the nodes are shown as "
+                                             "node1, node2 at placeholder addresses")
+    assert plan.startswith("s: backend cpu, 2 rank(s) on 2 hosts, command")

@@ -48,14 +48,51 @@ def parse_pairs(pairs: Iterable[str]) -> dict[str, Any]:
     return result
 
 
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Return ``base`` with ``overrides`` merged in, section by section (neither is changed)."""
+def merge(base: dict[str, Any], overrides: dict[str, Any], lists: bool = False,
+          _path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in, section by section (neither is changed).
+
+    Args:
+        lists: a part of a key that is a number indexes a list of ``base`` (``hosts.0.devices=4``); in a
+            mapping it is a key (``device_ips.3``, the file's integer 3 where it has one).
+
+    Raises:
+        OverrideError: (``lists``) an index out of range, a number on what is neither list nor mapping,
+            a word on a list.
+    """
     merged = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
+        path = _path + (key,)
+        if lists and key.isdigit() and int(key) in merged:
+            key = int(key)  # type: ignore[assignment]
+        current = merged.get(key)
+        if lists and isinstance(value, dict) and isinstance(current, list):
+            merged[key] = _merge_list(current, value, path)
+        elif isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = merge(current, value, lists, path)
+        elif lists and isinstance(value, dict) and any(k.isdigit() for k in value):
+            index = next(k for k in value if k.isdigit())
+            raise OverrideError(f"--set {'.'.join(path + (index,))}: {'.'.join(path)} is not a list"
+                                + ("" if current is not None else " (the file has none)"))
         else:
             merged[key] = value
+    return merged
+
+
+def _merge_list(items: list, overrides: dict[str, Any], path: tuple[str, ...]) -> list:
+    merged = list(items)
+    where = ".".join(path)
+    for key, value in overrides.items():
+        if not key.isdigit():
+            raise OverrideError(f"--set {where}.{key}: {where} is a list: give an entry's number, e.g. {where}.0")
+        index = int(key)
+        if index >= len(merged):
+            raise OverrideError(f"--set {where}.{key}: {where} has {len(merged)} entries "
+                                f"({f'0 to {len(merged) - 1}' if merged else 'none'})")
+        if isinstance(value, dict) and isinstance(merged[index], dict):
+            merged[index] = merge(merged[index], value, True, path + (key,))
+        else:
+            merged[index] = value
     return merged
 
 
