@@ -760,8 +760,8 @@ def _port(value: Any, path: Path, where: _Where, optional: bool) -> Optional[int
     if value is None and optional:
         return None
     port = _integer(value, path, where)
-    if not 1 <= port <= 65535:
-        raise where.error(path, f"a port is 1..65535, got {port}")
+    if not settings.PORT.holds(port):
+        raise where.error(path, f"a port is {settings.PORT.low}..{settings.PORT.high}, got {port}")
     return port
 
 
