@@ -40,8 +40,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, TypeVar
 
 import yaml
 
+from launcher import settings
 from launcher.errors import ConfigError
 from launcher.plan import is_reserved_env
+from launcher.settings import ASCEND_MAX_DEVICES, MAX_DEVICE_ID, MAX_DEVICES_PER_HOST, MAX_SDID
 from launcher.watchdog import AUTO_FLOOR_S
 from launcher.spec import (DEFAULT_DEVICES_PER_HOST, AscendInit, AscendSpec, Backend, ClusterSpec, HostSpec,
                            RankTableVersion, SchedulerKind, SlurmSpec, SSHSpec, WatchdogSpec, is_ipv4)
@@ -50,26 +52,24 @@ from trainer import config as train_config
 from trainer.errors import ConfigError as TrainConfigError
 from trainer.overrides import OverrideError, merge, parse_pairs
 
-ASCEND_MAX_DEVICES = 8  # NPUs per Ascend server; device ids 0..7
-TOP_KEYS = ("name", "backend", "workdir", "python", "ssh", "hosts", "scheduler_port", "restarts",
-            "bind_cores", "env", "console", "train", "command", "cwd", "watchdog", "scheduler", "slurm", "ascend")
-SLURM_KEYS = tuple(f.name for f in fields(SlurmSpec))
-MAX_SLURM_NODES = 4096
-SSH_KEYS = tuple(f.name for f in fields(SSHSpec))
-HOST_KEYS = ("address", "devices", "device_ips", "host_ip", "super_pod_id", "super_device_ids")
-ASCEND_KEYS = tuple(f.name for f in fields(AscendSpec))
-TRAIN_KEYS = tuple(f.name for f in fields(train_config.TrainConfig))
+# the keys, defaults, bounds, choices and patterns are launcher/settings.py's (the reference page's too)
+TOP, HOST, SSH, SLURM, ASCEND, WATCHDOG = (settings.TOP, settings.HOST, settings.SSH, settings.SLURM,
+                                           settings.ASCEND, settings.WATCHDOG)
+TOP_KEYS = TOP.keys()
+SLURM_KEYS = SLURM.keys()
+SSH_KEYS = SSH.keys()
+HOST_KEYS = HOST.keys()
+ASCEND_KEYS = ASCEND.keys()
+TRAIN_KEYS = settings.TRAIN.keys()
 
 # every pattern is used with fullmatch: ``$`` would accept a trailing newline
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # it names job folders on every host
-_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}")
+_NAME = re.compile(TOP["name"].kind.pattern)  # it names job folders on every host
+_ADDRESS = re.compile(HOST["address"].kind.pattern)
 _HOST_PORT = re.compile(r"[^:]+:[0-9]+")  # one colon and digits: a port, not IPv6
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
-_PYTHON = re.compile(r"[A-Za-z0-9._/+~-]{1,4096}")
-_USER = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._@-]{0,255}")
-MAX_DEVICES_PER_HOST = 256  # one process per device: more on one host is a typo, not a machine
-MAX_RESTARTS = 100
-MAX_CONNECT_TIMEOUT_S = 600
+_ENV_NAME = re.compile(TOP["env"].kind.key_pattern)
+_PYTHON = re.compile(TOP["python"].kind.pattern)
+_USER = re.compile(SSH["user"].kind.pattern)
+RESTARTS = TOP["restarts"].kind
 
 W = TypeVar("W", bound=enum.Enum)
 Path = tuple  # field path: str keys and int list indices, e.g. ("hosts", 1, "devices", 2)
@@ -230,14 +230,14 @@ def _leaf_paths(tree: Mapping[str, Any], prefix: Path = ()) -> Iterable[Path]:
 
 def _validate(data: dict, where: _Where) -> ClusterSpec:
     _check_keys(data, TOP_KEYS, (), where)
-    scheduler = _word(SchedulerKind, data.get("scheduler", SchedulerKind.SSH.value), ("scheduler",), where)
+    scheduler = _word(SchedulerKind, data.get("scheduler", TOP.default("scheduler")), ("scheduler",), where)
     for required in ("name",) if scheduler is SchedulerKind.SLURM else ("name", "hosts"):
         if required not in data:
             raise where.error((required,), "missing (required)")
     name = _string(data["name"], ("name",), where)
     if not _NAME.fullmatch(name):
         raise where.error(("name",), f"use letters, digits, '.', '_' or '-' (it names job folders), got {name!r}")
-    backend = _word(Backend, data.get("backend", Backend.CPU.value), ("backend",), where)
+    backend = _word(Backend, data.get("backend", TOP.default("backend")), ("backend",), where)
     slurm = _slurm(data.get("slurm"), scheduler, backend, where)
     ascend = _ascend(data.get("ascend"), backend, where)
     if scheduler is SchedulerKind.SLURM:
@@ -255,10 +255,10 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
                           "table; the dynamic cluster's scheduler runs with init: dynamic)")
     if ascend.rank_table_version is RankTableVersion.V1_2:
         _check_superpods(hosts, where)
-    restarts = _integer(data.get("restarts", 0), ("restarts",), where)
-    if not 0 <= restarts <= MAX_RESTARTS:
-        raise where.error(("restarts",), f"must be 0..{MAX_RESTARTS} (each restart relaunches every rank), "
-                          f"got {restarts}")
+    restarts = _integer(data.get("restarts", TOP.default("restarts")), ("restarts",), where)
+    if not RESTARTS.holds(restarts):
+        raise where.error(("restarts",), f"must be {RESTARTS.low}..{RESTARTS.high} (each restart relaunches every "
+                          f"rank), got {restarts}")
     python = data.get("python")
     if python is not None:
         python = _string(python, ("python",), where)
@@ -283,17 +283,17 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         name=name,
         backend=backend,
         hosts=hosts,
-        workdir=_path_text(data.get("workdir", "runs"), ("workdir",), where),
+        workdir=_path_text(data.get("workdir", TOP.default("workdir")), ("workdir",), where),
         python=python,
         ssh=_ssh(data.get("ssh"), where),
         restarts=restarts,
-        bind_cores=_boolean(data.get("bind_cores", True), ("bind_cores",), where),
+        bind_cores=_boolean(data.get("bind_cores", TOP.default("bind_cores")), ("bind_cores",), where),
         env=_env(data.get("env"), where),
         train=train,
         scheduler_port=scheduler_port,
         command=command,
         cwd=cwd,
-        console=_console(data.get("console", [0]), world, where),
+        console=_console(data.get("console", TOP.default("console")), world, where),
         watchdog=_watchdog(data.get("watchdog"), where),
         scheduler=scheduler,
         slurm=slurm,
@@ -374,8 +374,8 @@ def _host(raw: Any, path: Path, backend: Backend, where: _Where) -> HostSpec:
             item_path = devices_path + (index,)
             if isinstance(item, bool) or not isinstance(item, int):
                 raise where.error(item_path, f"expected a device id (an integer), got {_describe(item)}")
-            if not 0 <= item < 65536:
-                raise where.error(item_path, f"device ids are 0..65535, got {item}")
+            if not 0 <= item <= MAX_DEVICE_ID:
+                raise where.error(item_path, f"device ids are 0..{MAX_DEVICE_ID}, got {item}")
             if item in ids:
                 raise where.error(item_path, f"duplicate device id {item}")
             ids.append(item)
@@ -441,7 +441,7 @@ def _host(raw: Any, path: Path, backend: Backend, where: _Where) -> HostSpec:
             if isinstance(device, bool) or not isinstance(device, int) or device not in devices:
                 raise where.error(key_path, f"device {key!r} is not among this host's devices "
                                   f"({', '.join(map(str, devices))})")
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 32:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SDID:
                 raise where.error(key_path, f"expected the NPU's SuperPoD device id (an integer, npu-smi info "
                                   f"-t spod-info: SDID), got {_describe(value)}")
             sdids.append((device, value))
@@ -449,7 +449,7 @@ def _host(raw: Any, path: Path, backend: Backend, where: _Where) -> HostSpec:
     return HostSpec(address=address, devices=devices, device_ips=device_ips, **superpod)
 
 
-_SUPER_POD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SUPER_POD_ID = re.compile(HOST["super_pod_id"].kind.pattern)
 
 
 def _ascend(raw: Any, backend: Backend, where: _Where) -> AscendSpec:
@@ -502,6 +502,8 @@ def _ssh(raw: Any, where: _Where) -> SSHSpec:
         raise where.error(("ssh",), f"expected a mapping of ssh settings, got {_describe(raw)}")
     _check_keys(raw, SSH_KEYS, ("ssh",), where)
     defaults = SSHSpec()
+    timeout_kind, interval_kind, count_kind = (SSH[key].kind for key in ("connect_timeout", "keepalive_interval",
+                                                                        "keepalive_count"))
     values: dict[str, Any] = {}
     for key in ("user", "key_file", "known_hosts"):
         value = raw.get(key)
@@ -512,26 +514,27 @@ def _ssh(raw: Any, where: _Where) -> SSHSpec:
     timeout = raw.get("connect_timeout", defaults.connect_timeout)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
         raise where.error(("ssh", "connect_timeout"), f"expected a number of seconds, got {_describe(timeout)}")
-    if not 0 < timeout <= MAX_CONNECT_TIMEOUT_S:
-        raise where.error(("ssh", "connect_timeout"), f"must be > 0 and at most {MAX_CONNECT_TIMEOUT_S} s "
+    if not timeout_kind.holds(timeout):
+        raise where.error(("ssh", "connect_timeout"), f"must be > {timeout_kind.low} and at most {timeout_kind.high} s "
                           f"(every host is checked within it before anything starts), got {timeout}")
     values["connect_timeout"] = float(timeout)
     interval = raw.get("keepalive_interval", defaults.keepalive_interval)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval) \
-            or not 0.2 <= interval <= 600:
-        raise where.error(("ssh", "keepalive_interval"), f"expected seconds from 0.2 to 600, got {_describe(interval)}")
+            or not interval_kind.holds(interval):
+        raise where.error(("ssh", "keepalive_interval"), f"expected seconds from {interval_kind.low:g} to "
+                          f"{interval_kind.high:g}, got {_describe(interval)}")
     values["keepalive_interval"] = float(interval)
     count = _integer(raw.get("keepalive_count", defaults.keepalive_count), ("ssh", "keepalive_count"), where)
-    if not 1 <= count <= 100:
-        raise where.error(("ssh", "keepalive_count"), f"must be 1..100, got {count}")
+    if not count_kind.holds(count):
+        raise where.error(("ssh", "keepalive_count"), f"must be {count_kind.low}..{count_kind.high}, got {count}")
     values["keepalive_count"] = count
     values["strict_host_keys"] = _boolean(raw.get("strict_host_keys", defaults.strict_host_keys),
                                           ("ssh", "strict_host_keys"), where)
     return SSHSpec(**values)
 
 
-_SLURM_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._,:+-]{0,127}")  # a partition, account or time value
-_SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")  # sbatch --time's formats
+_SLURM_WORD = re.compile(settings.SLURM_WORD)  # a partition or account name
+_SLURM_TIME = re.compile(SLURM["time"].kind.pattern)  # sbatch --time's formats
 
 
 def _slurm(raw: Any, scheduler: SchedulerKind, backend: Backend, where: _Where) -> SlurmSpec:
@@ -543,11 +546,11 @@ def _slurm(raw: Any, scheduler: SchedulerKind, backend: Backend, where: _Where) 
         raise where.error(("slurm",), f"expected a mapping of Slurm settings, got {_describe(raw)}")
     _check_keys(raw, SLURM_KEYS, ("slurm",), where)
     values: dict[str, Any] = {}
-    for key, top in (("nodes", MAX_SLURM_NODES), ("devices_per_host", MAX_DEVICES_PER_HOST)):
+    for key in ("nodes", "devices_per_host"):
         if raw.get(key) is not None:
-            number = _integer(raw[key], ("slurm", key), where)
-            if not 1 <= number <= top:
-                raise where.error(("slurm", key), f"must be 1..{top}, got {number}")
+            number, kind = _integer(raw[key], ("slurm", key), where), SLURM[key].kind
+            if not kind.holds(number):
+                raise where.error(("slurm", key), f"must be {kind.low}..{kind.high}, got {number}")
             values[key] = number
     if backend is Backend.ASCEND and values.get("devices_per_host", 1) > ASCEND_MAX_DEVICES:
         raise where.error(("slurm", "devices_per_host"), f"an Ascend server has at most {ASCEND_MAX_DEVICES} NPUs, "
@@ -569,13 +572,15 @@ def _slurm(raw: Any, scheduler: SchedulerKind, backend: Backend, where: _Where) 
             values[key] = _boolean(raw[key], ("slurm", key), where)
     if "warning_s" in raw:
         warning = _integer(raw["warning_s"], ("slurm", "warning_s"), where)
-        if not 1 <= warning <= 65535:  # sbatch --signal's limit
-            raise where.error(("slurm", "warning_s"), f"must be 1..65535 seconds, got {warning}")
+        kind = SLURM["warning_s"].kind  # sbatch --signal's limit
+        if not kind.holds(warning):
+            raise where.error(("slurm", "warning_s"), f"must be {kind.low}..{kind.high} seconds, got {warning}")
         values["warning_s"] = warning
     if "start_timeout" in raw:
-        timeout = raw["start_timeout"]
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= 3600:
-            raise where.error(("slurm", "start_timeout"), f"expected seconds from 1 to 3600, got {_describe(timeout)}")
+        timeout, kind = raw["start_timeout"], SLURM["start_timeout"].kind
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not kind.holds(timeout):
+            raise where.error(("slurm", "start_timeout"), f"expected seconds from {kind.low} to {kind.high}, "
+                              f"got {_describe(timeout)}")
         values["start_timeout"] = float(timeout)
     options = raw.get("sbatch_options")
     if options is not None:
@@ -593,9 +598,9 @@ def _slurm(raw: Any, scheduler: SchedulerKind, backend: Backend, where: _Where) 
     return SlurmSpec(**values)
 
 
-WATCHDOG_KEYS = tuple(f.name for f in fields(WatchdogSpec))
-STACK_TOOLS = ("auto", "py-spy", "faulthandler")
-WATCHDOG_BOUNDS = {"stall_timeout": (5.0, 86400.0), "startup_timeout": (5.0, 86400.0), "beat_interval": (0.2, 600.0)}
+WATCHDOG_KEYS = WATCHDOG.keys()
+STACK_TOOLS = WATCHDOG["stacks"].kind.words
+WATCHDOG_SECONDS = ("stall_timeout", "startup_timeout", "beat_interval")
 AUTO = "auto"  # stall_timeout: auto (the default): learned from the job (launcher.watchdog.Learned)
 
 
@@ -611,17 +616,18 @@ def _watchdog(raw: Any, where: _Where) -> WatchdogSpec:
     values: dict[str, Any] = {}
     if "enabled" in raw:
         values["enabled"] = _boolean(raw["enabled"], ("watchdog", "enabled"), where)
-    for key, (low, high) in WATCHDOG_BOUNDS.items():
+    for key in WATCHDOG_SECONDS:
         if key not in raw:
             continue
         value = raw[key]
         if key == "stall_timeout" and value in (AUTO, None):
             continue  # auto: WatchdogSpec's default
+        kind = settings.seconds_kind(WATCHDOG[key].kind)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise where.error(("watchdog", key), f"expected a number of seconds{' or auto' if key == 'stall_timeout' else ''}, "
                                                  f"got {_describe(value)}")
-        if not low <= value <= high:
-            raise where.error(("watchdog", key), f"must be {low:g}..{high:g} s, got {value:g}")
+        if not kind.holds(value):
+            raise where.error(("watchdog", key), f"must be {kind.low:g}..{kind.high:g} s, got {value:g}")
         values[key] = float(value)
     if "stacks" in raw:
         stacks = raw["stacks"]
@@ -765,8 +771,8 @@ def _port(value: Any, path: Path, where: _Where, optional: bool) -> Optional[int
     if value is None and optional:
         return None
     port = _integer(value, path, where)
-    if not 1 <= port <= 65535:
-        raise where.error(path, f"a port is 1..65535, got {port}")
+    if not settings.PORT.holds(port):
+        raise where.error(path, f"a port is {settings.PORT.low}..{settings.PORT.high}, got {port}")
     return port
 
 

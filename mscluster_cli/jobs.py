@@ -1,4 +1,5 @@
-"""The launcher's subcommands: ``plan``, ``ranktable``, ``launch``, ``submit``, ``cancel``, ``stop``. Parsing and printing only.
+"""The launcher's subcommands: ``plan``, ``ranktable``, ``launch``, ``submit``, ``cancel``, ``stop``, ``schema``.
+Parsing and printing only.
 
 Each command imports the launcher's modules it uses when it runs, not here: ``mscluster train`` (every
 rank) and ``mscluster status`` build this parser too, and would pay a second of imports for nothing.
@@ -222,6 +223,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from launcher.schema import cluster_schema
+
+    print(json.dumps(cluster_schema(), indent=2))
+    return 0
+
+
 CONSOLE_HELP = ("whose lines the terminal shows: all, or ranks such as 0,3 (default: the file's console:, "
                 "else rank 0); warnings and errors of every rank always show")
 
@@ -281,3 +291,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("cancel", help="cancel the Slurm job of a submitted job folder (scancel)")
     p.add_argument("job_dir", metavar="JOB_DIR")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("schema", help="print the cluster file's JSON Schema (draft 2020-12), for editors",
+                       description="Print the cluster file's JSON Schema (draft 2020-12): every key, its type, "
+                                   "bounds and choices, unknown keys refused. Save it and put "
+                                   "'# yaml-language-server: $schema=<file>' on a cluster file's first line.")
+    p.set_defaults(func=cmd_schema)
