@@ -69,6 +69,9 @@ class TrainConfig:
     save_every_epochs: int = 1
     save_every_steps: int = 0  # 0 = only at epoch ends
     keep_max: int = 5
+    # in-memory snapshots (trainer.snapshot): every this many steps each host keeps the newest state in
+    # tmpfs, which outlives a rank; 0 = off; auto = the most frequent that stalls training <= 1%
+    snapshot_every_steps: Union[int, str] = 0
     async_save: bool = True  # write checkpoints in a background thread from a copy of the parameters
     eval_every_epochs: int = 1  # 0 = never evaluate during training
     log_every_steps: int = 10
@@ -206,6 +209,9 @@ def from_dict(values: Mapping[str, Any], source: str = "settings") -> TrainConfi
     checked: dict[str, Any] = {}
     for key, value in values.items():
         try:
+            if key == "snapshot_every_steps":
+                checked[key] = _snapshot_every(value)
+                continue
             value = _check_type(key, hints[key], value)
             if value is not None:
                 if key in CHOICES and value not in CHOICES[key]:
@@ -232,6 +238,17 @@ def from_dict(values: Mapping[str, Any], source: str = "settings") -> TrainConfi
         raise ConfigError("grad_buckets: applies to grad_exchange collective (shared_memory sums one flat "
                           "buffer per host); set one of them")
     return config
+
+
+def _snapshot_every(value: Any) -> Union[int, str]:
+    """``snapshot_every_steps``: an integer >= 0 or ``auto``."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if value > 10 ** 8:
+            raise ConfigError(f"snapshot_every_steps: at most {10 ** 8} (steps), got {value!r}")
+        return value
+    raise ConfigError(f"snapshot_every_steps: expected an integer >= 0 (0 = off) or auto, got {value!r}")
 
 
 def load(path: Optional[str] = None, set_pairs: tuple[str, ...] | list[str] = ()) -> TrainConfig:
