@@ -30,6 +30,7 @@ from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_
 from launcher.report import RankFailure, format_failures, order_failures
 from launcher.slurm.allocation import SlurmError
 from launcher.slurm.batch import SBATCH_SCRIPT
+from launcher import snapshots
 from launcher.spec import Backend, ClusterSpec, HostSpec, Plan
 from launcher.supervisor import AttemptResult, LogSink, Supervisor, console_levels
 from mscluster import jobfiles
@@ -83,6 +84,9 @@ class AttemptRecord:
     # and until every rank had reported its first step
     started_s: Optional[float] = None
     first_progress_s: Optional[float] = None
+    # where this attempt's state came from (in-memory snapshot or disk checkpoint; none: a fresh start), its step
+    state_from: Optional[str] = None
+    resumed_step: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,7 +105,9 @@ class AttemptRecord:
                              lost=raw.get("lost") is True, detect_s=number("detect_s"), recover_s=number("recover_s"),
                              steps_lost=raw.get("steps_lost") if isinstance(raw.get("steps_lost"), int) else None,
                              first_step_at=number("first_step_at"), step_seconds=number("step_seconds") or 0.0,
-                             started_s=number("started_s"), first_progress_s=number("first_progress_s"))
+                             started_s=number("started_s"), first_progress_s=number("first_progress_s"),
+                             state_from=raw.get("state_from") if isinstance(raw.get("state_from"), str) else None,
+                             resumed_step=raw.get("resumed_step") if isinstance(raw.get("resumed_step"), int) else None)
 
 
 @dataclass
@@ -374,8 +380,16 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}"
                       + (f"; {hosts.where}: " + ", ".join(h.label for h in cluster.hosts) if hosts.where else ""))
-        return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep,
-                             preflight_s=preflight_s, preempt=request.preempt)
+        keeper = snapshots.keeper_for(cluster.train_config if cluster.builtin_trainer else None, job_dir,
+                                      [h.address for h in cluster.hosts], executors,
+                                      lambda h: host_python(cluster, next(x for x in cluster.hosts if x.address == h)),
+                                      jobfiles.checkpoints_dir(job_dir))
+        try:
+            return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep,
+                                 preflight_s=preflight_s, preempt=request.preempt, keeper=keeper)
+        finally:  # the job's end, however it ended: no snapshot memory is left on any host
+            if keeper is not None:
+                keeper.remove()
     finally:
         hosts.close()
         if lock is not None:
@@ -427,7 +441,8 @@ def _since(start: Optional[float], end: Optional[float]) -> Optional[float]:
 def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], job_dir: str,
                   executors: Mapping[str, Executor], launch_dir: str, console: Optional[TextIO],
                   sleep: Callable[[float], None], preflight_s: Optional[float] = None,
-                  preempt: Optional[threading.Event] = None) -> JobResult:
+                  preempt: Optional[threading.Event] = None,
+                  keeper: Optional[snapshots.Keeper] = None) -> JobResult:
     by_host = {h.address: h for h in cluster.hosts}
     result = JobResult(status=JobState.FAILED, exit_code=1, job_dir=os.path.abspath(job_dir), preflight_s=preflight_s)
     # a job continued by hand goes on numbering its attempts: logs get a separator, nothing is overwritten
@@ -449,6 +464,18 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 result.status, result.exit_code = JobState.INTERRUPTED, 130
                 result.interrupted_by = interrupt_signal(exc)
                 break
+        restored = None
+        if keeper is not None and attempt == first:  # a job continued by hand: no state of an earlier launch
+            keeper.remove()
+        if keeper is not None and attempt > first:  # every host gets the newest snapshot any host kept
+            restored = keeper.prepare_restart()
+            _say(console, f"mscluster: resuming from the {restored.state_from} state of step {restored.step}"
+                          + (f" (kept by {restored.host})" if restored.host else ""))
+            before = result.attempts[-1] if result.attempts else None
+            if before is not None and before.root_cause and isinstance(before.root_cause.get("last_step"), int) \
+                    and restored.step is not None:  # the steps lost are those after the state resumed
+                result.attempts[-1] = dataclasses.replace(
+                    before, steps_lost=max(before.root_cause["last_step"] - restored.step, 0))
         try:
             job = plan_attempt(attempt)
         except HostUnreachable as exc:  # the first host went away between attempts
@@ -490,7 +517,9 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                              step_seconds=round(attempt_result.step_seconds, 3),
                                              started_s=_since(attempt_result.started_at, attempt_result.all_started_at),
                                              first_progress_s=_since(attempt_result.started_at,
-                                                                     attempt_result.all_progress_at)))
+                                                                     attempt_result.all_progress_at),
+                                             state_from=restored.state_from if restored else None,
+                                             resumed_step=restored.step if restored else None))
         result.restarts = attempt - first
         if attempt_result.eval:
             result.eval = attempt_result.eval
