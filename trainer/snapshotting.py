@@ -45,6 +45,7 @@ class Snapshotter(Callback):
         self._t_first: Optional[float] = None  # the end of this run's first step (it compiles: not timed)
         self._timed_steps = 0
         self.step_s: Optional[float] = None
+        self.probe_stall_s: Optional[float] = None
         self.due_at_epoch_end = False
 
     def on_train_step_end(self, run_context) -> None:
@@ -85,13 +86,19 @@ class Snapshotter(Callback):
         self.interval = max(self.agree(mine), 1)
         self.step_s = step_s
         share = snap.stall_share(held, step_s, self.interval)
-        emit(f"snapshots: every {self.interval} step(s) (auto: step {step_s * 1000:.1f} ms, snapshot stall "
-             f"{held * 1000:.1f} ms, write {write_s:.3f} s; stall {share * 100:.2f}% of step time)")
+        self.probe_stall_s = held
+        if self.info.rank == 0:  # the interval is every rank's; the stall printed is rank 0's (it writes)
+            emit(f"snapshots: every {self.interval} step(s) (auto: step {step_s * 1000:.1f} ms, snapshot stall "
+                 f"{held * 1000:.1f} ms, write {write_s:.3f} s; stall {share * 100:.2f}% of step time)")
 
     def summary(self, steps: int) -> Optional[str]:
         """One line: snapshots taken and the stall they cost over ``steps`` steps of this run."""
         if not self.taken:
             return None
-        share = f"; {self.stall_s / (self.step_s * steps) * 100:.2f}% of step time" if self.step_s and steps else ""
+        share = ""
+        if self.step_s and steps:  # over this short run (the first snapshot is at step 5), and one per interval
+            share = (f"; {self.stall_s / (self.step_s * steps) * 100:.2f}% of this attempt's {steps} step(s), "
+                     f"{snap.stall_share(self.stall_s / self.taken, self.step_s, self.interval) * 100:.2f}% "
+                     f"at one every {self.interval}")
         return (f"snapshots: {self.taken} taken, every {self.interval} step(s), held training up "
                 f"{self.stall_s * 1000:.0f} ms in all{share}")
