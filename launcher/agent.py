@@ -82,6 +82,8 @@ class Agent:
         self.finished: set[str] = set()  # processes whose entry point returned (events.Finished)
         self.selector = selectors.DefaultSelector()
         self.stop_requested = False  # the launcher (EOF on stdin) or a signal asked for a stop
+        self.launcher_lives = False  # it said stop before its EOF: a stop, not its death
+        self.launcher_gone = False  # EOF without a stop, or silence: the snapshot folder goes too
         self.kill_at: Optional[float] = None  # a stop is under way: KILL what is left at this time
         self.ok = True
         self.heard_at = time.monotonic()  # the launcher's last word on stdin
@@ -240,6 +242,14 @@ class Agent:
         if stream in stream.run.streams:
             stream.run.streams.remove(stream)
 
+    def remove_snapshots(self) -> None:
+        """The launcher died: nobody will resume from or remove this host's snapshot folder; remove it."""
+        folder = self.spec.snapshot_dir
+        if folder and jobfiles.is_snapshot_dir(folder) and os.path.isdir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            sys.stderr.write(f"mscluster agent: the launcher is gone: removed {folder}\n")
+            sys.stderr.flush()
+
     # -- stop --------------------------------------------------------------------------------------
     def begin_stop(self) -> None:
         """TERM every live process group; what is still there after the grace period gets KILL."""
@@ -290,6 +300,8 @@ class Agent:
                 _kill_groups([r.proc.pid for r in self.running if not r.reported], timeout=0.0)
             self._send_due()
         _kill_groups([r.proc.pid for r in self.running])  # leftovers (children) of ranks, if any
+        if self.launcher_gone:
+            self.remove_snapshots()
         self.emit(Done(ok=self.ok))
         return 0 if self.ok else 1
 
@@ -308,6 +320,7 @@ class Agent:
                              f"host's processes\n")
             sys.stderr.flush()
             self.stop_requested = True
+            self.launcher_gone = True
 
     def rank_states(self) -> dict[str, str]:
         """The kernel's state of each live rank (a read of /proc/<pid>/stat each): the watchdog's
@@ -326,6 +339,7 @@ class Agent:
         self.heard_at = time.monotonic()
         if not data:
             self.stop_requested = True
+            self.launcher_gone = not self.launcher_lives  # EOF without a stop first: the launcher died
             self.selector.unregister(self.stdin_fd)
             return
         self.on_control_bytes(data)
@@ -338,6 +352,7 @@ class Agent:
                 sys.stderr.flush()
             elif msg is ControlMessage.STOP:
                 self.stop_requested = True
+                self.launcher_lives = True
             elif msg is ControlMessage.PREEMPT:
                 self.forward_preempt()
             elif msg is ControlMessage.STACKS:

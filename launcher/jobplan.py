@@ -186,6 +186,9 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = AtLaunch.JOB_DIR,
         jd = host_job_dir(host, job_dir)
         cwd = launch_folder(cluster, host, launch_dir)
         table_path = os.path.join(jd, jobfiles.RANK_TABLE_FILE) if cluster.uses_rank_table else None
+        # in-memory snapshots: named from the job folder as the launcher sees it (it removes them)
+        snapshots = (jobfiles.snapshot_dir(job_dir, host.address) if not preview and cluster.builtin_trainer
+                     and cluster.train_config.snapshot_every_steps not in (0, None) else "")
 
         def launcher_env(name: str, ours: bool) -> dict[str, str]:
             env = {RESTART_COUNT_ENV: str(attempt), ERROR_FILE_ENV: jobfiles.error_file(jd, name, attempt),
@@ -197,6 +200,8 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = AtLaunch.JOB_DIR,
                 env[BEAT_INTERVAL_ENV] = f"{cluster.watchdog.beat_interval:g}"
                 env[STACK_FILE_ENV] = jobfiles.faulthandler_file(jd, name, attempt)
             env.update(backend_timeouts(cluster))
+            if snapshots:
+                env[jobfiles.SNAPSHOT_DIR_ENV] = snapshots
             if ours and "GLOG_v" not in cluster.env_dict():
                 env["GLOG_v"] = QUIET_GLOG_V  # our programs log MindSpore's errors only, unless env: says
             return env
@@ -225,7 +230,8 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = AtLaunch.JOB_DIR,
         agents.append(AgentSpec(host=host.address, job_dir=jd, processes=tuple(procs), files=tuple(files),
                                 grace_period=grace_period, attempt=attempt, bind_cores=cluster.bind_cores,
                                 keepalive_interval=cluster.ssh.keepalive_interval,
-                                keepalive_count=cluster.ssh.keepalive_count, stack_tool=cluster.watchdog.stacks))
+                                keepalive_count=cluster.ssh.keepalive_count, stack_tool=cluster.watchdog.stacks,
+                                snapshot_dir=snapshots))
     return JobPlan(cluster=cluster, placement=placement, job_dir=job_dir, attempt=attempt, agents=tuple(agents))
 
 

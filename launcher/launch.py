@@ -31,6 +31,7 @@ from launcher.ranktable import build_rank_table, discover_device_ips, dump_rank_
 from launcher.report import RankFailure, format_failures, order_failures
 from launcher.slurm.allocation import SlurmError
 from launcher.slurm.batch import SBATCH_SCRIPT
+from launcher import snapshots
 from launcher.spec import Backend, ClusterSpec, HostSpec, Plan
 from launcher.supervisor import AttemptResult, LogSink, Supervisor, console_levels
 from mscluster import jobfiles
@@ -86,13 +87,16 @@ class AttemptRecord:
     # and until every rank had reported its first step
     started_s: Optional[float] = None
     first_progress_s: Optional[float] = None
-    # where a failure's time went (launcher.launch.with_recovery): the teardown (its start to every
-    # agent gone), the restart (this attempt's end to the next one's start: back-off, planning), the
-    # next attempt's start to its first step, and where its training state came from (disk | memory)
+    # where a failure's time went (launcher.launch.with_recovery, on the failed attempt's record): the
+    # teardown (its start to every agent gone), the restart (this attempt's end to the next one's start:
+    # back-off, planning), the next attempt's start to its first step
     teardown_s: Optional[float] = None
     restart_s: Optional[float] = None
     resume_first_step_s: Optional[float] = None
+    # where this attempt's training state came from (memory: a host's in-memory snapshot; disk: the
+    # newest good checkpoint; none or None: a fresh start), and its step
     state_from: Optional[str] = None
+    resumed_step: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,27 +118,27 @@ class AttemptRecord:
                              started_s=number("started_s"), first_progress_s=number("first_progress_s"),
                              teardown_s=number("teardown_s"), restart_s=number("restart_s"),
                              resume_first_step_s=number("resume_first_step_s"),
-                             state_from=raw.get("state_from") if raw.get("state_from") in STATE_SOURCES else None)
+                             state_from=raw.get("state_from") if isinstance(raw.get("state_from"), str) else None,
+                             resumed_step=raw.get("resumed_step") if isinstance(raw.get("resumed_step"), int) else None)
 
 
-STATE_FROM_DISK = "disk"  # the restart resumed from the checkpoint on disk
-STATE_FROM_MEMORY = "memory"  # from a host's in-memory snapshot
-STATE_SOURCES = (STATE_FROM_DISK, STATE_FROM_MEMORY)
+STATE_FROM_DISK = "disk"  # a restart resumed from the newest good checkpoint on disk
+STATE_FROM_MEMORY = "memory"  # from a host's in-memory snapshot (trainer.snapshot.pick_source's words)
 
 
-def with_recovery(failed: AttemptRecord, started_at: float, first_step_at: Optional[float],
-                  state_from: str = STATE_FROM_DISK) -> AttemptRecord:
+def with_recovery(failed: AttemptRecord, started_at: float, first_step_at: Optional[float]) -> AttemptRecord:
     """The failed attempt's record once the next attempt has started (and reached its first step)."""
     failed_at = float((failed.root_cause or {}).get("time") or 0.0)
     return dataclasses.replace(
-        failed, state_from=state_from,
+        failed,
         restart_s=round(started_at - failed.ended_at, 3) if failed.ended_at is not None else None,
         resume_first_step_s=round(first_step_at - started_at, 3) if first_step_at is not None else None,
         recover_s=round(first_step_at - failed_at, 3) if first_step_at is not None and failed_at else failed.recover_s)
 
 
-def format_recovery(a: AttemptRecord) -> Optional[str]:
-    """One line of where a failure's time went (None for an attempt that did not fail)."""
+def format_recovery(a: AttemptRecord, recovery: Optional[AttemptRecord] = None) -> Optional[str]:
+    """One line of where a failure's time went (None for an attempt that did not fail); ``recovery``:
+    the attempt that followed it, which says where its state came from."""
     if a.root_cause is None:
         return None
     parts = [f"{label} {value:.1f} s" for label, value in (
@@ -142,10 +146,17 @@ def format_recovery(a: AttemptRecord) -> Optional[str]:
         ("first step", a.resume_first_step_s), ("back in", a.recover_s)) if value is not None]
     if a.steps_lost is not None:
         parts.append(f"{a.steps_lost} step(s) lost")
-    if a.state_from:
-        parts.append(f"state from {a.state_from}")
+    if recovery is not None and recovery.state_from:
+        parts.append(f"state from {recovery.state_from}"
+                     + (f" (step {recovery.resumed_step})" if recovery.resumed_step is not None else ""))
     return f"mscluster: attempt {a.attempt}'s failure ({a.root_cause.get('name')} on {a.root_cause.get('host')}): " \
            + (", ".join(parts) if parts else "no timings")
+
+
+def recovery_lines(attempts: Sequence[AttemptRecord]) -> list[str]:
+    """``format_recovery`` of every failed attempt, each with the attempt that followed it."""
+    return [line for i, a in enumerate(attempts)
+            if (line := format_recovery(a, attempts[i + 1] if i + 1 < len(attempts) else None)) is not None]
 
 
 @dataclass
@@ -423,8 +434,16 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}"
                       + (f"; {hosts.where}: " + ", ".join(h.label for h in cluster.hosts) if hosts.where else ""))
-        return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep,
-                             preflight_s=preflight_s, preempt=request.preempt)
+        keeper = snapshots.keeper_for(cluster.train_config if cluster.builtin_trainer else None, job_dir,
+                                      [h.address for h in cluster.hosts], executors,
+                                      lambda h: host_python(cluster, next(x for x in cluster.hosts if x.address == h)),
+                                      jobfiles.checkpoints_dir(job_dir))
+        try:
+            return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep,
+                                 preflight_s=preflight_s, preempt=request.preempt, keeper=keeper)
+        finally:  # the job's end, however it ended: no snapshot memory is left on any host
+            if keeper is not None:
+                keeper.remove()
     finally:
         hosts.close()
         if lock is not None:
@@ -476,7 +495,8 @@ def _since(start: Optional[float], end: Optional[float]) -> Optional[float]:
 def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], job_dir: str,
                   executors: Mapping[str, Executor], launch_dir: str, console: Optional[TextIO],
                   sleep: Callable[[float], None], preflight_s: Optional[float] = None,
-                  preempt: Optional[threading.Event] = None) -> JobResult:
+                  preempt: Optional[threading.Event] = None,
+                  keeper: Optional[snapshots.Keeper] = None) -> JobResult:
     by_host = {h.address: h for h in cluster.hosts}
     result = JobResult(status=JobState.FAILED, exit_code=1, job_dir=os.path.abspath(job_dir), preflight_s=preflight_s)
     # a job continued by hand goes on numbering its attempts: logs get a separator, nothing is overwritten
@@ -498,6 +518,18 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 result.status, result.exit_code = JobState.INTERRUPTED, 130
                 result.interrupted_by = interrupt_signal(exc)
                 break
+        restored = None
+        if keeper is not None and attempt == first:  # a job continued by hand: no state of an earlier launch
+            keeper.remove()
+        if keeper is not None and attempt > first:  # every host gets the newest snapshot any host kept
+            restored = keeper.prepare_restart()
+            _say(console, f"mscluster: resuming from the {restored.state_from} state of step {restored.step}"
+                          + (f" (kept by {restored.host})" if restored.host else ""))
+            before = result.attempts[-1] if result.attempts else None
+            if before is not None and before.root_cause and isinstance(before.root_cause.get("last_step"), int) \
+                    and restored.step is not None:  # the steps lost are those after the state resumed
+                result.attempts[-1] = dataclasses.replace(
+                    before, steps_lost=max(before.root_cause["last_step"] - restored.step, 0))
         try:
             job = plan_attempt(attempt)
         except HostUnreachable as exc:  # the first host went away between attempts
@@ -518,7 +550,10 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                 agent_env=lambda h: {"MSCLUSTER_JOB_DIR": job.agent(h).job_dir} if by_host[h].is_local else {},
                                 sink=sink, attempt=attempt, watch=cluster.watchdog, preempt=preempt)
         attempt_result = supervisor.run()
-        state_from = STATE_FROM_DISK  # where this attempt's training state came from (a restart's: disk today)
+        # where this attempt's training state came from: a snapshot or checkpoint the keeper chose, else a
+        # restart of the built-in trainer resumes from the newest good checkpoint on disk
+        state_from = restored.state_from if restored else (
+            STATE_FROM_DISK if attempt > first and cluster.builtin_trainer else None)
         result.failures.extend(attempt_result.failures)
         ordered = order_failures(attempt_result.failures)
         root = ordered[0].to_dict() if ordered else None
@@ -530,7 +565,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
             root["last_step"] = attempt_result.last_step
         if result.attempts and result.attempts[-1].root_cause:  # this attempt is the previous one's recovery
             result.attempts[-1] = with_recovery(result.attempts[-1], attempt_result.started_at,
-                                                attempt_result.first_step_at, state_from)
+                                                attempt_result.first_step_at)
         result.attempts.append(AttemptRecord(attempt=attempt, ok=attempt_result.ok, started_at=attempt_result.started_at,
                                              ended_at=attempt_result.ended_at, interrupted=attempt_result.interrupted,
                                              interrupted_by=attempt_result.interrupted_by,
@@ -541,7 +576,9 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                              first_progress_s=_since(attempt_result.started_at,
                                                                      attempt_result.all_progress_at),
                                              teardown_s=_since(attempt_result.stopped_at, attempt_result.ended_at)
-                                             if root is not None else None))
+                                             if root is not None else None,
+                                             state_from=state_from,
+                                             resumed_step=restored.step if restored else None))
         result.restarts = attempt - first
         if attempt_result.eval:
             result.eval = attempt_result.eval

@@ -94,6 +94,7 @@ class AgentSpec:
     keepalive_interval: float = 0.0  # > 0: beat to the launcher this often, and expect its beats
     keepalive_count: int = 3  # its beats missed before the agent stops its processes on its own
     stack_tool: str = "auto"  # py-spy | faulthandler | auto (py-spy, else faulthandler)
+    snapshot_dir: str = ""  # the host's in-memory snapshot folder: removed if the launcher dies ("" = none)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

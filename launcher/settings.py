@@ -473,7 +473,9 @@ def _train_setting(field: dataclasses.Field, hint: Any) -> Setting:
     low = 0 if name in train_config.POSITIVE or name in train_config.NON_NEGATIVE else None
     high = train_config.UPPER[name][0] if name in train_config.UPPER else None
     kind: Kind
-    if name in train_config.CHOICES:
+    if name == "snapshot_every_steps":  # trainer/config.py's _snapshot_every
+        kind = AnyOf((Integer(0, train_config.MAX_SNAPSHOT_EVERY), Const(train_config.SNAPSHOT_AUTO)))
+    elif name in train_config.CHOICES:
         kind = Words(train_config.CHOICES[name])
     elif base is bool:
         kind = Bool()

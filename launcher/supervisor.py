@@ -204,6 +204,10 @@ class Supervisor:
         logger.warning("stopping every rank: %s", why)
         for host in self.hosts.values():
             if host.session is not None:
+                try:  # said before the EOF: a stop asked for, the launcher lives (an EOF alone: it died)
+                    host.session.write(encode_control(ControlMessage.STOP))
+                except Exception:  # noqa: BLE001 - the EOF below still stops it
+                    pass
                 host.session.close_stdin()
 
     def _finish_leftovers(self) -> None:

@@ -101,3 +101,31 @@ def checkpoints_dir(job_dir: str) -> str:
 
 def tensorboard_dir(job_dir: str, rank: int) -> str:
     return os.path.join(job_dir, TENSORBOARD_DIR, f"rank_{rank}")
+
+
+# -- in-memory snapshots (train: snapshot_every_steps) --------------------------------------------
+SNAPSHOT_DIR_ENV = "MSCLUSTER_SNAPSHOT_DIR"  # the host's snapshot folder, set by the launcher for every rank
+SNAPSHOT_ROOT = "/dev/shm"  # tmpfs: memory that outlives a rank, and goes with a reboot
+SNAPSHOT_PREFIX = "mscluster-"
+
+
+def snapshot_dir(job_dir: str, host: str, root: str = SNAPSHOT_ROOT) -> str:
+    """The job-owned tmpfs folder that keeps ``host``'s newest in-memory snapshot.
+
+    ``mscluster-<job id>-<host>``: the job id is the job folder's name (letters, digits, ``._-``
+    kept) and 12 hex of its absolute path's SHA-256, so two jobs never share a folder and the
+    launcher, the agents and the ranks name it alike from what each already has.
+    """
+    import hashlib
+
+    absolute = os.path.abspath(job_dir)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(absolute.rstrip("/")))[:64]
+    digest = hashlib.sha256(absolute.encode()).hexdigest()[:12]
+    safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:64]
+    return os.path.join(root, f"{SNAPSHOT_PREFIX}{name}-{digest}-{safe_host}")
+
+
+def is_snapshot_dir(path: str) -> bool:
+    """Whether ``path`` is a snapshot folder's name under the tmpfs root (nothing else is ever removed)."""
+    return (os.path.dirname(path) == SNAPSHOT_ROOT and os.path.basename(path).startswith(SNAPSHOT_PREFIX)
+            and ".." not in os.path.basename(path))

@@ -124,7 +124,7 @@ def _output_to_job_dir(job_dir: str) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from launcher.launch import LaunchRequest, format_recovery, launch
+    from launcher.launch import LaunchRequest, launch, recovery_lines
     from launcher.lifecycle import Interrupted
     from launcher.report import format_failures
 
@@ -158,7 +158,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         failures = [f for f in result.failures if f.attempt == last] or result.failures
         print(format_failures(failures, f"mscluster: job {result.status}"
                               + (f" after {result.restarts} restart(s)" if result.restarts else "")), file=sys.stderr)
-    for line in filter(None, map(format_recovery, result.attempts)):  # where each failure's time went
+    for line in recovery_lines(result.attempts):  # where each failure's time went
         print(line, file=sys.stderr)
     print(f"  checkpoints: {os.path.join(where, 'checkpoints')}\n"
           f"  logs:        {os.path.join(where, 'logs')}\n"

@@ -28,7 +28,14 @@ What is measured:
   the new attempt (its first step, including graph compilation). ``death_to_first_step_s`` is the
   figure users feel.
 
-Usage: .venv/bin/python scripts/bench_resume.py [--quick] [--only save,recovery] [--rounds N]
+- ``snapshots``: ResNet-18 w16 and ResNet-50 (32x32, batch 16 per rank, 2 ranks on this host):
+  rank 1 SIGKILLed after step 50 with no disk checkpoint since the start, once with
+  ``snapshot_every_steps: auto`` and once without snapshots. Per run: the interval auto picked and
+  the stall it measured (rank 0's ``snapshots:`` lines), where the state came from and its step, the
+  steps lost (result.json), the seconds from the death to the first resumed step and to step 50
+  reached again.
+
+Usage: .venv/bin/python scripts/bench_resume.py [--quick] [--only save,recovery,snapshots] [--rounds N]
 The default run takes about 3 minutes here; --quick (small config only, shorter launch) about 1.5.
 """
 from __future__ import annotations
@@ -49,7 +56,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-SECTIONS = ("save", "recovery")
+SECTIONS = ("save", "recovery", "snapshots")
 CIFAR_TRAIN_IMAGES = 50_000
 SHARE_TARGET_PCT = 1.0
 NETS = {
@@ -226,6 +233,82 @@ def bench_recovery(work: str, data_dir: str, fail_step: int, steps: int) -> dict
     }
 
 
+# -- in-memory snapshots vs the disk checkpoint (train: snapshot_every_steps) ---------------------
+
+SNAP_NETS = {
+    "resnet18_w16_32px": {"arch": "resnet18", "stem": "cifar", "width": 16},
+    "resnet50_32px": {"arch": "resnet50", "stem": "imagenet", "width": 64},
+}
+
+
+def _launch_marks(work: str, train: dict[str, Any], fail_step: int) -> dict[str, Any]:
+    """One 2-rank launch whose rank 1 dies by SIGKILL after ``fail_step``; marks from the output lines."""
+    import yaml
+
+    cluster = {"name": "bench-snap", "backend": "cpu", "workdir": os.path.join(work, "runs"),
+               "hosts": [{"address": "localhost", "devices": 2}], "restarts": 1,
+               "env": {"MS_TOPO_TIMEOUT": "60", "GLOG_v": "3"},
+               "train": {**train, "debug_fail_rank": 1, "debug_fail_step": fail_step, "debug_fail_signal": 9,
+                         "debug_fail_attempt": 0}}
+    path = os.path.join(work, "cluster.yaml")
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(cluster, handle)
+    job = os.path.join(work, "job")
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "mscluster_cli", "launch", path, "--job-dir", job], cwd=work,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                 "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    marks: dict[str, float] = {}
+    lines: dict[str, str] = {}
+    tail: list[str] = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        now = time.monotonic() - started
+        tail = (tail + [line.rstrip()])[-40:]
+        if "[localhost:0] snapshots: every" in line and "restart" not in marks:
+            lines["auto"] = line.split("] ", 1)[1].strip()
+        if "[localhost:0] snapshots:" in line and " taken," in line:
+            lines["summary"] = line.split("] ", 1)[1].strip()
+        if line.startswith("mscluster: restart 1 of 1"):
+            marks["restart"] = now
+        elif "restart" in marks:
+            if "first_step" not in marks and re.match(r"^\[localhost:0\] .*global_step=(\d+) ", line):
+                marks["first_step"] = now
+            if re.match(rf"^\[localhost:0\] .*global_step={fail_step} ", line):
+                marks["regained"] = now
+    code = proc.wait()
+    if code != 0 or not {"restart", "first_step", "regained"} <= set(marks):
+        return {"error": f"launch exited {code}; marks {marks}", "output_tail": tail}
+    result = json.load(open(os.path.join(job, "result.json"), encoding="utf-8"))
+    first, second = result["attempts"][:2]
+    return {"state_from": second.get("state_from"), "resumed_step": second.get("resumed_step"),
+            "steps_lost": first.get("steps_lost"),
+            # the launcher's own figure: the root cause's time to the next attempt's first step
+            "death_to_first_resumed_step_s": first.get("recover_s"),
+            "death_to_killed_step_again_s": round(first["recover_s"] + marks["regained"] - marks["first_step"], 2)
+            if first.get("recover_s") is not None else None,
+            "restart_notice_to_first_resumed_step_s": round(marks["first_step"] - marks["restart"], 2),
+            "auto": lines.get("auto"), "stall_summary": lines.get("summary"),
+            "launch_total_s": round(time.monotonic() - started, 1)}
+
+
+def bench_snapshots(work: str, data_dir: str, fail_step: int, nets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per net: rank 1 SIGKILLed ``fail_step`` steps after the last disk checkpoint (the start: none is
+    written before), once with ``snapshot_every_steps: auto``, once without snapshots."""
+    out: dict[str, Any] = {}
+    for name, spec in nets.items():
+        train = {"data_dir": data_dir, **spec, "image_size": 32, "batch_size": 16, "epochs": 1,
+                 "steps_per_epoch": fail_step + 4, "save_every_steps": 0, "save_every_epochs": 1, "lr": 0.01,
+                 "momentum": 0.9, "log_every_steps": 1, "eval_every_epochs": 0, "tensorboard": False}
+        row: dict[str, Any] = {}
+        for mode, every in (("memory", "auto"), ("disk", 0)):
+            folder = os.path.join(work, f"{name}-{mode}")
+            os.makedirs(folder)
+            row[mode] = _launch_marks(folder, {**train, "snapshot_every_steps": every}, fail_step)
+        out[name] = row
+    return out
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -269,6 +352,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             os.makedirs(work)
             report["recovery"] = bench_recovery(work, data, fail_step=5 if args.quick else 7,
                                                 steps=8 if args.quick else 12)
+        if "snapshots" in only:
+            from trainer.standin import make_digits_standin
+
+            data = make_digits_standin(os.path.join(tmp, "data-snap")).dir
+            work = os.path.join(tmp, "snapshots")
+            os.makedirs(work)
+            nets = {k: v for k, v in SNAP_NETS.items() if not args.quick or k.startswith("resnet18")}
+            report["snapshots"] = bench_snapshots(work, data, fail_step=50, nets=nets)
     report["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     report["bench_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(report, indent=2))

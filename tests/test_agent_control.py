@@ -94,3 +94,34 @@ def test_every_control_word_round_trips():
         decode_control("reboot")
     reader = ControlReader()
     assert reader.feed(b"x" * 5000) and reader.feed(b"stop\n") == [ControlMessage.STOP]  # garbage is not kept
+
+
+@pytest.mark.parametrize("words,removed", [(b"", True), (b"stop\n", False)])
+def test_an_eof_without_a_stop_first_means_the_launcher_died_and_removes_the_snapshot(tmp_path, words, removed):
+    """A living launcher says ``stop`` before its EOF (a restart follows: the snapshot is kept);
+    an EOF alone is its death: the agent removes its host's snapshot folder when its processes are gone."""
+    import selectors
+    import shutil
+
+    from mscluster.jobfiles import snapshot_dir
+
+    folder = snapshot_dir(str(tmp_path / "job"), "h")
+    os.makedirs(folder)
+    read_fd, write_fd = os.pipe()
+    try:
+        agent = Agent(AgentSpec(host="h", job_dir=str(tmp_path / "job"), processes=(), snapshot_dir=folder),
+                      io.BytesIO(), read_fd)
+        os.write(write_fd, words)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        agent.selector.register(read_fd, selectors.EVENT_READ, None)
+        for _ in range(3):  # the words, then the EOF
+            if read_fd in agent.selector.get_map():
+                agent._read_stdin()
+        assert agent.stop_requested and agent.launcher_gone is removed
+        if agent.launcher_gone:  # what run() does once the host's processes are gone
+            agent.remove_snapshots()
+        assert os.path.isdir(folder) is not removed
+    finally:
+        os.close(read_fd)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -7,7 +7,7 @@ state came from are in the record (and so in ``result.json``), survive a round t
 """
 from __future__ import annotations
 
-from launcher.launch import STATE_FROM_DISK, AttemptRecord, format_recovery, with_recovery
+from launcher.launch import STATE_FROM_DISK, AttemptRecord, format_recovery, recovery_lines, with_recovery
 
 
 def _failed() -> AttemptRecord:
@@ -19,16 +19,19 @@ def _failed() -> AttemptRecord:
 def test_a_restart_fills_in_where_the_failures_time_went():
     record = with_recovery(_failed(), started_at=1025.0, first_step_at=1034.5)
     assert (record.restart_s, record.resume_first_step_s, record.recover_s) == (5.0, 9.5, 34.5)
-    assert record.state_from == STATE_FROM_DISK
     assert AttemptRecord.from_dict(record.to_dict()) == record
-    assert format_recovery(record) == (
-        "mscluster: attempt 0's failure (rank1 on h1): detected in 16.0 s, teardown 4.0 s, restart 5.0 s, "
-        "first step 9.5 s, back in 34.5 s, 3 step(s) lost, state from disk")
+    recovery = AttemptRecord(attempt=1, ok=True, state_from=STATE_FROM_DISK, resumed_step=40)
+    assert AttemptRecord.from_dict(recovery.to_dict()) == recovery
+    line = ("mscluster: attempt 0's failure (rank1 on h1): detected in 16.0 s, teardown 4.0 s, restart 5.0 s, "
+            "first step 9.5 s, back in 34.5 s, 3 step(s) lost, state from disk (step 40)")
+    assert format_recovery(record, recovery) == line
+    assert recovery_lines([record, recovery]) == [line]
 
 
 def test_a_restart_that_never_stepped_keeps_what_is_known():
-    record = with_recovery(_failed(), started_at=1025.0, first_step_at=None, state_from="memory")
+    record = with_recovery(_failed(), started_at=1025.0, first_step_at=None)
     assert record.resume_first_step_s is None and record.recover_s is None and record.restart_s == 5.0
-    assert record.state_from == "memory"
-    assert AttemptRecord.from_dict({**record.to_dict(), "state_from": "tape"}).state_from is None
+    assert format_recovery(record).endswith("restart 5.0 s, 3 step(s) lost")  # no attempt after it: no source
+    assert AttemptRecord.from_dict({**record.to_dict(), "resumed_step": "x"}).resumed_step is None
     assert format_recovery(AttemptRecord(attempt=1, ok=True)) is None
+    assert recovery_lines([AttemptRecord(attempt=0, ok=True)]) == []

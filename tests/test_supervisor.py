@@ -224,7 +224,7 @@ def test_a_rank_failure_stops_the_others_and_is_the_root_cause(tmp_path):
     a.agent("host1").exit("rank3", 1)
     result = a.finish()
     assert result.state is AttemptState.FAILED
-    assert a.agent("host0").controls == ["EOF"]  # the other host was told to stop
+    assert a.agent("host0").controls == ["stop", "EOF"]  # the other host was told to stop (the word, then EOF: a launcher alive)
     root = order_failures(result.failures)[0]
     assert (root.name, root.host, root.exit_code, root.during_teardown) == ("rank3", "host1", 1, False)
     assert "ValueError: bad batch" in root.message + "".join(root.traceback_tail)
@@ -293,7 +293,7 @@ def test_an_interrupt_names_its_signal(tmp_path, caplog, exc, reason, signame):
     assert result.state is AttemptState.INTERRUPTED and result.interrupted_by == signame
     status = a.status()
     assert status["state"] == "interrupted" and status["interrupted_by"] == signame
-    assert all(a.agent(h).controls == ["EOF"] for h in a.specs)
+    assert all(a.agent(h).controls == ["stop", "EOF"] for h in a.specs)
 
 
 def _step(a: Attempt, host: str, name: str, step: int) -> None:
@@ -403,7 +403,7 @@ def test_preemption_with_no_rank_leaving_stops_after_the_wait(tmp_path):
     a.drive(PREEMPT_WAIT_S - 1)
     assert a.sup.state is AttemptState.RUNNING
     a.drive(2.0)
-    assert a.agent("host0").controls == ["preempt", "EOF"]
+    assert a.agent("host0").controls == ["preempt", "stop", "EOF"]
     assert a.finish().state is AttemptState.PREEMPTED
 
 
@@ -460,7 +460,7 @@ def test_a_sigkilled_rank_is_the_root_cause_by_its_signal(tmp_path):
     result = a.finish()
     root = order_failures(result.failures)[0]
     assert (root.name, root.signal, root.outcome(), root.during_teardown) == ("rank1", "SIGKILL", "SIGKILL", False)
-    assert a.agent("host1").controls == ["EOF"]
+    assert a.agent("host1").controls == ["stop", "EOF"]
 
 
 @pytest.mark.parametrize("finished_first", [True, False])
@@ -503,7 +503,7 @@ def test_an_agent_that_cannot_start_fails_the_attempt_naming_its_host(tmp_path):
     assert result.state is AttemptState.FAILED
     root = order_failures(result.failures)[0]
     assert root.host == "host1" and root.name == "agent" and "could not start the agent on host1" in root.message
-    assert executors["host0"].agent.controls == ["EOF"]
+    assert executors["host0"].agent.controls == ["stop", "EOF"]
 
 
 def test_run_starts_agents_in_threads_and_returns_the_end(tmp_path):

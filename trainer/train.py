@@ -82,11 +82,13 @@ def _decayed_params(net) -> list[dict[str, Any]]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}, {"order_params": net.trainable_params()}]
 
 
-def resolve_resume(cfg: TrainConfig, ckpt_dir: str) -> Optional[tuple[str, ckpt.CheckpointMeta]]:
+def resolve_resume(cfg: TrainConfig, ckpt_dir: str,
+                   snapshot_dir: Optional[str] = None) -> Optional[tuple[str, ckpt.CheckpointMeta]]:
     """The checkpoint to resume from, per ``cfg.resume``; None to start fresh.
 
-    ``auto`` takes the newest checkpoint that verifies and names every newer one it skipped;
-    an explicit path that fails verification is an error.
+    ``auto`` takes the newest checkpoint that verifies and names every newer one it skipped; the
+    host's in-memory snapshot (``snapshot_dir``) wins when it is at least as new
+    (``trainer.snapshot.pick_source``). An explicit path that fails verification is an error.
     """
     if cfg.resume == "none":
         if ckpt.list_checkpoints(ckpt_dir):  # never overwrite or prune an earlier run's checkpoints
@@ -97,6 +99,14 @@ def resolve_resume(cfg: TrainConfig, ckpt_dir: str) -> Optional[tuple[str, ckpt.
         path, meta, skipped = ckpt.latest_good(ckpt_dir)
         for bad, why in skipped:
             logger.warning("skipping checkpoint %s: %s", bad, why)
+        if snapshot_dir:
+            from trainer.snapshot import pick_source
+
+            mem_path, mem_meta, bad_mem = ckpt.latest_good(snapshot_dir)
+            for bad, why in bad_mem:
+                logger.warning("skipping snapshot %s: %s", bad, why)
+            if pick_source(mem_meta.global_step if mem_meta else None, meta.global_step if meta else None) == "memory":
+                return mem_path, mem_meta
         return (path, meta) if path else None
     try:
         return cfg.resume, ckpt.verify(cfg.resume)
@@ -172,13 +182,21 @@ class _Run:
     sink: bool = False  # steps run in sinks (sink_mode)
 
 
+def snapshot_folder(cfg: TrainConfig, environ: Mapping[str, str]) -> Optional[str]:
+    """This host's in-memory snapshot folder (set by the launcher), when snapshots are on."""
+    from mscluster.jobfiles import SNAPSHOT_DIR_ENV
+
+    return (environ.get(SNAPSHOT_DIR_ENV) or None) if cfg.snapshot_every_steps not in (0, None) else None
+
+
 def _resume_position(cfg: TrainConfig, info: RankInfo, ckpt_dir: str,
-                     fingerprint: Mapping[str, Any]) -> tuple[Optional[str], Position]:
+                     fingerprint: Mapping[str, Any],
+                     environ: Mapping[str, str] = {}) -> tuple[Optional[str], Position]:  # noqa: B006 - read only
     """Step 1: the checkpoint to resume from (or None) and where training starts, the same on every rank.
 
     Decided before anything is built, so an incompatible checkpoint changes nothing.
     """
-    resume = resolve_resume(cfg, ckpt_dir)
+    resume = resolve_resume(cfg, ckpt_dir, snapshot_folder(cfg, environ))
     start = Position()
     path = None
     if resume is not None:
@@ -314,10 +332,45 @@ def _model_and_optimizer(cfg: TrainConfig, info: RankInfo, data_dir: str, start:
 class _Checkpointing:
     """Step 3: rank 0's checkpoints (atomic, in the background), each reported to the launcher."""
 
-    def __init__(self, cfg: TrainConfig, info: RankInfo, run: _Run, ckpt_dir: str, fingerprint: Mapping[str, Any]):
+    def __init__(self, cfg: TrainConfig, info: RankInfo, run: _Run, ckpt_dir: str, fingerprint: Mapping[str, Any],
+                 snapshot_dir: Optional[str] = None):
         self.cfg, self.info, self.run, self.fingerprint = cfg, info, run, fingerprint
         self.writer = ckpt.CheckpointWriter(ckpt_dir, cfg.keep_max, background=cfg.async_save,
                                             pause_mid_write=faults.save_pause_s(cfg, info), on_saved=self._saved)
+        # in-memory snapshots: the host's local rank 0 writes them (every rank holds the same state)
+        self.snapshots: Optional[ckpt.CheckpointWriter] = None
+        if snapshot_dir and info.local_rank == 0:
+            self.snapshots = ckpt.CheckpointWriter(snapshot_dir, 1, background=True, on_saved=self._snapshot_saved)
+        self.snapshot_write_s = 0.0
+
+    def _snapshot_saved(self, path: str, meta: ckpt.CheckpointMeta, seconds: float) -> None:
+        self.snapshot_write_s = seconds
+        logger.info("snapshot %s at global step %d written in %.3f s", path, meta.global_step, seconds)
+
+    def snapshot(self, epoch: int, step_in_epoch: int, global_step: int, synced: bool = False) -> float:
+        """Every rank: average the BatchNorm statistics, then the host's local rank 0 hands a copy of the
+        state to its snapshot writer. Returns the seconds the training step was held up."""
+        import mindspore as ms
+
+        t0 = time.perf_counter()
+        if not synced:
+            sync_batchnorm_stats(self.run.net, self.info.world_size)
+        if self.snapshots is not None:
+            cfg = self.cfg
+            fields = dict(epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step,
+                          dataset_seed=cfg.seed, fingerprint=self.fingerprint, config=cfg.to_dict(),
+                          class_names=self.run.class_names, metrics={})
+            append = {"epoch": epoch, "step_in_epoch": step_in_epoch, "dataset_seed": cfg.seed,
+                      "fingerprint": TrainConfig.fingerprint_hash(self.fingerprint)}
+            source = _snapshot(self.run.model.train_network)
+            self.snapshots.submit(lambda p: ms.save_checkpoint(source, p, append_dict=append), fields)
+        return time.perf_counter() - t0
+
+    def wait_snapshot(self) -> float:
+        """Wait for the snapshot write in flight; the seconds the last one took (0 on other ranks)."""
+        if self.snapshots is not None:
+            self.snapshots.wait()
+        return self.snapshot_write_s
 
     @staticmethod
     def _saved(path: str, meta: ckpt.CheckpointMeta, seconds: float) -> None:
@@ -414,7 +467,7 @@ def _train_epoch(run: _Run, info: RankInfo, dataset, steps: int, callbacks: list
 
 
 def _epoch_loop(cfg: TrainConfig, info: RankInfo, run: _Run, start: Position, saver: _Checkpointing,
-                monitor, callbacks: list) -> TrainResult:
+                monitor, callbacks: list, snapshots=None) -> TrainResult:
     """Step 4: the epochs from the resume position; per epoch: train, BatchNorm sync, evaluate, checkpoint."""
     result = TrainResult(rank=info.rank, world_size=info.world_size, global_step=start.global_step)
     eval_ds = None
@@ -433,6 +486,8 @@ def _epoch_loop(cfg: TrainConfig, info: RankInfo, run: _Run, start: Position, sa
         metrics, eval_ds = _evaluate(cfg, info, run, epoch, eval_ds, monitor)
         if metrics:
             result.eval = metrics
+        if snapshots is not None and epoch + 1 < cfg.epochs:  # statistics already averaged just above
+            snapshots.at_epoch_end(epoch + 1, monitor.global_step)
         last = epoch + 1 == cfg.epochs
         saved = None
         if info.rank == 0 and (last or (cfg.save_every_epochs and (epoch + 1) % cfg.save_every_epochs == 0)):
@@ -463,12 +518,12 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
     where = paths(cfg, info.rank)
     fingerprint = cfg.fingerprint(info.world_size)
 
-    resume_path, start = _resume_position(cfg, info, where["checkpoints"], fingerprint)
+    resume_path, start = _resume_position(cfg, info, where["checkpoints"], fingerprint, environ)
     run = _model_and_optimizer(cfg, info, data_dir, start)
     if resume_path is not None:
         _load_state(run.model.train_network, resume_path, start.global_step if start.renumbered else None)
         emit(f"resumed from {resume_path} epoch={start.epoch} step={start.step_in_epoch}")
-    saver = _Checkpointing(cfg, info, run, where["checkpoints"], fingerprint)
+    saver = _Checkpointing(cfg, info, run, where["checkpoints"], fingerprint, snapshot_folder(cfg, environ))
 
     from trainer.callbacks import PreemptCheckpointer, StepCheckpointer, StepMonitor
 
@@ -477,15 +532,25 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
     callbacks: list = [monitor, *faults.fault_callbacks(cfg, info, monitor)]
     if cfg.save_every_steps:
         callbacks.append(StepCheckpointer(monitor, cfg.save_every_steps, run.per_epoch, saver.save_mid_epoch))
+    snapshots = None
+    if snapshot_folder(cfg, environ):
+        from trainer.snapshotting import Snapshotter
+
+        snapshots = Snapshotter(monitor, cfg.snapshot_every_steps, info, run.per_epoch, saver.snapshot,
+                                saver.wait_snapshot, lambda n: max(all_gather_counts(info, n)))
+        callbacks.append(snapshots)
     if info.rank == 0:
         callbacks.append(PreemptCheckpointer(monitor, run.per_epoch,
                                              lambda e, s, g: saver.leave_preempted(e, s, g, monitor)))
     try:
-        result = _epoch_loop(cfg, info, run, start, saver, monitor, callbacks)
-        saver.writer.wait()  # the final checkpoint is complete (renamed, sidecar written) before the rank ends
+        result = _epoch_loop(cfg, info, run, start, saver, monitor, callbacks, snapshots)
+        saver.writer.wait()
+        saver.wait_snapshot()  # the final checkpoint is complete (renamed, sidecar written) before the rank ends
         barrier(info)  # rank 0 may still be evaluating; leaving before it would break its last collective
     finally:
         monitor.close()
+    if snapshots is not None and info.rank == 0 and snapshots.summary(result.global_step - start.global_step):
+        emit(snapshots.summary(result.global_step - start.global_step))
     # every rank prints the digest of its weights: equal digests prove the ranks trained one model
     emit(f"final rank={info.rank} global_step={result.global_step} loss={result.last_loss} "
          f"weights_sha256={weights_digest(run.net)}")
