@@ -176,14 +176,14 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - any failure to start is this host's failure, reported once
             self.items.put((name, AgentGone(None, f"could not start the agent on {name}: {exc}")))
             return
-        host.session = session
-        try:
+        try:  # the spec is the session's first line: the session is shared (beats, stops) only after it
             session.write(host.spec.to_json() + "\n")
         except Exception as exc:  # noqa: BLE001 - reported once, by the EOF that follows
             host.start_error = f"could not start the agent on {name}: {exc}"
             session.kill()
             return
         host.heard_at = self.clock()
+        host.session = session
         if self.stopping:  # stop() ran before this session existed
             session.close_stdin()
 
@@ -239,8 +239,9 @@ class Supervisor:
         for host in sorted({h for h, _ in left}):
             names = ", ".join(n for h, n in left if h == host)
             logger.info("every rank has ended; stopping %s on %s", names, host)
-            self.sink.write(host, AGENT, f"mscluster: every rank has ended; stopping {names} on {host} "
-                                         "(a program that never joined the cluster leaves it waiting for workers)")
+            for proc_name in (n for h, n in left if h == host):  # said in its own log, where its lines stop
+                self.sink.write(host, proc_name, f"mscluster: every rank has ended and {proc_name} still runs "
+                                                 f"{LEFTOVER_WAIT_S:.0f} s later: stopping it")
             session = self.hosts[host].session
             if session is not None:
                 try:

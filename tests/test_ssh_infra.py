@@ -85,7 +85,7 @@ def test_ci_system_deps_script_finds_everything_installed():
     done = subprocess.run([str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     again = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
-    nothing = "ci_system_deps: nothing to do (sshd, ssh-keygen, ip, curl, pdsh, slurm, munge present)\n"
+    nothing = "ci_system_deps: nothing to do (sshd, ssh-keygen, ip, curl, pdsh, slurm, munge, chromium present)\n"
     assert (again.returncode, again.stdout) == (0, nothing)
 
 

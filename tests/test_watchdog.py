@@ -320,7 +320,7 @@ def test_with_defaults_a_long_save_is_no_stall_and_a_stopped_rank_is_frozen_with
     try:
         wait_for(lambda: rank_step(job, 1) >= 60, 120, what="rank 1 past the save, at step 60")
         status = json.load(open(os.path.join(job, "status.json")))
-        assert status["watchdog"]["limits"]["checkpoint"] == 105.0  # 3 x the 35 s it took
+        assert 105.0 <= status["watchdog"]["limits"]["checkpoint"] <= 110.0  # 3 x the 35 s (and a bit) it took
         assert status["watchdog"]["limits"]["step"] == watchdog.AUTO_FLOOR_S
         os.kill(status["processes"]["rank1"]["pid"], signal.SIGSTOP)
         frozen_at = time.time()
