@@ -4,10 +4,10 @@ Description: eight network-namespace hosts, each with its own sshd, address and 
 strictly (``tests/netns_util.py``). The ranks are ``tests/fleet_rank.py`` through ``command:``
 (``mscluster.rank``, no MindSpore), under ``backend: ascend`` with the device IPs in the file
 (``--skip-preflight``: the stand-in hosts have no NPU tools);
-the last test trains the built-in trainer with real MindSpore, one rank per host.
+the last test trains the built-in trainer with real MindSpore, one rank on each of 4 hosts.
 Expectation: the 64-rank job succeeds with every rank's steps in status and its lines in the logs;
 a rank failing on host 5 stops every rank on every host within seconds, is named as the root
-cause, and leaves nothing in any namespace; the 8-host MindSpore job ends with one set of weights.
+cause, and leaves nothing in any namespace; the 4-host MindSpore job ends with one set of weights.
 (How these figures grow to 64 hosts: ``scripts/bench_scale.py``.)
 """
 from __future__ import annotations
@@ -88,10 +88,11 @@ def test_a_rank_failing_on_host_5_stops_every_rank_on_every_host(fleet_hosts, tm
 
 
 @pytest.mark.mindspore
-def test_real_mindspore_on_8_hosts_ends_with_one_set_of_weights(fleet_hosts, tmp_path, cifar_dir):
+def test_real_mindspore_on_4_hosts_ends_with_one_set_of_weights(fleet_hosts, tmp_path, cifar_dir):
+    """Four of the eight: nine MindSpore processes (eight and the scheduler) would share 2 cores for a minute."""
     lab = fleet_hosts
     spec = lab.ssh_spec()
-    hosts = [{"address": h.address, "devices": 1} for h in lab.hosts]
+    hosts = [{"address": h.address, "devices": 1} for h in lab.hosts[:4]]
     cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=hosts, python=sys.executable,
                             train={"width": 4, "steps_per_epoch": 2, "batch_size": 8},
                             env={"MS_TOPO_TIMEOUT": "240"},

@@ -120,5 +120,8 @@ def test_launch_from_the_venv_without_mindspore_runs_a_two_host_job(login_venv, 
     digests = final_digests(job)
     assert sorted(digests) == sorted([f"{a}:0", f"{b}:1"]) and len(set(digests.values())) == 1, digests
     status = _mscluster(login_venv, "status", job, "--json", cwd=project)
-    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "succeeded", status.stdout + status.stderr
+    assert status.returncode == 0, status.stdout + status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["state"] == "succeeded", shown
+    assert {r["name"]: r["global_step"] for r in shown["ranks"] if r["rank"] is not None} == {"rank0": 4, "rank1": 4}
     assert job_processes(job) == []

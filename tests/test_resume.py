@@ -2,10 +2,11 @@
 
 Description: 2-rank ``mscluster launch`` jobs of a tiny ResNet-18 (3 epochs of 6 steps, a cosine
 schedule with warm-up, Momentum with weight decay, a checkpoint every 2 steps): one uninterrupted;
-one whose rank 1 SIGKILLs itself in epoch 2 and is restarted automatically; one whose rank 0 is
-SIGKILLed while a checkpoint is half-written; one that fails on every attempt. Then single-process
-``mscluster train`` runs against damaged and incompatible checkpoints.
-Expectation: both interrupted jobs end with checkpoints and weights bit-identical to the
+one whose rank 0 is SIGKILLed while a checkpoint is half-written and is restarted automatically;
+two (gradient accumulation k=4, sink mode) whose rank 1 SIGKILLs itself in epoch 2; one that fails
+on every attempt. Then single-process ``mscluster train`` runs against damaged and incompatible
+checkpoints.
+Expectation: the interrupted jobs end with checkpoints and weights bit-identical to the
 uninterrupted job's, with the same loss and learning rate at every step after the resume (MindSpore
 on CPU is bit-deterministic here: the largest difference measured is 0); a torn file is never
 loaded; a job out of restarts exits 1 with the table, records every failure and leaves no
@@ -85,74 +86,6 @@ def reference(tmp_path_factory, cifar_dir):
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, job
-
-
-@pytest.fixture(scope="module")
-def rank1_sigkilled(tmp_path_factory, cifar_dir):
-    """Rank 1 dies of SIGKILL after global step 11 (epoch 2) on the first attempt; restarts: 1."""
-    work = tmp_path_factory.mktemp("sigkill")
-    _, job, argv = _launch(work, cifar_dir, restarts=1,
-                           train={"debug_fail_rank": 1, "debug_fail_step": 11, "debug_fail_signal": 9,
-                                  "debug_fail_attempt": 0})
-    proc = subprocess.run(argv, cwd=str(work), capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return proc, job
-
-
-def test_resumed_job_ends_bit_identical_to_the_uninterrupted_one(reference, rank1_sigkilled):
-    ref, ref_job = reference
-    proc, job = rank1_sigkilled
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "after 1 restart(s)" in proc.stdout
-    result = json.load(open(os.path.join(job, "result.json")))
-    assert result["status"] == "succeeded" and result["restarts"] == 1
-    root = result["attempts"][0]["root_cause"]
-    assert (root["rank"], root["signal"], root["attempt"]) == (1, "SIGKILL", 0)
-    # it resumed mid-epoch 2 from the newest complete checkpoint (step 10, or step 8 had the
-    # background write of step 10 not finished when rank 0 was stopped)
-    resumed = re.findall(r"^\[localhost:(\d)\] resumed from (\S+) epoch=(\d+) step=(\d+)$", proc.stdout, re.M)
-    assert sorted(r[0] for r in resumed) == ["0", "1"], proc.stdout[-3000:]
-    assert {(os.path.basename(r[1]), r[2], r[3]) for r in resumed} <= {
-        ("ckpt_e0001_s000000010.ckpt", "1", "4"), ("ckpt_e0001_s000000008.ckpt", "1", "2")}
-    assert len({r[1] for r in resumed}) == 1
-
-    # every rank ends with the uninterrupted run's weights and BatchNorm statistics (the digest
-    # covers both): the ranks average their statistics at every checkpoint, so the one rank 0
-    # saved is what every rank held there
-    assert _finals(proc.stdout) == _finals(ref.stdout) and len(_finals(ref.stdout)) == 2
-    _assert_same_state(os.path.join(job, "checkpoints", FINAL), os.path.join(ref_job, "checkpoints", FINAL))
-
-
-def test_schedule_and_losses_continue_at_the_exact_step(reference, rank1_sigkilled):
-    ref, ref_job = reference
-    proc, job = rank1_sigkilled
-    for rank in (0, 1):
-        want = _steps(open(os.path.join(ref_job, "logs", f"rank_{rank}.log")).read())
-        assert [s for s, _, _ in want] == list(range(1, 3 * STEPS + 1))
-        first, second = open(os.path.join(job, "logs", f"rank_{rank}.log")).read().split(SEPARATOR)
-        before, after = _steps(first), _steps(second)
-        assert len(before) >= 10 and before == want[:len(before)]
-        start = after[0][0]
-        assert start in (9, 11)  # the step after the checkpoint it resumed from
-        # loss and learning rate at every later step, printed to 4 and 5 digits, as uninterrupted
-        assert after == want[start - 1:], f"rank {rank}"
-    for loss in (float(l) for _, l, _ in _steps(open(os.path.join(job, "logs", "rank_0.log")).read())):
-        assert np.isfinite(loss)
-
-
-def test_tensorboard_has_each_step_once_after_the_restart(reference, rank1_sigkilled):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    def losses(job):
-        acc = EventAccumulator(os.path.join(job, "tensorboard", "rank_0"), size_guidance={"scalars": 0})
-        acc.Reload()
-        return [(e.step, e.value) for e in acc.Scalars("train/loss")]
-
-    ref, ref_job = reference
-    proc, job = rank1_sigkilled
-    want = losses(ref_job)
-    assert [s for s, _ in want] == list(range(1, 3 * STEPS + 1))
-    assert losses(job) == want
 
 
 # -- the same with gradient accumulation: k = 4 micro-batches of 4 images per optimizer step ---------
@@ -252,7 +185,7 @@ def rank0_killed_mid_save(tmp_path_factory, cifar_dir):
     4 s half-way on the first attempt); restarts: 1."""
     work = tmp_path_factory.mktemp("midsave")
     _, job, argv = _launch(work, cifar_dir, restarts=1,
-                           train={"debug_pause_in_save": 4.0, "debug_fail_attempt": 0, "tensorboard": False})
+                           train={"debug_pause_in_save": 4.0, "debug_fail_attempt": 0})
     proc = subprocess.Popen(argv, cwd=str(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     watchdog = threading.Timer(600, kill_group, args=(proc,))
@@ -315,6 +248,37 @@ def test_kill_mid_save_keeps_the_previous_checkpoint_and_the_job_completes(rank0
     assert _finals(out) == _finals(ref.stdout)
     _assert_same_state(os.path.join(job, "checkpoints", FINAL), os.path.join(ref_job, "checkpoints", FINAL))
     assert job_processes(job) == []
+
+
+def test_schedule_and_losses_continue_at_the_exact_step(reference, rank0_killed_mid_save):
+    ref, ref_job = reference
+    proc, out, err, job, seen = rank0_killed_mid_save
+    for rank in (0, 1):
+        want = _steps(open(os.path.join(ref_job, "logs", f"rank_{rank}.log")).read())
+        assert [s for s, _, _ in want] == list(range(1, 3 * STEPS + 1))
+        first, second = open(os.path.join(job, "logs", f"rank_{rank}.log")).read().split(SEPARATOR)
+        before, after = _steps(first), _steps(second)
+        assert len(before) >= 3 and before == want[:len(before)]
+        assert after[0][0] == 3  # the step after the checkpoint it resumed from (step 2's)
+        # loss and learning rate at every later step, printed to 4 and 5 digits, as uninterrupted
+        assert after == want[2:], f"rank {rank}"
+    for loss in (float(l) for _, l, _ in _steps(open(os.path.join(job, "logs", "rank_0.log")).read())):
+        assert np.isfinite(loss)
+
+
+def test_tensorboard_has_each_step_once_after_the_restart(reference, rank0_killed_mid_save):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def losses(job):
+        acc = EventAccumulator(os.path.join(job, "tensorboard", "rank_0"), size_guidance={"scalars": 0})
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars("train/loss")]
+
+    ref, ref_job = reference
+    job = rank0_killed_mid_save[3]
+    want = losses(ref_job)
+    assert [s for s, _ in want] == list(range(1, 3 * STEPS + 1))
+    assert losses(job) == want
 
 
 def test_restarts_exhausted_fail_with_the_table_and_leave_no_process(failed_job):
