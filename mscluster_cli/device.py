@@ -50,7 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prepare_mindspore_process()
     from trainer.evaluate import evaluate
 
-    scores = evaluate(args.checkpoint, args.data_dir, args.batch_size)
+    scores = evaluate(args.checkpoint, args.data_dir, args.batch_size, args.images)
     print(f"top1={scores.top1:.4f} loss={scores.loss:.4f} images={scores.count}")
     return 0
 
@@ -74,6 +74,7 @@ def add_commands(sub) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-dir", required=True, help="CIFAR-10 binary folder (or its parent)")
     p.add_argument("--batch-size", type=positive_int, default=0, help="default: the checkpoint's")
+    p.add_argument("--images", type=positive_int, default=0, help="only the split's first N images (default: all)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="print the most likely class of each image")

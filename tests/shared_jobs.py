@@ -82,7 +82,8 @@ def _launch_polled(work, cluster: str, job: str, console: Optional[str], timeout
 
 @pytest.fixture(scope="session")
 def succeeded_job(tmp_path_factory, cifar_dir) -> FinishedJob:
-    """A 2-rank local job of the built-in trainer that succeeds: 2 epochs x 4 steps, evaluated after each,
+    """A 2-rank local job of the built-in trainer that succeeds: 2 epochs x 4 steps, evaluated after each
+    (on the test split's first 256 images),
     TensorBoard on, the default console (rank 0 and warnings), polled with ``status`` while it runs.
 
     Shared by test_launch_local (result, logs, console), test_job_folder (modes) and test_monitoring
@@ -90,7 +91,8 @@ def succeeded_job(tmp_path_factory, cifar_dir) -> FinishedJob:
     """
     work = tmp_path_factory.mktemp("succeeded")
     cluster = write_cluster(str(work / "c.yaml"), cifar_dir, env=SHARED_ENV,
-                            train={"epochs": 2, "steps_per_epoch": 4, "eval_every_epochs": 1, "tensorboard": True})
+                            train={"epochs": 2, "steps_per_epoch": 4, "eval_every_epochs": 1, "eval_images": 256,
+                                   "tensorboard": True})
     return _launch_polled(work, cluster, str(work / "job"), console=None)
 
 

@@ -112,6 +112,18 @@ def test_sharded_eval_covers_the_test_set(indexed_dir):
     assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(RECORDS))
 
 
+@pytest.mark.parametrize("ranks,images", [(1, 1000), (2, 1000), (3, 1001), (3, 2)])
+def test_eval_images_is_the_splits_first_images_over_all_ranks(indexed_dir, ranks, images):
+    """``eval_images``: a quick look during a long run (and the tests' own evaluations) on a prefix."""
+    seen = []
+    for rank in range(ranks):
+        dataset = create_dataset(indexed_dir, training=False, image_size=32, batch_size=300,
+                                 rank=rank, rank_size=ranks, images=images)
+        seen += [_indices(batch) for batch, _ in dataset.create_tuple_iterator(output_numpy=True, num_epochs=1)]
+    # fewer images than ranks: each rank still evaluates one (every rank takes part in the collective sum)
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(max(images, ranks)))
+
+
 # --- transforms -------------------------------------------------------------------------------
 
 def test_training_crops_with_zero_padding_and_flips_but_eval_does_not(indexed_dir):

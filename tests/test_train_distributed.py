@@ -24,6 +24,9 @@ SMALL = ["arch=resnet18", "stem=cifar", "width=8", "image_size=32", "batch_size=
          "steps_per_epoch=6", "epochs=2", "lr=0.02", "log_every_steps=2", "tensorboard=false"]
 
 
+EVAL_IMAGES = 600  # the test split's first 600 images: rank 0's 300 and rank 1's 300
+
+
 def _final(output: str) -> dict[str, str]:
     match = re.search(r"^final rank=(\d+) global_step=(\d+) loss=(\S+) weights_sha256=([0-9a-f]+)$", output, re.M)
     assert match, output[-3000:]
@@ -35,8 +38,8 @@ def two_rank_run(tmp_path_factory, cifar_dir):
     work = tmp_path_factory.mktemp("dp")
     out = work / "out"
     # one evaluation, at the end: each is a pass over the 10,000 test records
-    results = run_dynamic_cluster(2, SMALL + [f"data_dir={cifar_dir}", f"output_dir={out}", "eval_every_epochs=2"],
-                                  str(work))
+    results = run_dynamic_cluster(2, SMALL + [f"data_dir={cifar_dir}", f"output_dir={out}", "eval_every_epochs=2",
+                                              f"eval_images={EVAL_IMAGES}"], str(work))
     return results, out
 
 
@@ -96,6 +99,7 @@ def test_only_rank0_checkpoints_and_evaluates(two_rank_run, cifar_dir):
     # reload: eval on the saved checkpoint gives the accuracy printed at save time
     last = str(out / "checkpoints" / ckpts[-1])
     proc = subprocess.run([sys.executable, "-m", "mscluster_cli", "eval", "--checkpoint", last,
-                           "--data-dir", cifar_dir], capture_output=True, text=True, timeout=120)
+                           "--data-dir", cifar_dir, "--images", str(EVAL_IMAGES)], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert re.search(rf"^top1={evals[-1][1]} ", proc.stdout, re.M), (proc.stdout, evals)
+    assert re.search(rf"^top1={evals[-1][1]} loss=\S+ images={EVAL_IMAGES}$", proc.stdout, re.M), (proc.stdout, evals)

@@ -74,6 +74,7 @@ class TrainConfig:
     snapshot_every_steps: Union[int, str] = 0
     async_save: bool = True  # write checkpoints in a background thread from a copy of the parameters
     eval_every_epochs: int = 1  # 0 = never evaluate during training
+    eval_images: int = 0  # evaluate on the test split's first this many images; 0 = all of it
     log_every_steps: int = 10
     tensorboard: bool = True
     resume: str = RESUME_NONE  # none | auto | <path of a checkpoint>
@@ -140,7 +141,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = {"image_size", "num_classes", "num_parallel_workers", "width", "epochs", "batch_size",
             "steps_per_epoch", "lr", "keep_max", "log_every_steps", "loss_scale", "grad_accumulation", "sink_size"}
 NON_NEGATIVE = {"lr_init", "warmup_epochs", "momentum", "weight_decay", "seed", "save_every_epochs", "grad_buckets",
-                "save_every_steps", "eval_every_epochs", "debug_fail_rank", "debug_fail_step",
+                "save_every_steps", "eval_every_epochs", "eval_images", "debug_fail_rank", "debug_fail_step",
                 "debug_fail_signal", "debug_fail_attempt", "debug_pause_in_save", "debug_hang_step",
                 "debug_hang_rank"}
 
@@ -204,6 +205,8 @@ DOCS: dict[str, str] = {
     "keep_max": "checkpoints kept (the oldest go first)",
     "async_save": "write checkpoints in a background thread from a copy of the parameters (as atomic)",
     "eval_every_epochs": "evaluate on the test split every this many epochs; 0: never during training",
+    "eval_images": "evaluate on the test split's first this many images (a quicker look during a long run); "
+                   "0: all of it",
     "log_every_steps": "a progress line every this many steps",
     "tensorboard": "write TensorBoard scalars under `output_dir`/tensorboard",
     "resume": "`none`, `auto` (the newest good checkpoint of the job) or a checkpoint's path",

@@ -105,7 +105,7 @@ def _image_ops(training: bool, image_size: int) -> list:
 
 def create_dataset(data_dir: str, *, training: bool, image_size: int, batch_size: int,
                    rank: int = 0, rank_size: int = 1, seed: int = 1, num_parallel_workers: int = 1,
-                   shuffle: Optional[bool] = None) -> "mindspore.dataset.Dataset":
+                   shuffle: Optional[bool] = None, images: int = 0) -> "mindspore.dataset.Dataset":
     """Build the CIFAR-10 pipeline of one rank: batches of (float32 N x 3 x S x S, int32 N).
 
     Args:
@@ -121,6 +121,9 @@ def create_dataset(data_dir: str, *, training: bool, image_size: int, batch_size
             weights from this seed, so build it first (or pass the same seed on every rank).
         num_parallel_workers: reader and map workers.
         shuffle: None = shuffle when training only.
+        images: > 0: only the split's first ``images`` images, over every rank together (unshuffled,
+            each shard's share of them: shards interleave, image i on rank i % rank_size), and at
+            least one a rank.
 
     Raises:
         DataError: the split's files are missing or malformed, or a training shard holds fewer
@@ -144,9 +147,11 @@ def create_dataset(data_dir: str, *, training: bool, image_size: int, batch_size
         shuffle = training
     if shuffle or training:  # a sequential eval pipeline draws no random numbers: leave the seed be
         ds.config.set_seed(seed)  # read by the sampler below when it is built: the same on every rank
+    # per shard (MindSpore's num_samples counts a shard's own): the ones of the first `images` it holds
+    share = max(1, -(-(images - rank) // rank_size)) if images > 0 else None
     dataset = ds.Cifar10Dataset(folder, usage="train" if training else "test",
                                 num_parallel_workers=num_parallel_workers, shuffle=shuffle,
-                                num_shards=rank_size, shard_id=rank)
+                                num_shards=rank_size, shard_id=rank, num_samples=share)
     dataset = dataset.map(operations=transforms.TypeCast(ms.int32), input_columns="label",
                           num_parallel_workers=num_parallel_workers)
     dataset = dataset.map(operations=_image_ops(training, image_size), input_columns="image",

@@ -106,8 +106,8 @@ def load_network(path: str):
     return net, meta
 
 
-def evaluate(path: str, data_dir: str, batch_size: int = 0) -> EvalResult:
-    """Top-1 accuracy and mean loss of a checkpoint over the whole test split (one process)."""
+def evaluate(path: str, data_dir: str, batch_size: int = 0, images: int = 0) -> EvalResult:
+    """Top-1 accuracy and mean loss of a checkpoint over the test split (its first ``images``; 0: all)."""
     from trainer.data import create_dataset, resolve_data_dir, validate_split
 
     folder = resolve_data_dir(data_dir)
@@ -115,7 +115,7 @@ def evaluate(path: str, data_dir: str, batch_size: int = 0) -> EvalResult:
     net, meta = load_network(path)
     cfg = from_dict(meta.config)
     dataset = create_dataset(folder, training=False, image_size=cfg.image_size,
-                             batch_size=batch_size or cfg.batch_size)
+                             batch_size=batch_size or cfg.batch_size, images=images)
     return run_eval(net, dataset, cfg.num_classes)
 
 

@@ -434,7 +434,8 @@ def _evaluate(cfg: TrainConfig, info: RankInfo, run: _Run, epoch: int, eval_ds, 
         return {}, eval_ds
     if eval_ds is None:
         eval_ds = create_dataset(run.data_dir, training=False, image_size=cfg.image_size, batch_size=cfg.batch_size,
-                                 rank=info.rank, rank_size=info.world_size, num_parallel_workers=cfg.num_parallel_workers)
+                                 rank=info.rank, rank_size=info.world_size, num_parallel_workers=cfg.num_parallel_workers,
+                                 images=cfg.eval_images)
     with section(events.EVAL_SECTION):  # the watchdog's own limit for an evaluation (stall_timeout: auto)
         scores = run_eval(run.net, eval_ds, cfg.num_classes, allreduce_sum if info.distributed else None)
     metrics = scores.metrics()
