@@ -118,25 +118,6 @@ def test_sigkill_of_rank_1_stops_both_nodes_and_names_it(slurm_cluster, tmp_path
 
 
 @pytest.mark.mindspore
-def test_submit_runs_the_job_and_status_says_so(slurm_cluster, tmp_path, cifar_dir):
-    cluster = slurm_file(tmp_path / "c.yaml", cifar_dir, slurm={"time": "10"})
-    proc = subprocess.run([*MSCLUSTER, "submit", cluster, "--job-dir", str(tmp_path / "job")], cwd=str(tmp_path),
-                          env=slurm_cluster.env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    job_id = re.search(r"submitted Slurm job (\d+)", proc.stdout).group(1)
-    script = (tmp_path / "job" / "sbatch.sh").read_text()
-    assert "#SBATCH --nodes=2" in script and "#SBATCH --time=10" in script and "#SBATCH --signal=B:USR1@120" in script
-    assert wait_job_gone(slurm_cluster, job_id, 400) == "COMPLETED", (tmp_path / "job" / "logs").iterdir()
-    status = subprocess.run([*MSCLUSTER, "status", str(tmp_path / "job")], env=slurm_cluster.env,
-                            capture_output=True, text=True, timeout=60)
-    assert status.returncode == 0, status.stderr
-    assert "state:     succeeded" in status.stdout and f"slurm:     job {job_id} COMPLETED" in status.stdout, status.stdout
-    digests = final_digests(str(tmp_path / "job"))
-    assert len(digests) == 2 and len(set(digests.values())) == 1, digests
-    assert nothing_left(slurm_cluster)
-
-
-@pytest.mark.mindspore
 def test_usr1_saves_a_checkpoint_requeues_and_the_next_run_completes(slurm_cluster, tmp_path, cifar_dir):
     steps = 60
     cluster = slurm_file(tmp_path / "c.yaml", cifar_dir, train={"steps_per_epoch": steps},
@@ -146,6 +127,9 @@ def test_usr1_saves_a_checkpoint_requeues_and_the_next_run_completes(slurm_clust
                           env=slurm_cluster.env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     job_id = re.search(r"submitted Slurm job (\d+)", proc.stdout).group(1)
+    script = (job / "sbatch.sh").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --time=20" in script and "#SBATCH --signal=B:USR1@120" in script
+    assert "#SBATCH --requeue" in script, script
 
     def step0() -> int:
         try:
@@ -169,6 +153,12 @@ def test_usr1_saves_a_checkpoint_requeues_and_the_next_run_completes(slurm_clust
     assert "preempted: saved" in log and "requeueing Slurm job" in log, log[-3000:]
     resumed = re.search(r"resumed from \S+ epoch=0 step=(\d+)", (job / "logs" / "rank_0.log").read_text())
     assert resumed and 3 <= int(resumed.group(1)) < steps, (job / "logs" / "rank_0.log").read_text()[-3000:]
+    status = subprocess.run([*MSCLUSTER, "status", str(job)], env=slurm_cluster.env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "state:     succeeded" in status.stdout and f"slurm:     job {job_id} COMPLETED" in status.stdout, status.stdout
+    digests = final_digests(str(job))
+    assert len(digests) == 2 and len(set(digests.values())) == 1, digests
     assert nothing_left(slurm_cluster)
 
 
