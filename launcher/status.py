@@ -165,11 +165,12 @@ class StatusWriter:
         if self._pending and self.monotonic() - self._written_at >= self.every:
             self.write()
 
-    def host_lost(self, host: str) -> None:
-        """The agent of ``host`` is gone: its processes that had not ended are lost."""
+    def host_lost(self, host: str, orderly: bool = False) -> None:
+        """The agent of ``host`` is gone: its processes that had not ended are lost; or, when it ended in
+        order (it said Done, having reported every process it started), never started: a stop came first."""
         for p in self.data["processes"].values():
             if p["host"] == host and p["state"] in (PENDING, RUNNING):
-                p["state"] = LOST
+                p["state"] = STOPPED if orderly and p["state"] == PENDING else LOST
         self._pending = True  # every agent ends this way: 64 hosts were 64 rewrites in a row
         self.flush()
 

@@ -25,7 +25,7 @@ from launcher.protocol import (AgentSpec, Alive, Done, Exited, Output, ProcessSp
                                decode_control, encode_message, ControlMessage)
 from launcher.report import order_failures
 from launcher.spec import WatchdogSpec
-from launcher.supervisor import LogSink, Supervisor
+from launcher.supervisor import LEFTOVER_WAIT_S, LogSink, Supervisor
 from mscluster import events
 from mscluster.rank import PREEMPT_EXIT
 
@@ -236,6 +236,31 @@ def test_a_rank_failure_stops_the_others_and_is_the_root_cause(tmp_path):
     assert status["processes"]["rank0"]["state"] == "stopped"
 
 
+def test_ranks_a_stop_reached_before_they_started_are_stopped_not_lost(tmp_path):
+    """A fleet whose rank fails within a second: a late host's agent gets the stop before it started its
+    ranks, starts none, and ends in order (Done): its ranks were stopped, nothing was lost."""
+    a = Attempt(tmp_path)
+    a.agent("host0").start_all()
+    a.drive(0)
+    a.agent("host0").exit("rank0", 1)  # host1's agent has not started its ranks yet
+    result = a.finish()
+    assert a.agent("host1").controls == ["stop", "EOF"]
+    assert [f.name for f in result.failures if not f.during_teardown] == ["rank0"]
+    assert not [f for f in result.failures if f.host == "host1"]
+    states = {name: p["state"] for name, p in a.status()["processes"].items()}
+    assert states == {"rank0": "failed", "rank1": "stopped", "rank2": "stopped", "rank3": "stopped"}
+
+
+def test_an_agent_gone_without_done_loses_its_ranks(tmp_path):
+    a = Attempt(tmp_path)
+    a.start_all()
+    a.agent("host1").end(1)  # no Done: its ranks' ends are unknown
+    result = a.finish()
+    assert order_failures(result.failures)[0].name == "agent"
+    states = {name: p["state"] for name, p in a.status()["processes"].items()}
+    assert (states["rank2"], states["rank3"]) == ("lost", "lost") and states["rank0"] == "stopped"
+
+
 def test_a_scheduler_left_waiting_by_ranks_that_never_joined_is_stopped_and_the_job_succeeds(tmp_path):
     a = Attempt(tmp_path, scheduler=True)
     a.start_all()
@@ -243,7 +268,7 @@ def test_a_scheduler_left_waiting_by_ranks_that_never_joined_is_stopped_and_the_
         for p in a.specs[h].processes:
             if p.rank is not None:
                 a.agent(h).exit(p.name, 0)
-    a.drive(1.0)
+    a.drive(LEFTOVER_WAIT_S - 1.0)
     assert a.sup.state is AttemptState.FINISHING and a.agent("host0").controls == []  # it may still leave by itself
     a.drive(2.0)
     assert a.agent("host0").controls == ["stop"]  # its agent TERMs it
