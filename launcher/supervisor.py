@@ -46,10 +46,11 @@ logger = logging.getLogger(__name__)
 
 STOP_MARGIN_S = 15.0
 STATUS_EVERY_S = 0.5  # status.json is rewritten at most this often while the attempt runs
-# every rank has ended: how long the scheduler may take to leave by itself before its agent stops it (a program
-# that never joined the cluster leaves it waiting for workers forever). MindSpore's own leaves once its workers
-# have finalized: under 2 s on a quiet machine, more than 2 s on a loaded 2-core CI machine
-LEFTOVER_WAIT_S = 5.0
+# every rank has ended well: how long the scheduler may take to leave by itself before its agent stops it. It has
+# no worker left to serve: a program that never joined the cluster leaves it waiting forever, the built-in
+# trainer leaves without MindSpore's teardown (trainer.distributed.skips_cluster_teardown), and a program that
+# runs the teardown has finished it by the time its process ended
+LEFTOVER_WAIT_S = 0.5
 OUTPUT_TAIL = 30
 AGENT = "agent"  # the name of a host's agent in logs and failure tables
 
@@ -214,11 +215,12 @@ class Supervisor:
     def _finish_leftovers(self) -> None:
         """Every rank has ended and none failed, but a process without a rank (the scheduler) still runs.
 
-        A program that never joins MindSpore's dynamic cluster (a data-preparation step, a program
-        that is not MindSpore) leaves the scheduler waiting for workers forever: it has no purpose
-        left. It gets LEFTOVER_WAIT_S to leave by itself (MindSpore's does once its workers are
-        done), then its agent stops it (TERM, the grace period, KILL); the attempt ends by the
-        ranks' results. A scheduler that ends while ranks still run is judged as any process is.
+        It has no worker left to serve: a program that never joins MindSpore's dynamic cluster (a
+        data-preparation step, a program that is not MindSpore) leaves it waiting forever, and the
+        built-in trainer's workers leave without the cluster teardown it would wait for. It gets
+        LEFTOVER_WAIT_S to leave by itself, then its agent stops it (TERM, the grace period, KILL);
+        the attempt ends by the ranks' results. A scheduler that ends while ranks still run is
+        judged as any process is.
         """
         if self.state not in (AttemptState.STARTING, AttemptState.RUNNING, AttemptState.FINISHING):
             return
@@ -241,8 +243,8 @@ class Supervisor:
             names = ", ".join(n for h, n in left if h == host)
             logger.info("every rank has ended; stopping %s on %s", names, host)
             for proc_name in (n for h, n in left if h == host):  # said in its own log, where its lines stop
-                self.sink.write(host, proc_name, f"mscluster: every rank has ended and {proc_name} still runs "
-                                                 f"{LEFTOVER_WAIT_S:.0f} s later: stopping it")
+                self.sink.write(host, proc_name, f"mscluster: every rank has ended well: stopping {proc_name} "
+                                                 "(no worker left to serve)")
             session = self.hosts[host].session
             if session is not None:
                 try:

@@ -43,6 +43,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except InjectedFault as exc:
         print(f"mscluster train: {exc}", file=sys.stderr)
         return exc.exit_code
+    from trainer.distributed import leave_now, skips_cluster_teardown
+
+    if skips_cluster_teardown(os.environ):  # its checkpoint, logs and TensorBoard are written and closed
+        leave_now(0)
     return 0
 
 
