@@ -136,6 +136,21 @@ def _rank_pid(job: str, rank: int) -> int:
     raise AssertionError(f"no rank {rank}")
 
 
+PACED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "paced_steps.py")
+
+
+def _paced_cluster(tmp_path, *args: str, **fields) -> str:
+    """2 local ranks of examples/paced_steps.py; ascend from a rank table: no scheduler waiting for a
+    MindSpore that this program never starts (launch it with --skip-preflight: no NPU tools here)."""
+    data = {"name": "paced", "backend": "ascend", "ascend": {"init": "ranktable"}, "python": sys.executable,
+            "workdir": str(tmp_path / "runs"), "command": ["python", PACED, *args],
+            "hosts": [{"address": "localhost", "devices": 2, "device_ips": {0: "10.9.0.1", 1: "10.9.0.2"}}],
+            **fields}
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump(data))
+    return str(cluster)
+
+
 @pytest.mark.integration
 def test_a_frozen_rank_is_named_with_its_stack_and_the_job_comes_back(tmp_path, cifar_dir):
     proc, job = _job(tmp_path, cifar_dir)
@@ -196,15 +211,10 @@ def test_a_rank_stuck_in_python_is_named_with_its_sleeping_frame(tmp_path, cifar
 def test_where_ptrace_is_not_allowed_the_ranks_own_faulthandler_names_the_frame(tmp_path):
     """``stacks: faulthandler``: the rank's own dump (mscluster.rank registers it), for a program
     through ``command:`` (examples/paced_steps.py, no MindSpore) stuck in Python at step 10."""
-    argv = ["python", PACED, "--step-s", "0.05", "--steps", "100000", "--hang-rank", "1", "--hang-at", "10"]
-    data = {"name": "fh", "backend": "ascend", "ascend": {"init": "ranktable"}, "python": sys.executable,
-            "workdir": str(tmp_path / "runs"), "command": argv,
-            "watchdog": {"stall_timeout": 5, "beat_interval": 0.5, "stacks": "faulthandler"},
-            "hosts": [{"address": "localhost", "devices": 2, "device_ips": {0: "10.9.0.1", 1: "10.9.0.2"}}]}
-    cluster = tmp_path / "c.yaml"
-    cluster.write_text(yaml.safe_dump(data))
+    cluster = _paced_cluster(tmp_path, "--step-s", "0.05", "--steps", "100000", "--hang-rank", "1", "--hang-at", "10",
+                             watchdog={"stall_timeout": 5, "beat_interval": 0.5, "stacks": "faulthandler"})
     job = str(tmp_path / "job")
-    proc = subprocess.run(launch_argv(str(cluster), "--skip-preflight", "--job-dir", job), cwd=str(tmp_path),
+    proc = subprocess.run(launch_argv(cluster, "--skip-preflight", "--job-dir", job), cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     root = json.load(open(os.path.join(job, "result.json")))["attempts"][0]["root_cause"]
@@ -216,18 +226,19 @@ def test_where_ptrace_is_not_allowed_the_ranks_own_faulthandler_names_the_frame(
 
 
 @pytest.mark.integration
-def test_sighup_to_the_launcher_stops_the_job_as_interrupted(tmp_path, cifar_dir):
-    """A closed terminal: the job stops as on Ctrl-C, result.json says so, and no process survives."""
-    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, train={"steps_per_epoch": 400})
+def test_sighup_to_the_launcher_stops_the_job_as_interrupted(tmp_path):
+    """A closed terminal: the job stops as on Ctrl-C, result.json says which signal, and no process survives."""
+    cluster = _paced_cluster(tmp_path, "--step-s", "0.1", "--steps", "100000")
     job = str(tmp_path / "job")
-    proc = start_launch(cluster, "--job-dir", job, cwd=str(tmp_path))
+    proc = start_launch(cluster, "--skip-preflight", "--job-dir", job, cwd=str(tmp_path))
     try:
-        wait_for(lambda: rank_step(job, 0) >= 2, 240, what="rank 0 at step 2")
+        wait_for(lambda: rank_step(job, 0) >= 2, 120, what="rank 0 at step 2")
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(timeout=60) == 130
     finally:
         kill_group(proc)
-    assert json.load(open(os.path.join(job, "result.json")))["status"] == "interrupted"
+    result = json.load(open(os.path.join(job, "result.json")))
+    assert (result["status"], result["interrupted_by"]) == ("interrupted", "SIGHUP")
     assert job_processes(job) == []
 
 
@@ -307,7 +318,6 @@ def test_a_full_disk_under_the_job_folder_stops_the_job_naming_the_cause(tmp_pat
     assert job_processes(job) == []
 
 
-PACED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "paced_steps.py")
 
 
 @pytest.mark.integration
@@ -316,14 +326,7 @@ def test_with_defaults_a_save_gets_its_own_limit_and_a_stopped_rank_is_frozen_wi
     as a section, then rank 1 SIGSTOPped. The save's limit is learned apart from the step's (the logic,
     a save longer than any step limit included, is tests/test_watchdog_limits.py's; a real 60 s save is
     scripts/bench_recovery.py's long_save_default). About 20 s."""
-    argv = ["python", PACED, "--step-s", "0.1", "--steps", "100000", "--save-at", "10", "--save-s", "1"]
-    # ascend from a rank table: no scheduler waiting for a MindSpore that this program never starts
-    data = {"name": "paced", "backend": "ascend", "ascend": {"init": "ranktable"}, "python": sys.executable,
-            "workdir": str(tmp_path / "runs"), "command": argv,
-            "hosts": [{"address": "localhost", "devices": 2, "device_ips": {0: "10.9.0.1", 1: "10.9.0.2"}}]}
-    cluster = str(tmp_path / "c.yaml")
-    with open(cluster, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(data, handle)
+    cluster = _paced_cluster(tmp_path, "--step-s", "0.1", "--steps", "100000", "--save-at", "10", "--save-s", "1")
     job = str(tmp_path / "job")
     proc = start_launch(cluster, "--skip-preflight", "--job-dir", job, cwd=str(tmp_path), capture=True)
     try:
