@@ -10,7 +10,6 @@ stop their ranks themselves. Imports no MindSpore.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 from launcher.errors import JobDirError
 from launcher.status import RESULT_FILE, STATUS_FILE, JobStatus, read_status
 from launcher.table import format_table
+from mscluster.fsutil import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -29,18 +29,9 @@ LAUNCHER_LOG = "launcher.log"  # a detached launcher's own output, in its job fo
 STOP_MARGIN_S = 10.0  # beyond the grace period: the launcher's own teardown (agents, logs, result.json)
 
 
-def _load(path: str) -> Optional[dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def launcher_entry(job_dir: str) -> dict[str, Any]:
     """status.json's ``launcher`` entry (``{}`` when there is none)."""
-    entry = (_load(os.path.join(job_dir, STATUS_FILE)) or {}).get("launcher")
+    entry = (read_json_object(os.path.join(job_dir, STATUS_FILE)) or {}).get("launcher")
     return entry if isinstance(entry, dict) else {}
 
 
@@ -125,7 +116,7 @@ class StartOutcome:
 
 def every_rank_started(job_dir: str, launcher_pid: int) -> bool:
     """Whether this launcher's status.json has no process still pending (or the job already ended)."""
-    live = _load(os.path.join(job_dir, STATUS_FILE))
+    live = read_json_object(os.path.join(job_dir, STATUS_FILE))
     if not live or (live.get("launcher") or {}).get("pid") != launcher_pid:
         return False  # not written yet, or an earlier launcher's (a resumed job)
     processes = live.get("processes") or {}

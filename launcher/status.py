@@ -26,7 +26,7 @@ from launcher.lifecycle import AttemptState, JobState, ProcessState
 from mscluster.fsutil import write_json_atomic
 from launcher.protocol import AgentMessage, AgentSpec, Exited, Relayed, Started
 from launcher.statushtml import STATUS_HTML, render_status_html
-from mscluster.fsutil import write_atomic
+from mscluster.fsutil import read_json_object, write_atomic
 from launcher.table import format_table
 from mscluster import events, jobfiles
 
@@ -89,7 +89,7 @@ class StatusWriter:
         self._written_at = float("-inf")
         self._html_at = float("-inf")
         now = clock()
-        previous = _load_json(self.path) if attempt > 0 else None
+        previous = read_json_object(self.path) if attempt > 0 else None
         launcher = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": now}
         if previous and previous.get("launcher", {}).get("pid") == os.getpid():
             launcher = previous["launcher"]
@@ -193,23 +193,14 @@ class StatusWriter:
 
 def write_status_html(job_dir: str) -> None:
     """Rewrite ``<job>/status.html`` from status.json and result.json (the job's end: attempts, goodput)."""
-    live = _load_json(os.path.join(job_dir, STATUS_FILE))
+    live = read_json_object(os.path.join(job_dir, STATUS_FILE))
     if live is None:
         return
     try:
         write_atomic(os.path.join(job_dir, STATUS_HTML),
-                     render_status_html(live, _load_json(os.path.join(job_dir, RESULT_FILE))), mode=0o600)
+                     render_status_html(live, read_json_object(os.path.join(job_dir, RESULT_FILE))), mode=0o600)
     except OSError as exc:
         logger.warning("%s: cannot write %s (%s)", job_dir, STATUS_HTML, exc.strerror or exc)
-
-
-def _load_json(path: str) -> Optional[dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -297,9 +288,9 @@ def read_status(job_dir: str) -> JobStatus:
     """
     if not os.path.isdir(job_dir):
         raise JobDirError(f"{job_dir}: no such job folder")
-    live = _load_json(os.path.join(job_dir, STATUS_FILE))
+    live = read_json_object(os.path.join(job_dir, STATUS_FILE))
     result_path = os.path.join(job_dir, RESULT_FILE)
-    result = _load_json(result_path)
+    result = read_json_object(result_path)
     if live is None and result is None:
         raise JobDirError(f"{job_dir}: not a job folder (no {STATUS_FILE} or {RESULT_FILE}); "
                           f"give the folder `mscluster launch` printed")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 
 def write_atomic(path: str, content: Union[str, bytes], mode: int = 0o644, fsync: bool = False) -> None:
@@ -44,3 +44,14 @@ def write_atomic(path: str, content: Union[str, bytes], mode: int = 0o644, fsync
 def write_json_atomic(path: str, payload: Mapping[str, Any], mode: int = 0o644, fsync: bool = False) -> None:
     """``write_atomic`` of ``payload`` as indented JSON with a final newline."""
     write_atomic(path, json.dumps(payload, indent=1) + "\n", mode=mode, fsync=fsync)
+
+
+def read_json_object(path: str) -> Optional[dict[str, Any]]:
+    """The JSON object in ``path``; None when the file is missing, unreadable, not JSON or not an object
+    (a job folder's files are read while the launcher may be rewriting them, or after it died)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
