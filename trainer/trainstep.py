@@ -307,11 +307,11 @@ class AccumulatingModel:
                       for i in range(self.k - 1)]
             loss, grads = self.last(data[(self.k - 1) * size:], label[(self.k - 1) * size:])
             losses.append(loss)
-            grads = [g.asnumpy() for g in grads]
+            arrays = [g.asnumpy() for g in grads]
             # the exchange's own time, the wait for the slowest rank included: the straggler scores
             # (launcher.stragglers) take this rank's time outside it
             began = time.perf_counter()
-            flat = self.host.mean(grads, 1.0 / (self.k * self.world_size))
+            flat = self.host.mean(arrays, 1.0 / (self.k * self.world_size))
             self.exchange_s = time.perf_counter() - began
             given, offset = [], 0
             for shape in self.shapes:
