@@ -78,6 +78,9 @@ class StragglerScorer:
 
     spec: StragglerSpec
     ranks: dict[int, _Rank] = field(default_factory=dict)
+    # each rank's median over a full window, kept as it changes: a fleet reports thousands of steps a
+    # second, and the fastest rank's median is asked at every one of them
+    medians: dict[int, float] = field(default_factory=dict)
 
     def observe(self, rank: int, host: str, step: int, time: float,
                 compute_s: Optional[float] = None) -> Optional[StragglerChange]:
@@ -88,6 +91,7 @@ class StragglerScorer:
         state = self.ranks.get(rank)
         if state is None or state.host != host:
             state = self.ranks[rank] = _Rank(host, collections.deque(maxlen=self.spec.window_steps))
+            self.medians.pop(rank, None)
         seconds: Optional[float] = None
         if compute_s is not None and math.isfinite(compute_s) and compute_s > 0:
             seconds = compute_s
@@ -95,20 +99,21 @@ class StragglerScorer:
             seconds = (time - state.last_time) / (step - state.last_step)
         if state.last_step is not None and step <= state.last_step:
             state.times.clear()  # a resumed attempt counts again from an earlier step: its old pace is no clock
+            self.medians.pop(rank, None)
         state.last_step, state.last_time = step, time
         if seconds is None or seconds <= 0:
             return None
         state.times.append(seconds)
+        if len(state.times) == self.spec.window_steps:
+            self.medians[rank] = statistics.median(state.times)
         return self._score(rank, state, step, time)
 
     def _score(self, rank: int, state: _Rank, step: int, time: float) -> Optional[StragglerChange]:
-        full = {r: statistics.median(s.times) for r, s in self.ranks.items()
-                if len(s.times) == self.spec.window_steps}
-        if rank not in full or len(full) < 2:
+        mine = self.medians.get(rank)
+        if mine is None or len(self.medians) < 2:
             return None  # a window of its own and another rank's to compare with
-        mine = full[rank]
         state.best = min(state.best, mine)
-        relative = min(full.values()) / mine
+        relative = min(self.medians.values()) / mine
         if relative < self.spec.threshold:
             if state.below == 0:
                 state.below_since = (step, time)
