@@ -197,7 +197,11 @@ def write_goodput_scalars(job_dir: str, attempts: Sequence[AttemptRecord]) -> No
                       "goodput/state_from_memory": None if a.state_from is None
                       else float(a.state_from == STATE_FROM_MEMORY),
                       "goodput/first_step_s": (a.first_step_at - a.started_at)
-                      if a.first_step_at is not None and a.started_at is not None else None}
+                      if a.first_step_at is not None and a.started_at is not None else None,
+                      # the ranks named stragglers (launcher.stragglers) and each one's score when named
+                      "stragglers/named": len(a.stragglers),
+                      **{f"stragglers/rank{n['rank']}_relative": n.get("relative") for n in a.stragglers
+                         if isinstance(n.get("rank"), int) and isinstance(n.get("relative"), (int, float))}}
             writer.add_scalars({k: float(v) for k, v in values.items() if v is not None}, a.attempt)
         ratio = goodput(attempts).get("effective_training_ratio")
         if ratio is not None and attempts:
