@@ -654,7 +654,8 @@ def _stragglers(raw: Any, where: _Where) -> StragglerSpec:
     if raw is None:
         return StragglerSpec()
     if not isinstance(raw, dict):
-        raise where.error(("stragglers",), f"expected a mapping (action, threshold, window_steps), got {_describe(raw)}")
+        raise where.error(("stragglers",), "expected a mapping (action, threshold, window_steps), "
+                          f"got {_describe(raw)}")
     _check_keys(raw, STRAGGLER_KEYS, ("stragglers",), where)
     values: dict[str, Any] = {}
     if "action" in raw:
@@ -669,7 +670,8 @@ def _stragglers(raw: Any, where: _Where) -> StragglerSpec:
                               f"got {_describe(threshold)}")
         values["threshold"] = float(threshold)
     if "window_steps" in raw:
-        window, kind = _integer(raw["window_steps"], ("stragglers", "window_steps"), where), STRAGGLERS["window_steps"].kind
+        window = _integer(raw["window_steps"], ("stragglers", "window_steps"), where)
+        kind = STRAGGLERS["window_steps"].kind
         if not kind.holds(window):
             raise where.error(("stragglers", "window_steps"), f"must be {kind.low}..{kind.high} steps, got {window}")
         values["window_steps"] = window

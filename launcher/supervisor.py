@@ -385,7 +385,7 @@ class Supervisor:
             self.result.step_seconds = now - self._rank0_first_step_at
 
     def _score_step(self, host: str, rank: int, event: events.Progress) -> None:
-        """Straggler scores (launcher.stragglers): a rank named or recovered is said once; status.json lists the named."""
+        """Straggler scores (launcher.stragglers): a change is said once; status.json lists the ranks named."""
         change = self.stragglers.observe(rank, host, event.step, event.time, event.scalars.get(events.COMPUTE_S))
         if change is not None:
             line = describe_straggler(change.score, self.stragglers.spec.window_steps)
