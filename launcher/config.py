@@ -25,6 +25,7 @@ The format (see cluster_configs/ for commented examples)::
     command: [python, my_train.py, --epochs, "2"]   # the program every rank runs
     cwd: /shared/project      # its folder on every host (default: the folder launch runs in)
     watchdog: {stall_timeout: auto, startup_timeout: 900, beat_interval: 5}   # or: false; stall_timeout: 300
+    stragglers: {action: warn, threshold: 0.75, window_steps: 10}   # action: off scores nothing
     scheduler: ssh            # ssh (the hosts: above) | slurm (the allocation's nodes, no hosts:)
     slurm: {nodes: 2, devices_per_host: 1, partition: null, account: null, time: "1:00:00", requeue: false,
             warning_s: 120, exclusive: true, start_timeout: 120, sbatch_options: []}
@@ -46,7 +47,8 @@ from launcher.plan import is_reserved_env
 from launcher.settings import ASCEND_MAX_DEVICES, MAX_DEVICE_ID, MAX_DEVICES_PER_HOST, MAX_SDID
 from launcher.watchdog import AUTO_FLOOR_S
 from launcher.spec import (DEFAULT_DEVICES_PER_HOST, AscendInit, AscendSpec, Backend, ClusterSpec, HostSpec,
-                           RankTableVersion, SchedulerKind, SlurmSpec, SSHSpec, WatchdogSpec, is_ipv4)
+                           RankTableVersion, SchedulerKind, SlurmSpec, SSHSpec, StragglerAction, StragglerSpec,
+                           WatchdogSpec, is_ipv4)
 from mscluster import safeyaml
 from trainer import config as train_config
 from trainer.errors import ConfigError as TrainConfigError
@@ -55,6 +57,7 @@ from trainer.overrides import OverrideError, merge, parse_pairs
 # the keys, defaults, bounds, choices and patterns are launcher/settings.py's (the reference page's too)
 TOP, HOST, SSH, SLURM, ASCEND, WATCHDOG = (settings.TOP, settings.HOST, settings.SSH, settings.SLURM,
                                            settings.ASCEND, settings.WATCHDOG)
+STRAGGLERS = settings.STRAGGLERS
 TOP_KEYS = TOP.keys()
 SLURM_KEYS = SLURM.keys()
 SSH_KEYS = SSH.keys()
@@ -295,6 +298,7 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         cwd=cwd,
         console=_console(data.get("console", TOP.default("console")), world, where),
         watchdog=_watchdog(data.get("watchdog"), where),
+        stragglers=_stragglers(data.get("stragglers"), where),
         scheduler=scheduler,
         slurm=slurm,
         ascend=ascend,
@@ -642,6 +646,38 @@ def _watchdog(raw: Any, where: _Where) -> WatchdogSpec:
     return spec
 
 
+
+STRAGGLER_KEYS = STRAGGLERS.keys()
+
+
+def _stragglers(raw: Any, where: _Where) -> StragglerSpec:
+    if raw is None:
+        return StragglerSpec()
+    if not isinstance(raw, dict):
+        raise where.error(("stragglers",), "expected a mapping (action, threshold, window_steps), "
+                          f"got {_describe(raw)}")
+    _check_keys(raw, STRAGGLER_KEYS, ("stragglers",), where)
+    values: dict[str, Any] = {}
+    if "action" in raw:
+        # YAML 1.1 reads a bare `off` as false: the word the user wrote
+        action = StragglerAction.OFF.value if raw["action"] is False else raw["action"]
+        values["action"] = _word(StragglerAction, action, ("stragglers", "action"), where, describe=True)
+    if "threshold" in raw:
+        threshold, kind = raw["threshold"], STRAGGLERS["threshold"].kind
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+                or not kind.holds(threshold):
+            raise where.error(("stragglers", "threshold"), f"expected a relative score between 0 and 1 (exclusive), "
+                              f"got {_describe(threshold)}")
+        values["threshold"] = float(threshold)
+    if "window_steps" in raw:
+        window = _integer(raw["window_steps"], ("stragglers", "window_steps"), where)
+        kind = STRAGGLERS["window_steps"].kind
+        if not kind.holds(window):
+            raise where.error(("stragglers", "window_steps"), f"must be {kind.low}..{kind.high} steps, got {window}")
+        values["window_steps"] = window
+    return StragglerSpec(**values)
+
+
 def _env(raw: Any, where: _Where) -> tuple[tuple[str, str], ...]:
     if raw is None:
         return ()
@@ -819,6 +855,7 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         "console": "all" if spec.console is None else list(spec.console),
         "watchdog": {f.name: (AUTO if f.name == "stall_timeout" and spec.watchdog.auto else getattr(spec.watchdog, f.name))
                      for f in fields(WatchdogSpec)},
+        "stragglers": {f.name: getattr(spec.stragglers, f.name) for f in fields(StragglerSpec)},
     }
     if spec.backend is Backend.ASCEND:
         data["ascend"] = {"init": spec.ascend.init}

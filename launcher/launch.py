@@ -97,6 +97,7 @@ class AttemptRecord:
     # newest good checkpoint; none or None: a fresh start), and its step
     state_from: Optional[str] = None
     resumed_step: Optional[int] = None
+    stragglers: list[dict[str, Any]] = field(default_factory=list)  # ranks named stragglers (launcher.stragglers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +120,9 @@ class AttemptRecord:
                              teardown_s=number("teardown_s"), restart_s=number("restart_s"),
                              resume_first_step_s=number("resume_first_step_s"),
                              state_from=raw.get("state_from") if isinstance(raw.get("state_from"), str) else None,
-                             resumed_step=raw.get("resumed_step") if isinstance(raw.get("resumed_step"), int) else None)
+                             resumed_step=raw.get("resumed_step") if isinstance(raw.get("resumed_step"), int) else None,
+                             stragglers=[s for s in raw.get("stragglers") or [] if isinstance(s, dict)]
+                             if isinstance(raw.get("stragglers"), list) else [])
 
 
 STATE_FROM_DISK = "disk"  # a restart resumed from the newest good checkpoint on disk
@@ -194,7 +197,11 @@ def write_goodput_scalars(job_dir: str, attempts: Sequence[AttemptRecord]) -> No
                       "goodput/state_from_memory": None if a.state_from is None
                       else float(a.state_from == STATE_FROM_MEMORY),
                       "goodput/first_step_s": (a.first_step_at - a.started_at)
-                      if a.first_step_at is not None and a.started_at is not None else None}
+                      if a.first_step_at is not None and a.started_at is not None else None,
+                      # the ranks named stragglers (launcher.stragglers) and each one's score when named
+                      "stragglers/named": len(a.stragglers),
+                      **{f"stragglers/rank{n['rank']}_relative": n.get("relative") for n in a.stragglers
+                         if isinstance(n.get("rank"), int) and isinstance(n.get("relative"), (int, float))}}
             writer.add_scalars({k: float(v) for k, v in values.items() if v is not None}, a.attempt)
         ratio = goodput(attempts).get("effective_training_ratio")
         if ratio is not None and attempts:
@@ -548,7 +555,8 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                 agent_cwd=lambda h: launch_dir if by_host[h].sees_launch_folder else None,
                                 # a remote line carries no user data: the job folder travels in the spec
                                 agent_env=lambda h: {"MSCLUSTER_JOB_DIR": job.agent(h).job_dir} if by_host[h].is_local else {},
-                                sink=sink, attempt=attempt, watch=cluster.watchdog, preempt=preempt)
+                                sink=sink, attempt=attempt, watch=cluster.watchdog, preempt=preempt,
+                                stragglers=cluster.stragglers)
         attempt_result = supervisor.run()
         # where this attempt's training state came from: a snapshot or checkpoint the keeper chose, else a
         # restart of the built-in trainer resumes from the newest good checkpoint on disk
@@ -578,7 +586,8 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                              teardown_s=_since(attempt_result.stopped_at, attempt_result.ended_at)
                                              if root is not None else None,
                                              state_from=state_from,
-                                             resumed_step=restored.step if restored else None))
+                                             resumed_step=restored.step if restored else None,
+                                             stragglers=attempt_result.stragglers))
         result.restarts = attempt - first
         if attempt_result.eval:
             result.eval = attempt_result.eval

@@ -21,7 +21,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from launcher.spec import (AscendInit, AscendSpec, Backend, ClusterSpec, RankTableVersion, SchedulerKind, SlurmSpec,
-                           SSHSpec, WatchdogSpec)
+                           SSHSpec, StragglerAction, StragglerSpec, WatchdogSpec)
 from trainer import config as train_config
 
 
@@ -459,6 +459,18 @@ WATCHDOG = Section("watchdog", "watchdog", ("`watchdog: false` turns it off. See
             "faulthandler)"),
 ), spec=WatchdogSpec)
 
+STRAGGLERS = Section("stragglers", "stragglers", (
+    "A rank slower than the others is named (a warning line, `status.json`, `mscluster status`). See "
+    "[Stragglers](../concepts/stragglers.md)."), (
+    Setting("action", Words.of(StragglerAction, aliases=(False,)),
+            "`warn`: name a straggler; `off` (YAML reads a bare `off` as `false`: taken as `off`): score nothing"),
+    Setting("threshold", Number(0, 1, low_open=True, high_open=True, unit="number"),
+            "a rank whose relative score (the fastest rank's median step time / its own) stays below this for "
+            "`window_steps` steps is a straggler; 0.75 leaves a healthy rank with +-15% jitter well above it"),
+    Setting("window_steps", Integer(3, 1000), "the steps each rank's median is taken over, and how many of its "
+            "reports in a row below (or again above) the threshold name (or un-name) it"),
+), spec=StragglerSpec)
+
 
 def seconds_kind(kind: Kind) -> Number:
     """The number of seconds a watchdog setting takes (``stall_timeout`` also takes ``auto``)."""
@@ -531,10 +543,11 @@ TOP = Section("", "Top level", "", (
     Setting("cwd", PATH, "`command:`'s folder on every host; null: the folder `launch` runs in. Only with "
             "`command:`", null=True),
     Setting("watchdog", AnyOf((WATCHDOG, Const(False))), "stall detection; `false`: off", None, null=True),
+    Setting("stragglers", STRAGGLERS, "slow ranks named", None, null=True),
     Setting("scheduler", Words.of(SchedulerKind), "`ssh`: the `hosts:` list over SSH; `slurm`: the allocation's "
             "nodes through srun (no `hosts:`)"),
     Setting("slurm", SLURM, "only with `scheduler: slurm`", None, null=True),
     Setting("ascend", ASCEND, "only with `backend: ascend`", None, null=True),
 ), spec=ClusterSpec)
 
-SECTIONS = (TOP, HOST, SSH, ASCEND, SLURM, WATCHDOG, TRAIN)  # in the page's order
+SECTIONS = (TOP, HOST, SSH, ASCEND, SLURM, WATCHDOG, STRAGGLERS, TRAIN)  # in the page's order

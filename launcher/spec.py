@@ -115,6 +115,34 @@ class WatchdogSpec:
         return self.stall_timeout is None
 
 
+class StragglerAction(_Word):
+    """``stragglers.action``: what the launcher does about a rank that runs slower than the others."""
+
+    WARN = "warn"  # name it: a warning line, status.json, ``mscluster status``, result.json
+    OFF = "off"  # score nothing
+
+
+@dataclass(frozen=True)
+class StragglerSpec:
+    """When a rank counts as a straggler (``launcher.stragglers``).
+
+    ``threshold`` 0.75: a rank slowed to 60% scores about 0.6, while the median of 10 steps with
+    +-15% jitter on every rank keeps a healthy one above 0.85; ``window_steps`` 10: a median over
+    10 steps ignores a checkpoint or a hiccup, and a window below the threshold names a rank
+    slowed to 60% about 15 steps after it slowed."""
+
+    action: StragglerAction = StragglerAction.WARN
+    threshold: float = 0.75  # relative score (fastest median / own median) under which a rank is slow
+    window_steps: int = 10  # steps each median is taken over, and how long a rank stays slow to be named
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", StragglerAction(self.action))
+
+    @property
+    def enabled(self) -> bool:
+        return self.action is not StragglerAction.OFF
+
+
 @dataclass(frozen=True)
 class SlurmSpec:
     """``scheduler: slurm``: the allocation's shape and what ``mscluster submit`` asks sbatch for."""
@@ -208,6 +236,7 @@ class ClusterSpec:
     cwd: Optional[str] = None  # a command's folder on every host; None = the folder launch runs in
     console: Optional[tuple[int, ...]] = (0,)  # ranks whose every line the terminal shows; None = all
     watchdog: WatchdogSpec = field(default_factory=WatchdogSpec)
+    stragglers: StragglerSpec = field(default_factory=StragglerSpec)
     scheduler: SchedulerKind = SchedulerKind.SSH
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     ascend: AscendSpec = field(default_factory=AscendSpec)

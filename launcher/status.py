@@ -66,7 +66,8 @@ class StatusWriter:
     attempt's: running | succeeded | failed | interrupted), "attempt_started_at", "updated_at",
     "world_size", "eval": {"epoch", <metric>: value}, "processes": {name: {"host", "rank", "state",
     "pid", "global_step", "epoch", "epochs", "step", "steps", "loss", "img_per_s", "scalars",
-    "progress_at", "checkpoint", "checkpoint_step", "exit_code", "signal", "log"}}}``, every
+    "progress_at", "checkpoint", "checkpoint_step", "exit_code", "signal", "log"}}, "stragglers": [{"host",
+    "rank", "relative", "individual", "since_step", "since"}] (once a rank was named: launcher.stragglers)}``, every
     field from the typed events the ranks send (``mscluster.events``): nothing is read from what
     they print. A later attempt of the same launcher keeps the last eval.
 
@@ -160,6 +161,12 @@ class StatusWriter:
             self.data["watchdog"] = dict(in_force)
             self._pending = True
 
+    def set_stragglers(self, named: list[dict[str, Any]]) -> None:
+        """The ranks named stragglers now (``launcher.stragglers.StragglerScore.to_dict``)."""
+        if self.data.get("stragglers", []) != named:
+            self.data["stragglers"] = list(named)
+            self._pending = True
+
     def flush(self) -> None:
         """Write the changes not yet in the file, if ``every`` seconds have passed since the last write."""
         if self._pending and self.monotonic() - self._written_at >= self.every:
@@ -240,6 +247,7 @@ class JobStatus:
     updated_at: Optional[float] = None
     root_cause: Optional[dict[str, Any]] = None
     watchdog: Optional[dict[str, Any]] = None  # the limits in force (status.json's "watchdog")
+    stragglers: tuple[dict[str, Any], ...] = ()  # the ranks named stragglers (status.json's "stragglers")
 
     @property
     def lead(self) -> Optional[RankStatus]:
@@ -309,6 +317,8 @@ def read_status(job_dir: str) -> JobStatus:
             global_step=_int_or_none(p.get("global_step")), loss=p.get("loss"), img_per_s=p.get("img_per_s"),
             exit_code=_int_or_none(p.get("exit_code")), signal=p.get("signal"), checkpoint=p.get("checkpoint")))
     evaluation = dict((live or {}).get("eval") or {})
+    named = (live or {}).get("stragglers")
+    stragglers = tuple(s for s in named if isinstance(s, dict)) if isinstance(named, list) else ()
     max_attempts = _max_attempts(job_dir)
     if result is not None:
         attempts = result.get("attempts") or []
@@ -317,7 +327,7 @@ def read_status(job_dir: str) -> JobStatus:
             evaluation = {**evaluation, **result["eval"]}
         return JobStatus(job_dir, _job_state(result.get("status")), int(result.get("restarts", 0)), max_attempts,
                          "", evaluation, tuple(ranks), os.path.getmtime(result_path),
-                         root if result.get("status") != JobState.SUCCEEDED else None)
+                         root if result.get("status") != JobState.SUCCEEDED else None, stragglers=stragglers)
     live = live or {}
     attempt, state = int(live.get("attempt", 0)), str(live.get("state", AttemptState.RUNNING))
     alive = _launcher_alive(live.get("launcher", {}))
@@ -334,7 +344,8 @@ def read_status(job_dir: str) -> JobStatus:
         detail = f"the launcher runs on {launcher.get('host')}"
     watch = live.get("watchdog")
     return JobStatus(job_dir, state, attempt, max_attempts, detail, evaluation, tuple(ranks),
-                     live.get("updated_at"), watchdog=watch if isinstance(watch, dict) else None)
+                     live.get("updated_at"), watchdog=watch if isinstance(watch, dict) else None,
+                     stragglers=stragglers)
 
 
 def _job_state(raw: Any) -> str:
@@ -392,6 +403,11 @@ def format_status(status: JobStatus, now: Optional[float] = None) -> str:
         limits = ", ".join(f"{k} {_fmt(v, 'g')} s" for k, v in w["limits"].items() if isinstance(v, (int, float)))
         lines.append(f"  watchdog:  stall_timeout {w.get('stall_timeout')}: {limits}; "
                      f"frozen after {_fmt(w.get('frozen_after'), 'g')} s without a beat")
+    for s in status.stragglers:
+        relative = s.get("relative")
+        lines.append(f"  straggler: rank {_fmt(s.get('rank'))} on {_fmt(s.get('host'))} at "
+                     f"{_fmt(relative, '.2f') if isinstance(relative, (int, float)) else '?'} of the fastest rank's "
+                     f"speed since step {_fmt(s.get('since_step'))}")
     if status.updated_at is not None:
         lines.append(f"  updated:   {max(now - status.updated_at, 0):.0f} s ago")
     if status.ranks:

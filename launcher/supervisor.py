@@ -36,9 +36,10 @@ from launcher.protocol import (ControlMessage, AgentMessage, AgentSpec, Alive, D
                                encode_control)
 from launcher.preemption import PREEMPT_WAIT_S, PreemptAction, Preemption  # noqa: F401 - PREEMPT_WAIT_S re-exported
 from launcher.report import RankFailure, traceback_tail
-from launcher.spec import WatchdogSpec
+from launcher.spec import StragglerAction, StragglerSpec, WatchdogSpec
 from launcher.stall import STACKS_WAIT_S, StallAction, StallWatch  # noqa: F401 - STACKS_WAIT_S re-exported
 from launcher.status import StatusWriter
+from launcher.stragglers import Change, StragglerScorer, describe as describe_straggler
 from mscluster import events
 from mscluster.rank import PREEMPT_EXIT
 
@@ -72,6 +73,7 @@ class AttemptResult:
     all_started_at: Optional[float] = None  # wall time every process of every host had started
     all_progress_at: Optional[float] = None  # wall time every rank had reported its first step
     interrupted_by: Optional[str] = None  # the signal that interrupted it (SIGINT, SIGTERM, SIGHUP)
+    stragglers: list[dict] = field(default_factory=list)  # each rank named a straggler, as it was when named
 
     @property
     def ok(self) -> bool:
@@ -125,7 +127,8 @@ class Supervisor:
                  agent_argv: Callable[[str], list[str]], agent_cwd: Callable[[str], Optional[str]],
                  sink: LogSink, attempt: int = 0, agent_env: Callable[[str], Mapping[str, str]] = lambda h: {},
                  watch: WatchdogSpec = WatchdogSpec(enabled=False), preempt: Optional[threading.Event] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 stragglers: StragglerSpec = StragglerSpec(action=StragglerAction.OFF)):
         self.clock = clock  # monotonic seconds: every timeout of the attempt is measured on it (tests drive it)
         self.hosts = {h: _Host(spec, executors[h]) for h, spec in specs.items()}
         self.preemption = Preemption(preempt, clock)  # preempt: set by a SIGUSR1 handler (Slurm's warning)
@@ -133,6 +136,7 @@ class Supervisor:
         self.agent_env = agent_env
         self.stall = StallWatch(watch, [(h, p.name, p.rank) for h, host in self.hosts.items()
                                         for p in host.spec.processes if p.rank is not None], clock)
+        self.stragglers = StragglerScorer(stragglers)
         self.exited: set = set()
         self.finished: set = set()  # (host, name) of processes whose entry point returned (events.Finished)
         self._rank0_first_step_at: Optional[float] = None
@@ -333,6 +337,7 @@ class Supervisor:
             if live is not None:
                 if isinstance(item.event, events.Progress):
                     self._count_step(live.rank, item.event.step)
+                    self._score_step(host, live.rank, item.event)
                     if self._waiting_first_step:
                         self._waiting_first_step.discard((host, item.name))
                         if not self._waiting_first_step:
@@ -378,6 +383,20 @@ class Supervisor:
                 self._rank0_first_step_at = now
             self.result.last_step = step
             self.result.step_seconds = now - self._rank0_first_step_at
+
+    def _score_step(self, host: str, rank: int, event: events.Progress) -> None:
+        """Straggler scores (launcher.stragglers): a change is said once; status.json lists the ranks named."""
+        change = self.stragglers.observe(rank, host, event.step, event.time, event.scalars.get(events.COMPUTE_S))
+        if change is not None:
+            line = describe_straggler(change.score, self.stragglers.spec.window_steps)
+            if change.change is Change.NAMED:
+                logger.warning("%s", line)
+                self.result.stragglers.append(change.score.to_dict())
+            else:
+                logger.info("rank %s on %s is no longer a straggler (relative score %.2f)", rank, host,
+                            change.score.relative)
+        if change is not None or self.stragglers.stragglers():  # their scores move with every step
+            self.status.set_stragglers([s.to_dict() for s in self.stragglers.stragglers()])
 
     def _check_disk(self) -> None:
         """Logs that cannot be written (a full disk): stop the job cleanly, naming the cause."""

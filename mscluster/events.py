@@ -13,6 +13,9 @@ again, since it trusts no message blindly. Kinds:
     section     {"v": 1, "kind": "section", "time", "name", "end": bool}   the rank enters (end false) or
                 leaves (end true) a named part of its work: the watchdog times each section on its own
 
+A progress event's scalar ``compute_s`` (``COMPUTE_S``) is the seconds per step the rank spent
+outside the gradient exchange: the launcher's straggler scores prefer it to the wall step time.
+
 ``step`` counts the program's own steps (the built-in trainer: optimizer steps); numbers may be
 NaN or infinite (a diverged loss is worth seeing). Pure data: no I/O, no MindSpore, no launcher.
 """
@@ -29,6 +32,7 @@ MAX_LINE_BYTES = 16384  # an event is a few hundred bytes; a longer line is refu
 MAX_SCALARS = 64
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,63}")  # a scalar, metric or section name
 _NAME = NAME
+COMPUTE_S = "compute_s"  # a progress scalar: seconds per step outside the gradient exchange (launcher.stragglers)
 
 
 class EventError(ValueError):

@@ -35,3 +35,19 @@ def test_a_restart_that_never_stepped_keeps_what_is_known():
     assert AttemptRecord.from_dict({**record.to_dict(), "resumed_step": "x"}).resumed_step is None
     assert format_recovery(AttemptRecord(attempt=1, ok=True)) is None
     assert recovery_lines([AttemptRecord(attempt=0, ok=True)]) == []
+
+
+def test_the_ranks_named_stragglers_survive_result_json_and_reach_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from launcher.launch import write_goodput_scalars
+
+    named = {"host": "10.0.0.2", "rank": 3, "relative": 0.58, "individual": 0.6, "since_step": 41, "since": 1200.0}
+    record = AttemptRecord(attempt=0, ok=True, started_at=900.0, ended_at=1300.0, stragglers=[named])
+    assert AttemptRecord.from_dict(record.to_dict()) == record
+    assert AttemptRecord.from_dict({"attempt": 0, "stragglers": "rank 3"}).stragglers == []  # a bad entry: none
+    write_goodput_scalars(str(tmp_path), [record, AttemptRecord(attempt=1, ok=True)])
+    acc = EventAccumulator(str(tmp_path / "tensorboard" / "launcher"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("stragglers/named")] == [(0, 1.0), (1, 0.0)]
+    assert [round(e.value, 3) for e in acc.Scalars("stragglers/rank3_relative")] == [0.58]

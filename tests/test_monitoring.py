@@ -420,3 +420,41 @@ def test_progress_line_is_drawn_in_a_terminal(tmp_path, cifar_dir):
     assert draws and draws[-1] == "12" and len(draws) >= 2, text[-3000:]
     assert "\x1b[K\r\n" in text  # the finished line is kept, the next output starts on a new line
     assert "epoch=1/1 step=" not in text  # no plain lines in a terminal
+
+
+@pytest.mark.mindspore
+def test_a_step_with_the_exchange_on_the_host_reports_its_time_outside_it(monkeypatch):
+    """StepMonitor's progress event: compute_s (the straggler scores' time) only where the step timed its exchange."""
+    import io
+
+    import mindspore as ms
+
+    from mscluster import events
+    from trainer import callbacks
+    from trainer.config import from_dict
+    from trainer.distributed import RankInfo
+
+    sent = []
+    monitor = callbacks.StepMonitor(from_dict({"epochs": 1}), RankInfo(), 4, np.full(4, 0.1, np.float32), None, 0,
+                                    stream=io.StringIO())
+    monkeypatch.setattr(callbacks, "report", lambda step, **fields: sent.append(fields))
+
+    class Args:
+        net_outputs = ms.Tensor(1.5, ms.float32)
+        cur_step_num = 0
+
+    class Context:
+        args = Args()
+
+        def original_args(self):
+            return self.args
+
+    context = Context()
+    for exchange_s in (None, 0.0):  # MindSpore's own step (no exchange_s), then a host exchange of no time
+        if exchange_s is not None:
+            Args.exchange_s = exchange_s
+        monitor.on_train_step_begin(context)
+        Args.cur_step_num += 1
+        monitor.on_train_step_end(context)
+    assert events.COMPUTE_S not in sent[0]
+    assert sent[1][events.COMPUTE_S] > 0  # the whole step was outside the exchange

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from typing import Callable, Mapping, Optional, Sequence
@@ -24,7 +25,8 @@ from launcher.lifecycle import AttemptState, Interrupted
 from launcher.protocol import (AgentSpec, Alive, Done, Exited, Output, ProcessSpec, Relayed, Stacks, Started,
                                decode_control, encode_message, ControlMessage)
 from launcher.report import order_failures
-from launcher.spec import WatchdogSpec
+from launcher.spec import StragglerAction, StragglerSpec, WatchdogSpec
+from launcher.status import format_status, read_status
 from launcher.supervisor import LEFTOVER_WAIT_S, LogSink, Supervisor
 from mscluster import events
 from mscluster.rank import PREEMPT_EXIT
@@ -162,12 +164,13 @@ class Attempt:
         self.job_dir = str(tmp_path / "job")
         watch = kwargs.pop("watch", WatchdogSpec(enabled=False))
         preempt = kwargs.pop("preempt", None)
+        stragglers = kwargs.pop("stragglers", StragglerSpec(action=StragglerAction.OFF))
         self.specs = _specs(self.job_dir, **kwargs)
         self.executors = {h: FakeExecutor(h) for h in self.specs}
         self.clock = FakeClock()
         self.sink = LogSink(os.path.join(self.job_dir, "logs"), console, 0)
         self.sup = Supervisor(self.specs, self.executors, agent_argv=lambda h: ["agent"], agent_cwd=lambda h: None,
-                              sink=self.sink, watch=watch, preempt=preempt, clock=self.clock)
+                              sink=self.sink, watch=watch, preempt=preempt, clock=self.clock, stragglers=stragglers)
         self.sup.start_agents(threaded=False)
 
     def agent(self, host: str) -> FakeAgent:
@@ -323,6 +326,41 @@ def test_an_interrupt_names_its_signal(tmp_path, caplog, exc, reason, signame):
 
 def _step(a: Attempt, host: str, name: str, step: int) -> None:
     a.agent(host).say(Relayed(name=name, event=events.Progress(step=step, time=time.time(), loss=1.0)))
+
+
+def test_a_slow_rank_is_named_a_straggler_in_the_log_status_and_result(tmp_path, caplog):
+    a = Attempt(tmp_path, stragglers=StragglerSpec())  # warn, threshold 0.75, window 10
+    a.start_all()
+    ranks = (("rank0", "host0"), ("rank1", "host0"), ("rank2", "host1"), ("rank3", "host1"))
+    now, named_at = 5000.0, None
+    with caplog.at_level("WARNING", logger="launcher.supervisor"):
+        for step in range(1, 60):
+            # rank 3 computes at 60% speed from step 20; every rank waits in the exchange for the slowest
+            compute = {name: 0.1 * (1 + 0.05 * ((step * (i + 3)) % 5 - 2)) / (0.6 if name == "rank3" and step >= 20
+                                                                                  else 1.0)
+                       for i, (name, _) in enumerate(ranks)}
+            now += max(compute.values()) + 0.02
+            for name, host in ranks:
+                a.agent(host).say(Relayed(name=name, event=events.Progress(
+                    step=step, time=now, loss=1.0, scalars={events.COMPUTE_S: compute[name]})))
+            a.drive(0)
+            if named_at is None and "straggler:" in caplog.text:
+                named_at = step
+    assert named_at is not None and named_at - 20 < 20, named_at
+    warnings = [r.getMessage() for r in caplog.records if "straggler:" in r.getMessage()]
+    assert len(warnings) == 1 and "rank 3 on host1 runs at 0." in warnings[0], warnings
+    said = re.search(r"runs at ([0-9.]+) of the fastest rank's speed over its last 10 steps", warnings[0])
+    assert said and 0.5 < float(said.group(1)) < 0.7, warnings[0]
+    for host in a.specs:
+        for p in a.specs[host].processes:
+            a.agent(host).exit(p.name, 0)
+    result = a.finish()
+    assert result.ok and [(s["rank"], s["host"]) for s in result.stragglers] == [(3, "host1")]
+    named = a.status()["stragglers"]
+    assert [(s["rank"], s["host"]) for s in named] == [(3, "host1")]
+    assert 0.5 < named[0]["relative"] < 0.7 and named[0]["since_step"] >= 20 and named[0]["since"] > 5000
+    shown = format_status(read_status(a.job_dir))
+    assert f"straggler: rank 3 on host1 at {named[0]['relative']:.2f} of the fastest" in shown and f"since step {named[0]['since_step']}" in shown
 
 
 def test_a_host_gone_silent_is_lost_and_the_others_stopped(tmp_path):

@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Optional, TextIO
 import numpy as np
 from mindspore.train import Callback
 
+from mscluster.events import COMPUTE_S
 from mscluster.rank import RankInfo, preempt_requested, report
 from trainer.config import TrainConfig
 from trainer.errors import TrainerError
@@ -138,10 +139,17 @@ class StepMonitor(Callback):
                 scalars["train/grad_accumulation"] = float(self.cfg.grad_accumulation)
             self.writer.add_scalars(scalars, self.global_step)
             self.writer.flush()  # one small write(2): the point survives a kill of this rank
-        # the launcher's view (status.json, mscluster status): a typed event, never the printed line
+        # the launcher's view (status.json, mscluster status): a typed event, never the printed line; with
+        # the exchange on the host, the seconds a step spent outside it (data, compute) for the straggler
+        # scores; MindSpore's own step cannot separate its collective, and reports none
+        try:
+            exchange_s = args.exchange_s  # set by trainer.trainstep's own step
+        except (AttributeError, KeyError):  # MindSpore's run context raises KeyError for a name it lacks
+            exchange_s = None
+        outside = {COMPUTE_S: max(wall - exchange_s, 0.0) / steps} if exchange_s is not None else {}
         report(self.global_step, epoch=self.epoch + 1, loss=loss, lr=lr, img_per_s=img_s * self.info.world_size,
                epochs=self.cfg.epochs, step_in_epoch=self.step_in_epoch, steps_per_epoch=self.per_epoch,
-               grad_accumulation=self.cfg.grad_accumulation)
+               grad_accumulation=self.cfg.grad_accumulation, **outside)
         if self.live:
             self._draw(loss, img_s * self.info.world_size, now)
         else:

@@ -29,6 +29,7 @@ Parameter names are those of MindSpore's own step (no prefix is added), so check
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, Optional, Sequence
 
 import mindspore as ms
@@ -218,6 +219,7 @@ class _Saved(nn.Cell):
 class _Args:
     net_outputs = None
     cur_step_num = 0
+    exchange_s: Optional[float] = None  # the last step's seconds in the host exchange (None: in the graph)
 
 
 class _RunContext:
@@ -272,6 +274,7 @@ class AccumulatingModel:
         import numpy as np
 
         self.k, self.world_size, self.host = accumulation, world_size, host
+        self.exchange_s: Optional[float] = None  # the last step's seconds in the host exchange, waiting included
         accum = None
         if accumulation > 1:
             accum = ms.ParameterTuple([ms.Parameter(ms.Tensor(np.zeros(p.shape, np.float32)),
@@ -304,7 +307,12 @@ class AccumulatingModel:
                       for i in range(self.k - 1)]
             loss, grads = self.last(data[(self.k - 1) * size:], label[(self.k - 1) * size:])
             losses.append(loss)
-            flat = self.host.mean([g.asnumpy() for g in grads], 1.0 / (self.k * self.world_size))
+            arrays = [g.asnumpy() for g in grads]
+            # the exchange's own time, the wait for the slowest rank included: the straggler scores
+            # (launcher.stragglers) take this rank's time outside it
+            began = time.perf_counter()
+            flat = self.host.mean(arrays, 1.0 / (self.k * self.world_size))
+            self.exchange_s = time.perf_counter() - began
             given, offset = [], 0
             for shape in self.shapes:
                 n = math.prod(shape)
@@ -322,6 +330,7 @@ class AccumulatingModel:
             for cb in callbacks:
                 cb.on_train_step_begin(context)
             context.args.net_outputs = ms.Tensor(self.step(data, label), ms.float32)
+            context.args.exchange_s = self.exchange_s
             context.args.cur_step_num += 1
             for cb in callbacks:
                 cb.on_train_step_end(context)
