@@ -39,13 +39,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.train import train
 
     try:
-        record(train)(cfg, os.environ)  # an exception leaves the error file the launcher's table shows
+        result = record(train)(cfg, os.environ)  # an exception leaves the error file the launcher's table shows
     except InjectedFault as exc:
         print(f"mscluster train: {exc}", file=sys.stderr)
         return exc.exit_code
     from trainer.distributed import leave_now, skips_cluster_teardown
 
-    if skips_cluster_teardown(os.environ):  # its checkpoint, logs and TensorBoard are written and closed
+    if skips_cluster_teardown(os.environ, result.past_last_collective):  # its files are written and closed
         leave_now(0)
     return 0
 

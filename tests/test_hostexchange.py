@@ -180,3 +180,15 @@ def test_a_float16_exchange_asked_for_is_the_collectives_unless_shared_memory_is
     assert grad_exchange(TrainConfig(grad_allreduce_dtype="float16", grad_exchange="shared_memory"), info) == \
         "shared_memory"  # then float16 is what the hosts' AllReduce carries
     assert grad_exchange(TrainConfig(sink_mode=True), info) == "collective"  # a sink runs MindSpore's own step
+
+
+def test_a_worker_skips_the_cluster_teardown_only_past_its_last_collective_under_the_agent():
+    """A rank that leaves right after its last collective returned left another waiting in it for good
+    (its bytes were still on the way): only the shared-memory barrier of a one-host job says none are."""
+    from trainer.distributed import skips_cluster_teardown
+
+    agent = {"MS_ROLE": "MS_WORKER", "MSCLUSTER_EVENT_FD": "5"}
+    assert skips_cluster_teardown(agent, past_last_collective=True)
+    assert not skips_cluster_teardown(agent, past_last_collective=False)  # several hosts, or MindSpore's step
+    assert not skips_cluster_teardown({"MS_ROLE": "MS_WORKER"}, past_last_collective=True)  # msrun's scheduler waits
+    assert not skips_cluster_teardown({**agent, "MS_ROLE": "MS_SCHED"}, past_last_collective=True)

@@ -41,18 +41,20 @@ def init_backend(info: RankInfo, graph_mode: bool) -> RankInfo:
     return dataclasses.replace(info, rank=rank, world_size=size)
 
 
-def skips_cluster_teardown(environ) -> bool:
+def skips_cluster_teardown(environ, past_last_collective: bool) -> bool:
     """Whether a worker that finished its work may leave without MindSpore's dynamic-cluster teardown.
 
     Measured on CPU (2 ranks, MindSpore 2.10): after its last line a worker spends 2-5 s in the
     interpreter's exit (MindSpore's cluster finalization, each worker waiting for the slowest), and the
-    scheduler 3-4 s more before it leaves. None of it is work the job needs. Only under mscluster's
-    own agent (``MSCLUSTER_EVENT_FD``), which stops the scheduler once every rank has ended well: a
-    worker under msrun or any other launcher keeps the teardown its scheduler waits for.
+    scheduler 3-4 s more before it leaves. None of it is work the job needs, once no rank waits for
+    bytes from another (``past_last_collective``: a rank that left right after its last collective
+    returned once left another waiting in it for good). Only under mscluster's own agent
+    (``MSCLUSTER_EVENT_FD``), which stops the scheduler once every rank has ended well: a worker
+    under msrun or any other launcher keeps the teardown its scheduler waits for.
     """
     from mscluster.rank import EVENT_FD_ENV
 
-    return environ.get("MS_ROLE") == "MS_WORKER" and bool(environ.get(EVENT_FD_ENV))
+    return past_last_collective and environ.get("MS_ROLE") == "MS_WORKER" and bool(environ.get(EVENT_FD_ENV))
 
 
 def leave_now(code: int = 0) -> None:

@@ -44,6 +44,9 @@ class TrainResult:
     last_loss: Optional[float] = None
     eval: dict[str, float] = field(default_factory=dict)
     checkpoint: Optional[str] = None
+    # every rank of the job shares this host and met at its shared-memory barrier after its last collective:
+    # none waits for data from another, so the process may end without MindSpore's cluster teardown
+    past_last_collective: bool = False
 
 
 @dataclass(frozen=True)
@@ -555,6 +558,13 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
     # every rank prints the digest of its weights: equal digests prove the ranks trained one model
     emit(f"final rank={info.rank} global_step={result.global_step} loss={result.last_loss} "
          f"weights_sha256={weights_digest(run.net)}")
+    host = getattr(run.model, "host", None)  # the shared-memory exchange (trainer.hostexchange), if any
+    if host is not None and host.link.local_size == info.world_size:
+        # MindSpore's collectives send asynchronously: a rank past its last one may still have bytes on the way
+        # to another. Once every rank of the host is past its own (this barrier, through the kernel's socket
+        # buffers), nothing is on the way any more; with other hosts this barrier would not say so.
+        host.link.barrier()
+        result.past_last_collective = True
     return result
 
 
