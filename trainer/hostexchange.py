@@ -277,3 +277,14 @@ class HostMean:
 
     def close(self) -> None:
         self.link.close()
+
+
+def exit_barrier(info: RankInfo, environ) -> None:
+    """Return once every rank of this host has called it (a job whose ranks all share one host and have no
+    shared-memory exchange open: past it, no rank waits for bytes from another)."""
+    layout = HostLayout(info.rank, info.local_rank, info.local_size, info.world_size)
+    link = HostLink(socket_name(exchange_key(environ) + "|exit", layout), info.local_rank, info.local_size, 8)
+    try:
+        link.barrier()
+    finally:
+        link.close()

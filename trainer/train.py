@@ -558,12 +558,17 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
     # every rank prints the digest of its weights: equal digests prove the ranks trained one model
     emit(f"final rank={info.rank} global_step={result.global_step} loss={result.last_loss} "
          f"weights_sha256={weights_digest(run.net)}")
-    host = getattr(run.model, "host", None)  # the shared-memory exchange (trainer.hostexchange), if any
-    if host is not None and host.link.local_size == info.world_size:
-        # MindSpore's collectives send asynchronously: a rank past its last one may still have bytes on the way
-        # to another. Once every rank of the host is past its own (this barrier, through the kernel's socket
-        # buffers), nothing is on the way any more; with other hosts this barrier would not say so.
-        host.link.barrier()
+    # MindSpore's collectives send asynchronously: a rank past its last one may still have bytes on the way
+    # to another. Once every rank of the host is past its own (a barrier through the kernel's socket
+    # buffers), nothing is on the way any more; with other hosts such a barrier would not say so.
+    if info.distributed and info.local_size == info.world_size:
+        host = getattr(run.model, "host", None)  # the shared-memory exchange (trainer.hostexchange), if any
+        if host is not None:
+            host.link.barrier()
+        else:
+            from trainer.hostexchange import exit_barrier
+
+            exit_barrier(info, environ)
         result.past_last_collective = True
     return result
 
