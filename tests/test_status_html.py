@@ -9,13 +9,10 @@ from the network, user strings are escaped, 128 x 8 ranks stay a reasonable size
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import time
-
-import pytest
 
 from launcher.protocol import AgentSpec, Exited, ProcessSpec, Relayed, Started
 from launcher.status import StatusWriter, write_status_html
@@ -98,9 +95,9 @@ def test_a_1024_rank_job_renders_in_a_reasonable_size():
 def _chromium():
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing (scripts/ci_system_deps.sh installs Debian's chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+        from sshd_util import skip_or_fail
+
+        skip_or_fail("chromium is not installed (scripts/ci_system_deps.sh installs Debian's chromium)")
     return found
 
 
