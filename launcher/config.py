@@ -25,10 +25,14 @@ The format (see cluster_configs/ for commented examples)::
     command: [python, my_train.py, --epochs, "2"]   # the program every rank runs
     cwd: /shared/project      # its folder on every host (default: the folder launch runs in)
     watchdog: {stall_timeout: auto, startup_timeout: 900, beat_interval: 5}   # or: false; stall_timeout: 300
-    stragglers: {action: warn, threshold: 0.75, window_steps: 10}   # action: off scores nothing
+    stragglers: {action: warn, threshold: 0.75, window_steps: 10}   # action: off scores nothing; exclude
+    spares:                   # stand by; one takes a failed host's place at the next restart
+      - {address: 10.0.0.9, devices: [0, 1, 2, 3]}
+    exclusion: {after: 2, cooldown: 300}   # a host that caused 2 failures is excluded, for 300 s (doubling)
+    elastic: {min_hosts: 1, allow_batch_change: false}   # no spare left: go on with fewer hosts
     scheduler: ssh            # ssh (the hosts: above) | slurm (the allocation's nodes, no hosts:)
     slurm: {nodes: 2, devices_per_host: 1, partition: null, account: null, time: "1:00:00", requeue: false,
-            warning_s: 120, exclusive: true, start_timeout: 120, sbatch_options: []}
+            warning_s: 120, exclusive: true, start_timeout: 120, spares: 0, sbatch_options: []}
 """
 from __future__ import annotations
 
@@ -46,7 +50,8 @@ from launcher.errors import ConfigError
 from launcher.plan import is_reserved_env
 from launcher.settings import ASCEND_MAX_DEVICES, MAX_DEVICE_ID, MAX_DEVICES_PER_HOST, MAX_SDID
 from launcher.watchdog import AUTO_FLOOR_S
-from launcher.spec import (DEFAULT_DEVICES_PER_HOST, AscendInit, AscendSpec, Backend, ClusterSpec, HostSpec,
+from launcher.spec import (DEFAULT_DEVICES_PER_HOST, AscendInit, AscendSpec, Backend, ClusterSpec, ElasticSpec,
+                           ExclusionSpec, HostSpec,
                            RankTableVersion, SchedulerKind, SlurmSpec, SSHSpec, StragglerAction, StragglerSpec,
                            WatchdogSpec, is_ipv4)
 from mscluster import safeyaml
@@ -57,7 +62,7 @@ from trainer.overrides import OverrideError, merge, parse_pairs
 # the keys, defaults, bounds, choices and patterns are launcher/settings.py's (the reference page's too)
 TOP, HOST, SSH, SLURM, ASCEND, WATCHDOG = (settings.TOP, settings.HOST, settings.SSH, settings.SLURM,
                                            settings.ASCEND, settings.WATCHDOG)
-STRAGGLERS = settings.STRAGGLERS
+STRAGGLERS, EXCLUSION, ELASTIC = settings.STRAGGLERS, settings.EXCLUSION, settings.ELASTIC
 TOP_KEYS = TOP.keys()
 SLURM_KEYS = SLURM.keys()
 SSH_KEYS = SSH.keys()
@@ -252,6 +257,7 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
     else:
         hosts = _hosts(data["hosts"], backend, where)
         world = sum(len(h.devices) for h in hosts)
+    spares = _spares(data.get("spares"), hosts, scheduler, backend, where)
     scheduler_port = _port(data.get("scheduler_port"), ("scheduler_port",), where, optional=True)
     if scheduler_port is not None and backend is Backend.ASCEND and ascend.init is AscendInit.RANKTABLE:
         raise where.error(("scheduler_port",), "not used with ascend.init: ranktable (HCCL starts from the rank "
@@ -282,6 +288,14 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         cwd = _path_text(cwd, ("cwd",), where)
         if not command:
             raise where.error(("cwd",), "only used with command: (the built-in trainer runs in the job folder)")
+    stragglers = _stragglers(data.get("stragglers"), where)
+    elastic = _elastic(data.get("elastic"), hosts, slurm, scheduler, where)
+    for path, what in ((("spares",), spares or slurm.spares), (("elastic",), elastic),
+                       (("stragglers", "action"), stragglers.action is StragglerAction.EXCLUDE)):
+        if what and restarts == 0:
+            where_given = ("slurm", "spares") if path == ("spares",) and not spares else path
+            raise where.error(where_given, "needs restarts: 1 or more: a host is replaced (or the job shrinks) "
+                              "when the job restarts")
     return ClusterSpec(
         name=name,
         backend=backend,
@@ -298,7 +312,10 @@ def _validate(data: dict, where: _Where) -> ClusterSpec:
         cwd=cwd,
         console=_console(data.get("console", TOP.default("console")), world, where),
         watchdog=_watchdog(data.get("watchdog"), where),
-        stragglers=_stragglers(data.get("stragglers"), where),
+        stragglers=stragglers,
+        spares=spares,
+        exclusion=_exclusion(data.get("exclusion"), where),
+        elastic=elastic,
         scheduler=scheduler,
         slurm=slurm,
         ascend=ascend,
@@ -341,6 +358,88 @@ def _hosts(raw: Any, backend: Backend, where: _Where) -> tuple[HostSpec, ...]:
                 raise where.error(("hosts", index, "devices"), f"{len(host.devices)} devices, but hosts[0] has "
                                   f"{len(hosts[0].devices)}: HCCL needs the same number on every server")
     return hosts
+
+
+def _spares(raw: Any, hosts: tuple[HostSpec, ...], scheduler: SchedulerKind, backend: Backend,
+            where: _Where) -> tuple[HostSpec, ...]:
+    """``spares:``: hosts as ``hosts:`` lists them, none of them a host of the job, each able to take the
+    place (the device ids) of at least one host."""
+    if raw is None or raw == []:
+        return ()
+    if scheduler is SchedulerKind.SLURM:
+        raise where.error(("spares",), "not used with scheduler: slurm: ask the allocation for spare nodes with "
+                          "slurm.spares: N")
+    if not isinstance(raw, list):
+        raise where.error(("spares",), f"expected a list of hosts (address, devices), got {_describe(raw)}")
+    spares = tuple(_host(item, ("spares", index), backend, where) for index, item in enumerate(raw))
+    seen = {("<loopback>" if h.is_local else h.address.lower()): f"hosts[{i}]" for i, h in enumerate(hosts)}
+    for index, spare in enumerate(spares):
+        path = ("spares", index, "address")
+        if spare.is_local:
+            raise where.error(path, f"{spare.address!r} is a loopback name: a spare takes another host's place, "
+                              "so the others must reach it; write its network address")
+        key = spare.address.lower()
+        if key in seen:
+            raise where.error(path, f"{spare.address!r} is already {seen[key]}: a spare is a host the job "
+                              "does not use")
+        seen[key] = f"spares[{index}]"
+        if backend is Backend.CPU and not is_ipv4(spare.address):
+            raise where.error(path, "a spare may take the first host's place, where the scheduler runs and "
+                              "MindSpore reads the address (MS_SCHED_HOST) as an IPv4 address: write its IP, "
+                              f"not {spare.address!r}")
+        if backend is Backend.ASCEND and not is_ipv4(spare.address):
+            raise where.error(path, "on ascend the address is the rank table's server_id, the server's IPv4 "
+                              f"address; got {spare.address!r}")
+        if not any(set(h.devices) <= set(spare.devices) for h in hosts):
+            raise where.error(("spares", index, "devices"), f"devices {list(spare.devices)} cannot stand in for any "
+                              "host: a spare takes the device ids of the host it replaces ("
+                              + "; ".join(f"hosts[{i}]: {list(h.devices)}" for i, h in enumerate(hosts)) + ")")
+    return spares
+
+
+EXCLUSION_KEYS, ELASTIC_KEYS = EXCLUSION.keys(), ELASTIC.keys()
+
+
+def _exclusion(raw: Any, where: _Where) -> ExclusionSpec:
+    if raw is None:
+        return ExclusionSpec()
+    if not isinstance(raw, dict):
+        raise where.error(("exclusion",), f"expected a mapping (after, cooldown), got {_describe(raw)}")
+    _check_keys(raw, EXCLUSION_KEYS, ("exclusion",), where)
+    values: dict[str, Any] = {}
+    if "after" in raw:
+        after, kind = _integer(raw["after"], ("exclusion", "after"), where), EXCLUSION["after"].kind
+        if not kind.holds(after):
+            raise where.error(("exclusion", "after"), f"must be {kind.low}..{kind.high} failures, got {after}")
+        values["after"] = after
+    if "cooldown" in raw:
+        cooldown, kind = raw["cooldown"], EXCLUSION["cooldown"].kind
+        if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or not math.isfinite(cooldown) \
+                or not kind.holds(cooldown):
+            raise where.error(("exclusion", "cooldown"), f"expected seconds from {kind.low:g} to {kind.high:g}, "
+                              f"got {_describe(cooldown)}")
+        values["cooldown"] = float(cooldown)
+    return ExclusionSpec(**values)
+
+
+def _elastic(raw: Any, hosts: tuple[HostSpec, ...], slurm: SlurmSpec, scheduler: SchedulerKind,
+             where: _Where) -> Optional[ElasticSpec]:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise where.error(("elastic",), f"expected a mapping (min_hosts, allow_batch_change), got {_describe(raw)}")
+    _check_keys(raw, ELASTIC_KEYS, ("elastic",), where)
+    if "min_hosts" not in raw:
+        raise where.error(("elastic", "min_hosts"), "missing (required): the fewest hosts the job may shrink to")
+    least, kind = _integer(raw["min_hosts"], ("elastic", "min_hosts"), where), ELASTIC["min_hosts"].kind
+    if not kind.holds(least):
+        raise where.error(("elastic", "min_hosts"), f"must be {kind.low}..{kind.high} hosts, got {least}")
+    count = len(hosts) if scheduler is not SchedulerKind.SLURM else slurm.nodes
+    if count is not None and least > count:
+        raise where.error(("elastic", "min_hosts"), f"{least} is more than the job's {count} host(s)")
+    allow = _boolean(raw.get("allow_batch_change", ELASTIC.default("allow_batch_change")),
+                     ("elastic", "allow_batch_change"), where)
+    return ElasticSpec(min_hosts=least, allow_batch_change=allow)
 
 
 def _host(raw: Any, path: Path, backend: Backend, where: _Where) -> HostSpec:
@@ -550,7 +649,7 @@ def _slurm(raw: Any, scheduler: SchedulerKind, backend: Backend, where: _Where) 
         raise where.error(("slurm",), f"expected a mapping of Slurm settings, got {_describe(raw)}")
     _check_keys(raw, SLURM_KEYS, ("slurm",), where)
     values: dict[str, Any] = {}
-    for key in ("nodes", "devices_per_host"):
+    for key in ("nodes", "devices_per_host", "spares"):
         if raw.get(key) is not None:
             number, kind = _integer(raw[key], ("slurm", key), where), SLURM[key].kind
             if not kind.holds(number):
@@ -829,18 +928,7 @@ def resolved_yaml(spec: ClusterSpec) -> str:
 
     ``parse_cluster(resolved_yaml(spec), spec.source) == spec``.
     """
-    hosts = []
-    for host in spec.hosts:
-        entry: dict[str, Any] = {"address": host.address, "devices": list(host.devices)}
-        if host.device_ips:
-            entry["device_ips"] = dict(host.device_ips)
-        if host.host_ip is not None:
-            entry["host_ip"] = host.host_ip
-        if host.super_pod_id is not None:
-            entry["super_pod_id"] = host.super_pod_id
-        if host.super_device_ids:
-            entry["super_device_ids"] = dict(host.super_device_ids)
-        hosts.append(entry)
+    hosts = [_host_entry(host) for host in spec.hosts]
     data = {
         "name": spec.name,
         "backend": spec.backend,
@@ -856,7 +944,12 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         "watchdog": {f.name: (AUTO if f.name == "stall_timeout" and spec.watchdog.auto else getattr(spec.watchdog, f.name))
                      for f in fields(WatchdogSpec)},
         "stragglers": {f.name: getattr(spec.stragglers, f.name) for f in fields(StragglerSpec)},
+        "exclusion": {f.name: getattr(spec.exclusion, f.name) for f in fields(ExclusionSpec)},
     }
+    if spec.spares:
+        data["spares"] = [_host_entry(host) for host in spec.spares]
+    if spec.elastic is not None:
+        data["elastic"] = {f.name: getattr(spec.elastic, f.name) for f in fields(ElasticSpec)}
     if spec.backend is Backend.ASCEND:
         data["ascend"] = {"init": spec.ascend.init}
         if spec.ascend.init is AscendInit.RANKTABLE:
@@ -878,6 +971,19 @@ def resolved_yaml(spec: ClusterSpec) -> str:
     header = f"# {spec.name}: resolved from {spec.source} (defaults and --set applied)\n" + nodes
     return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                               allow_unicode=True)
+
+
+def _host_entry(host: HostSpec) -> dict[str, Any]:
+    entry: dict[str, Any] = {"address": host.address, "devices": list(host.devices)}
+    if host.device_ips:
+        entry["device_ips"] = dict(host.device_ips)
+    if host.host_ip is not None:
+        entry["host_ip"] = host.host_ip
+    if host.super_pod_id is not None:
+        entry["super_pod_id"] = host.super_pod_id
+    if host.super_device_ids:
+        entry["super_device_ids"] = dict(host.super_device_ids)
+    return entry
 
 
 class _Dumper(yaml.SafeDumper):

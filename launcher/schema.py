@@ -35,6 +35,11 @@ RULES = (
     _only_with("slurm", "scheduler", "slurm"),
     _only_with("ascend", "backend", "ascend"),
     {"if": _given("cwd", {"type": "string"}), "then": _given("command", {"type": "array"})},
+    # a spare takes over, or the job shrinks, when the job restarts
+    *({"if": _given(key, value), "then": _given("restarts", {"type": "integer", "minimum": 1})} for key, value in (
+        ("spares", {"type": "array", "minItems": 1}), ("elastic", {"type": "object"}),
+        ("slurm", {"type": "object", "required": ["spares"], "properties": {"spares": {"type": "integer", "minimum": 1}}}),
+        ("stragglers", {"type": "object", "required": ["action"], "properties": {"action": {"const": "exclude"}}}))),
 )
 
 

@@ -21,7 +21,8 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from launcher.spec import (AscendInit, AscendSpec, Backend, ClusterSpec, RankTableVersion, SchedulerKind, SlurmSpec,
-                           SSHSpec, StragglerAction, StragglerSpec, WatchdogSpec)
+                           SSHSpec, StragglerAction, StragglerSpec, WatchdogSpec,
+                           ElasticSpec, ExclusionSpec)
 from trainer import config as train_config
 
 
@@ -438,6 +439,9 @@ SLURM = Section("slurm", "slurm", "Only with `scheduler: slurm`. See [Under Slur
             "(`--signal=B:USR1@<warning_s>`)"),
     Setting("exclusive", Bool(), "whole nodes: every core of a node for its ranks"),
     Setting("start_timeout", Number(1, 3600, unit="seconds"), "for every node's agent to connect back"),
+    Setting("spares", Integer(0, 4096), "nodes asked for beyond `nodes` (`submit`), or the allocation's nodes past "
+            "`nodes` (`launch`): they pass the pre-flight and stand by to replace a failed node. See "
+            "[Spares, exclusion and shrinking](../concepts/spares.md)"),
     Setting("sbatch_options", ListOf(Text(f"-{_NO_CONTROL}*", what="option"), "list of sbatch options"),
             "more `#SBATCH` lines, one option each, starting with `-` (e.g. `--qos=high`, `--gres=npu:8`)",
             null=True),
@@ -463,13 +467,35 @@ STRAGGLERS = Section("stragglers", "stragglers", (
     "A rank slower than the others is named (a warning line, `status.json`, `mscluster status`). See "
     "[Stragglers](../concepts/stragglers.md)."), (
     Setting("action", Words.of(StragglerAction, aliases=(False,)),
-            "`warn`: name a straggler; `off` (YAML reads a bare `off` as `false`: taken as `off`): score nothing"),
+            "`warn`: name a straggler; `exclude`: name it, then rank 0 saves, the attempt stops and the straggler's "
+            "host is excluded (a spare takes its place, or the job shrinks; needs `restarts`); `off` (YAML reads a "
+            "bare `off` as `false`: taken as `off`): score nothing"),
     Setting("threshold", Number(0, 1, low_open=True, high_open=True, unit="number"),
             "a rank whose relative score (the fastest rank's median step time / its own) stays below this for "
             "`window_steps` steps is a straggler; 0.75 leaves a healthy rank with +-15% jitter well above it"),
     Setting("window_steps", Integer(3, 1000), "the steps each rank's median is taken over, and how many of its "
             "reports in a row below (or again above) the threshold name (or un-name) it"),
 ), spec=StragglerSpec)
+
+
+EXCLUSION = Section("exclusion", "exclusion", (
+    "When a host is taken out of the job and for how long. See "
+    "[Spares, exclusion and shrinking](../concepts/spares.md)."), (
+    Setting("after", Integer(1, 100), "a host that is the root cause of this many failed attempts is excluded (a "
+            "lost host, a hardware-looking crash, a failed NPU pre-flight or a straggler with `action: exclude` "
+            "is excluded at once)"),
+    Setting("cooldown", Number(0, 604800, unit="seconds"), "an excluded host is not used again for this long; it "
+            "doubles each time the same host is excluded again (at most 16 x); then it comes back as a spare once "
+            "it passes the pre-flight"),
+), spec=ExclusionSpec)
+
+ELASTIC = Section("elastic", "elastic", (
+    "Without it, a failed host with no spare left ends the job. With it, the job goes on with fewer hosts at the "
+    "same global batch. See [Spares, exclusion and shrinking](../concepts/spares.md)."), (
+    Setting("min_hosts", Integer(1, 4096), "the fewest hosts the job may shrink to", REQUIRED),
+    Setting("allow_batch_change", Bool(), "built-in trainer: when `batch_size x ranks x grad_accumulation` cannot "
+            "be kept exactly on fewer ranks, go on with the nearest global batch instead of ending the job"),
+), spec=ElasticSpec)
 
 
 def seconds_kind(kind: Kind) -> Number:
@@ -544,10 +570,16 @@ TOP = Section("", "Top level", "", (
             "`command:`", null=True),
     Setting("watchdog", AnyOf((WATCHDOG, Const(False))), "stall detection; `false`: off", None, null=True),
     Setting("stragglers", STRAGGLERS, "slow ranks named", None, null=True),
+    Setting("spares", ListOf(HOST, "list of hosts"), "hosts like `hosts:` that pass the pre-flight and stand by: "
+            "one takes a failed host's place (its ranks and device ids) at the next restart; needs `restarts`. Not "
+            "with `scheduler: slurm` (use `slurm.spares`)", None, null=True, default_text="none"),
+    Setting("exclusion", EXCLUSION, "when a host is excluded, and its cooldown", None, null=True),
+    Setting("elastic", ELASTIC, "go on with fewer hosts when no spare is left", None, null=True,
+            default_text="off"),
     Setting("scheduler", Words.of(SchedulerKind), "`ssh`: the `hosts:` list over SSH; `slurm`: the allocation's "
             "nodes through srun (no `hosts:`)"),
     Setting("slurm", SLURM, "only with `scheduler: slurm`", None, null=True),
     Setting("ascend", ASCEND, "only with `backend: ascend`", None, null=True),
 ), spec=ClusterSpec)
 
-SECTIONS = (TOP, HOST, SSH, ASCEND, SLURM, WATCHDOG, STRAGGLERS, TRAIN)  # in the page's order
+SECTIONS = (TOP, HOST, SSH, ASCEND, SLURM, WATCHDOG, STRAGGLERS, EXCLUSION, ELASTIC, TRAIN)  # in the page's order

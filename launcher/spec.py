@@ -119,6 +119,7 @@ class StragglerAction(_Word):
     """``stragglers.action``: what the launcher does about a rank that runs slower than the others."""
 
     WARN = "warn"  # name it: a warning line, status.json, ``mscluster status``, result.json
+    EXCLUDE = "exclude"  # name it, then at once: rank 0 saves, the attempt stops, its host is replaced (or shrunk)
     OFF = "off"  # score nothing
 
 
@@ -144,6 +145,27 @@ class StragglerSpec:
 
 
 @dataclass(frozen=True)
+class ExclusionSpec:
+    """When a host is taken out of the job, and for how long (``launcher.hostpool``).
+
+    A host is excluded at once when it is lost, its rank crashed with a hardware-looking cause, its
+    NPU pre-flight fails, or it is named a straggler with ``stragglers.action: exclude``; and when it
+    is the root cause of ``after`` failures of any kind. Its ``cooldown`` doubles each time the same
+    host is excluded again (Horovod elastic's exponential cooldown), up to ``MAX_COOLDOWN_FACTOR`` x."""
+
+    after: int = 2  # failures a host may be the root cause of before it is excluded
+    cooldown: float = 300.0  # seconds before an excluded host may come back (as a spare, after its pre-flight)
+
+
+@dataclass(frozen=True)
+class ElasticSpec:
+    """``elastic:``: with no spare left, go on with fewer hosts, at the same global batch."""
+
+    min_hosts: int = 1  # the fewest hosts the job may shrink to
+    allow_batch_change: bool = False  # when batch x ranks x grad_accumulation cannot be kept exactly
+
+
+@dataclass(frozen=True)
 class SlurmSpec:
     """``scheduler: slurm``: the allocation's shape and what ``mscluster submit`` asks sbatch for."""
 
@@ -156,6 +178,7 @@ class SlurmSpec:
     warning_s: int = 120  # sbatch --signal=B:USR1@<warning_s>: USR1 this long before the time limit
     exclusive: bool = True  # whole nodes: every core of a node for its ranks
     start_timeout: float = 120.0  # seconds for the agent step to start on every node
+    spares: int = 0  # nodes asked for beyond ``nodes``: they pass the pre-flight and stand by (launcher.hostpool)
     sbatch_options: tuple[str, ...] = ()  # more #SBATCH lines, e.g. ["--qos=high", "--gres=npu:8"]
 
 
@@ -237,6 +260,9 @@ class ClusterSpec:
     console: Optional[tuple[int, ...]] = (0,)  # ranks whose every line the terminal shows; None = all
     watchdog: WatchdogSpec = field(default_factory=WatchdogSpec)
     stragglers: StragglerSpec = field(default_factory=StragglerSpec)
+    spares: tuple[HostSpec, ...] = ()  # hosts that pass the pre-flight and stand by to replace a failed one
+    exclusion: ExclusionSpec = field(default_factory=ExclusionSpec)
+    elastic: Optional[ElasticSpec] = None  # None: no spare left means the job ends, naming the host
     scheduler: SchedulerKind = SchedulerKind.SSH
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     ascend: AscendSpec = field(default_factory=AscendSpec)

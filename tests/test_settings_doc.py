@@ -21,7 +21,8 @@ import yaml
 from launcher import config, settings, settings_doc
 from launcher.config import parse_cluster
 from launcher.errors import ConfigError
-from launcher.spec import AscendSpec, ClusterSpec, HostSpec, SlurmSpec, SSHSpec, StragglerSpec, WatchdogSpec
+from launcher.spec import (AscendSpec, ClusterSpec, ElasticSpec, ExclusionSpec, HostSpec, SlurmSpec, SSHSpec,
+                           StragglerSpec, WatchdogSpec)
 from trainer import config as train_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,10 @@ SECTIONS = {
     "watchdog": (config.WATCHDOG_KEYS, lambda key, value: {"name": "t", "hosts": [HOST], "watchdog": {key: value}}),
     "stragglers": (config.STRAGGLER_KEYS, lambda key, value: {"name": "t", "hosts": [HOST],
                                                                "stragglers": {key: value}}),
+    "exclusion": (config.EXCLUSION_KEYS, lambda key, value: {"name": "t", "hosts": [HOST],
+                                                             "exclusion": {key: value}}),
+    "elastic": (config.ELASTIC_KEYS, lambda key, value: {"name": "t", "hosts": [HOST], "restarts": 1,
+                                                         "elastic": {key: value}}),
     "train": (config.TRAIN_KEYS, lambda key, value: {"name": "t", "hosts": [HOST], "train": {key: value}}),
 }
 
@@ -103,6 +108,8 @@ def test_each_key_on_the_page_is_known_to_the_validator_and_a_misspelt_one_is_no
     (settings.SLURM, SlurmSpec, set()),
     (settings.WATCHDOG, WatchdogSpec, set()),
     (settings.STRAGGLERS, StragglerSpec, set()),
+    (settings.EXCLUSION, ExclusionSpec, set()),
+    (settings.ELASTIC, ElasticSpec, set()),
     (settings.TRAIN, train_config.TrainConfig, set()),
 ])
 def test_each_section_of_the_table_has_the_fields_of_its_dataclass(section, spec, not_in_file):
