@@ -49,6 +49,9 @@ class TrainConfig:
     # when a host runs several ranks (and grad_buckets is 0), else collective
     grad_exchange: str = "auto"
     resume_other_accumulation: bool = False  # resume a checkpoint taken with another grad_accumulation
+    # resume a checkpoint taken with another number of ranks at the same global batch (the launcher sets
+    # it when the job shrinks, launcher.elastic); with resume_other_accumulation too, at another global batch
+    resume_other_world: bool = False
     steps_per_epoch: Optional[int] = None  # cap for short runs; None = the whole shard
     lr: float = 0.01  # peak learning rate (per step, not scaled by world size)
     lr_schedule: str = "constant"
@@ -183,8 +186,10 @@ DOCS: dict[str, str] = {
     "grad_exchange": "how the ranks average gradients: `collective` (MindSpore's AllReduce), `shared_memory` "
                      "(cpu: through the host's memory, AllReduce across hosts); `auto`: shared memory where a cpu "
                      "host runs several ranks, unless `grad_buckets`, a float16 exchange or `sink_mode` is set",
-    "resume_other_accumulation": "resume a checkpoint taken with another `grad_accumulation` (its position "
-                                 "carried over in images)",
+    "resume_other_accumulation": "resume a checkpoint taken with another `grad_accumulation` or global batch "
+                                 "(its position carried over in images)",
+    "resume_other_world": "resume a checkpoint taken with another number of ranks at the same global batch (the "
+                          "launcher sets it when the job shrinks); with `resume_other_accumulation` also at another",
     "steps_per_epoch": "cap on the steps of an epoch, for short runs; null: the whole shard",
     "lr": "peak learning rate (per step, not scaled by the number of ranks)",
     "lr_schedule": "`constant`, `warmup_poly` (the model zoo's: warm-up, then (1-p)^2 decay) or `cosine`",

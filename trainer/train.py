@@ -57,6 +57,7 @@ class Position:
     step_in_epoch: int = 0
     global_step: int = 0
     renumbered: bool = False  # a checkpoint of another grad_accumulation: its steps counted anew
+    other_world: bool = False  # a checkpoint taken with another number of ranks (the job shrank)
 
 
 def paths(cfg: TrainConfig, rank: int) -> dict[str, str]:
@@ -205,15 +206,22 @@ def _resume_position(cfg: TrainConfig, info: RankInfo, ckpt_dir: str,
     if resume is not None:
         path, meta = resume
         saved_k = int(meta.fingerprint.get("grad_accumulation", 1))
+        saved_world = int(meta.fingerprint.get("world_size", info.world_size))
+        other_world = saved_world != info.world_size
         ignore = ("grad_accumulation", "global_batch_size") if saved_k != cfg.grad_accumulation else ()
+        if other_world:
+            ignore = ("grad_accumulation", "global_batch_size", "world_size")
         diff = ckpt.fingerprint_mismatch({k: v for k, v in meta.fingerprint.items() if k not in ignore},
                                          {k: v for k, v in fingerprint.items() if k not in ignore})
         if diff:
             raise CheckpointError(f"{path}: incompatible with the current settings: {'; '.join(diff)}")
         start = Position(meta.epoch, meta.step_in_epoch, meta.global_step)
-        if ignore:
-            start = _other_accumulation(cfg, path, start, saved_k, int(meta.fingerprint["global_batch_size"]),
-                                        int(fingerprint["global_batch_size"]))
+        saved_batch, batch = int(meta.fingerprint["global_batch_size"]), int(fingerprint["global_batch_size"])
+        if other_world:
+            start = _other_world(cfg, path, start, (saved_world, saved_k, saved_batch),
+                                 (info.world_size, cfg.grad_accumulation, batch))
+        elif ignore:
+            start = _other_accumulation(cfg, path, start, saved_k, saved_batch, batch)
     _check_same_start(info, start, ckpt_dir)
     return path, start
 
@@ -230,13 +238,54 @@ def _other_accumulation(cfg: TrainConfig, path: str, start: Position, saved_k: i
         raise CheckpointError(f"{path}: taken with grad_accumulation {saved_k}, the settings say "
                               f"{cfg.grad_accumulation}: the steps (and so the schedule and data position) "
                               f"differ; set resume_other_accumulation: true to resume it anyway")
+    return _in_images(path, start, saved_batch, batch, f"grad_accumulation {saved_k}",
+                      f"grad_accumulation {cfg.grad_accumulation}")
+
+
+def _other_world(cfg: TrainConfig, path: str, start: Position, saved: tuple[int, int, int],
+                 now: tuple[int, int, int]) -> Position:
+    """A checkpoint of another number of ranks (``saved``/``now``: ranks, grad_accumulation, global batch).
+
+    Refused unless ``resume_other_world`` (the launcher sets it when the job shrinks). At the same
+    global batch every step is the same images (the shards interleave: ``docs/concepts/spares.md``),
+    so the position, schedule and step numbers are the checkpoint's; at another global batch it
+    needs ``resume_other_accumulation`` too, and the position carries over in images.
+
+    Raises:
+        CheckpointError: one line naming both shapes and the setting that allows it.
+    """
+    (saved_world, saved_k, saved_batch), (world, k, batch) = saved, now
+    if not cfg.resume_other_world:
+        raise CheckpointError(f"{path}: taken with {saved_world} ranks, the job has {world}; set "
+                              f"resume_other_world: true to resume it at the same global batch (the launcher "
+                              f"sets it when the job shrinks with elastic:)")
+    start = Position(start.epoch, start.step_in_epoch, start.global_step, other_world=True)
+    if saved_batch == batch:
+        return start
+    shape = (f"{saved_world} ranks x batch {saved_batch // (saved_world * saved_k)} x grad_accumulation "
+             f"{saved_k} = global batch {saved_batch}")
+    if not cfg.resume_other_accumulation:
+        raise CheckpointError(f"{path}: taken with {shape}, the job has {world} ranks x batch {cfg.batch_size} x "
+                              f"grad_accumulation {k} = {batch}: the steps (and so the schedule and data position) "
+                              f"differ; set resume_other_accumulation: true to resume it anyway")
+    moved = _in_images(path, start, saved_batch, batch, f"{saved_world} ranks x grad_accumulation {saved_k}",
+                       f"{world} ranks x grad_accumulation {k}")
+    return Position(moved.epoch, moved.step_in_epoch, moved.global_step, moved.renumbered, other_world=True)
+
+
+def _in_images(path: str, start: Position, saved_batch: int, batch: int, was: str, now: str) -> Position:
+    """``start``, taken at steps of ``saved_batch`` images, counted in steps of ``batch`` images.
+
+    Raises:
+        CheckpointError: it does not fall on a whole step of ``batch`` images.
+    """
     images_in_epoch, images = start.step_in_epoch * saved_batch, start.global_step * saved_batch
     if images_in_epoch % batch or images % batch:
-        raise CheckpointError(f"{path}: taken at global step {start.global_step} with grad_accumulation {saved_k} "
+        raise CheckpointError(f"{path}: taken at global step {start.global_step} with {was} "
                               f"({images} images), which is not a whole number of steps of {batch} images with "
-                              f"grad_accumulation {cfg.grad_accumulation}")
-    logger.warning("resuming a checkpoint of grad_accumulation %d with %d: step %d becomes step %d",
-                   saved_k, cfg.grad_accumulation, start.global_step, images // batch)
+                              f"{now}")
+    logger.warning("resuming a checkpoint of %s with %s: step %d becomes step %d",
+                   was, now, start.global_step, images // batch)
     return Position(start.epoch, images_in_epoch // batch, images // batch, renumbered=True)
 
 
@@ -527,6 +576,10 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
     if resume_path is not None:
         _load_state(run.model.train_network, resume_path, start.global_step if start.renumbered else None)
         emit(f"resumed from {resume_path} epoch={start.epoch} step={start.step_in_epoch}")
+        if start.other_world:  # the job shrank (or grew): say the shape the step keeps on with
+            emit(f"resuming at step {start.global_step} (epoch {start.epoch + 1}) with {info.world_size} ranks x "
+                 f"batch {cfg.batch_size} x grad_accumulation {cfg.grad_accumulation} = global batch "
+                 f"{cfg.global_batch_size(info.world_size)}")
     saver = _Checkpointing(cfg, info, run, where["checkpoints"], fingerprint, snapshot_folder(cfg, environ))
 
     from trainer.callbacks import PreemptCheckpointer, StepCheckpointer, StepMonitor
