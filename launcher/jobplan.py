@@ -136,6 +136,12 @@ def stall_words(w: WatchdogSpec) -> str:
             f"each within {AUTO_FLOOR_S:g}..{AUTO_CEILING_S:g} s")
 
 
+def compile_shape(cluster: ClusterSpec) -> str:
+    """The compile cache's folder for this cluster: ``ranks<N>`` (and ``_k<grad_accumulation>`` for the trainer)."""
+    k = f"_k{cluster.train_config.grad_accumulation}" if cluster.builtin_trainer else ""
+    return f"ranks{cluster.world_size}{k}"
+
+
 def backend_timeouts(cluster: ClusterSpec) -> dict[str, str]:
     """The backend's own timeouts, from the watchdog's, so the backend never waits longer than we do.
 
@@ -194,8 +200,11 @@ def build_job_plan(cluster: ClusterSpec, *, job_dir: str = AtLaunch.JOB_DIR,
             env = {RESTART_COUNT_ENV: str(attempt), ERROR_FILE_ENV: jobfiles.error_file(jd, name, attempt),
                    HOST_ENV: host.address, EVENT_FD_ENV: AtLaunch.EVENT_FD, "PYTHONUNBUFFERED": "1"}
             if "MS_COMPILER_CACHE_ENABLE" not in cluster.env_dict():
-                # MindSpore's graph compile cache, shared by every attempt: a restart compiles less
-                env.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=jobfiles.compile_cache_dir(jd))
+                # MindSpore's graph compile cache, shared by every attempt: a restart compiles less. One folder per
+                # shape: MindSpore keys a graph by its cell and input shapes, so after a shrink (another world
+                # size and grad_accumulation, the same micro-batch) it would run the old shape's graph
+                env.update(MS_COMPILER_CACHE_ENABLE="1",
+                           MS_COMPILER_CACHE_PATH=jobfiles.compile_cache_dir(jd, compile_shape(cluster)))
             if cluster.watchdog.enabled:
                 env[BEAT_INTERVAL_ENV] = f"{cluster.watchdog.beat_interval:g}"
                 env[STACK_FILE_ENV] = jobfiles.faulthandler_file(jd, name, attempt)

@@ -76,8 +76,9 @@ def settings_attempt(file_name: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def compile_cache_dir(job_dir: str) -> str:
-    return os.path.join(job_dir, "compile_cache")
+def compile_cache_dir(job_dir: str, shape: str = "") -> str:
+    """MindSpore's graph compile cache; ``shape`` names the job's shape (one folder each, see jobplan)."""
+    return os.path.join(job_dir, "compile_cache", shape) if shape else os.path.join(job_dir, "compile_cache")
 
 
 def faulthandler_file(job_dir: str, name: str, attempt: int) -> str:

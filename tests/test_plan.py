@@ -398,7 +398,7 @@ def test_plan_shows_the_watchdog_and_the_backend_timeouts_it_sets():
     assert ("watchdog: a rank stalls after 300 s without a step (900 s before the first step); frozen after 16 s"
             in " ".join(by_hand.split()))
     assert "  MS_NODE_TIMEOUT=330" in by_hand
-    assert "  MS_COMPILER_CACHE_PATH='<job dir>/compile_cache'" in text
+    assert "  MS_COMPILER_CACHE_PATH='<job dir>/compile_cache/ranks2_k1'" in text
     off = format_job_plan(build_job_plan(parse_cluster(CPU2 + "watchdog: false\nenv: {MS_NODE_TIMEOUT: '45'}\n", "t.yaml")))
     assert "watchdog: off" in off and "MS_NODE_TIMEOUT=45" in off and "MS_RECEIVE_MSG_TIMEOUT" not in off
     ascend = format_job_plan(build_job_plan(parse_cluster(
