@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -136,3 +138,35 @@ def test_a_step_holds_the_same_images_at_any_number_of_ranks_of_one_global_batch
     assert all(sum(step.values()) == 32 for step in four + two)
     assert four == two
     assert four[0] != four[1]  # not a set that every step holds
+
+
+def _train(cwd, *pairs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mscluster_cli", "train", "--set", *pairs], cwd=str(cwd),
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_a_checkpoint_of_another_world_size_resumes_only_when_asked(shrunk_job, tmp_path, cifar_dir):
+    """One process goes on from the 2-rank job's last checkpoint (step 32): refused without
+    resume_other_world; at another global batch refused without resume_other_accumulation; asked
+    for, at 1 x 8 x k=4 = 32 images, it resumes at step 32 itself."""
+    _, _, _, job = shrunk_job
+    out = tmp_path / "job"
+    shutil.copytree(os.path.join(job, "checkpoints"), out / "checkpoints")
+    newest = out / "checkpoints" / f"ckpt_e0002_s{2 * STEPS:09d}.ckpt"
+    same = [f"{k}={v}" for k, v in TRAIN.items() if not k.startswith("debug_")]
+    base = [*same, f"data_dir={cifar_dir}", f"output_dir={out}", "resume=auto", "epochs=3"]
+    refused = _train(tmp_path, *base, "grad_accumulation=4")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert (f"mscluster train: error: {newest}: taken with 2 ranks, the job has 1; set resume_other_world: true to "
+            "resume it at the same global batch (the launcher sets it when the job shrinks with elastic:)"
+            ) in refused.stderr.splitlines()
+    other = _train(tmp_path, *base, "grad_accumulation=2", "resume_other_world=true")
+    assert (f"mscluster train: error: {newest}: taken with 2 ranks x batch 8 x grad_accumulation 2 = global batch 32, "
+            "the job has 1 rank x batch 8 x grad_accumulation 2 = 16: the steps (and so the schedule and data "
+            "position) differ; set resume_other_accumulation: true to resume it anyway") in other.stderr.splitlines()
+    assert sorted(os.listdir(out / "checkpoints")) == sorted(os.listdir(os.path.join(job, "checkpoints")))
+    allowed = _train(tmp_path, *base, "grad_accumulation=4", "resume_other_world=true")
+    assert allowed.returncode == 0, allowed.stdout[-2000:] + allowed.stderr[-2000:]
+    assert ("resuming at step 32 (epoch 3) with 1 rank x batch 8 x grad_accumulation 4 = global batch 32"
+            in allowed.stdout.splitlines())
+    assert re.findall(r"global_step=(\d+) loss=", allowed.stdout)[:2] == ["33", "34"]

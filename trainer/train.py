@@ -256,21 +256,25 @@ def _other_world(cfg: TrainConfig, path: str, start: Position, saved: tuple[int,
     """
     (saved_world, saved_k, saved_batch), (world, k, batch) = saved, now
     if not cfg.resume_other_world:
-        raise CheckpointError(f"{path}: taken with {saved_world} ranks, the job has {world}; set "
+        raise CheckpointError(f"{path}: taken with {_ranks(saved_world)}, the job has {world}; set "
                               f"resume_other_world: true to resume it at the same global batch (the launcher "
                               f"sets it when the job shrinks with elastic:)")
     start = Position(start.epoch, start.step_in_epoch, start.global_step, other_world=True)
     if saved_batch == batch:
         return start
-    shape = (f"{saved_world} ranks x batch {saved_batch // (saved_world * saved_k)} x grad_accumulation "
+    shape = (f"{_ranks(saved_world)} x batch {saved_batch // (saved_world * saved_k)} x grad_accumulation "
              f"{saved_k} = global batch {saved_batch}")
     if not cfg.resume_other_accumulation:
-        raise CheckpointError(f"{path}: taken with {shape}, the job has {world} ranks x batch {cfg.batch_size} x "
+        raise CheckpointError(f"{path}: taken with {shape}, the job has {_ranks(world)} x batch {cfg.batch_size} x "
                               f"grad_accumulation {k} = {batch}: the steps (and so the schedule and data position) "
                               f"differ; set resume_other_accumulation: true to resume it anyway")
-    moved = _in_images(path, start, saved_batch, batch, f"{saved_world} ranks x grad_accumulation {saved_k}",
-                       f"{world} ranks x grad_accumulation {k}")
+    moved = _in_images(path, start, saved_batch, batch, f"{_ranks(saved_world)} x grad_accumulation {saved_k}",
+                       f"{_ranks(world)} x grad_accumulation {k}")
     return Position(moved.epoch, moved.step_in_epoch, moved.global_step, moved.renumbered, other_world=True)
+
+
+def _ranks(n: int) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"
 
 
 def _in_images(path: str, start: Position, saved_batch: int, batch: int, was: str, now: str) -> Position:
@@ -577,7 +581,7 @@ def train(cfg: TrainConfig, environ: Mapping[str, str]) -> TrainResult:
         _load_state(run.model.train_network, resume_path, start.global_step if start.renumbered else None)
         emit(f"resumed from {resume_path} epoch={start.epoch} step={start.step_in_epoch}")
         if start.other_world:  # the job shrank (or grew): say the shape the step keeps on with
-            emit(f"resuming at step {start.global_step} (epoch {start.epoch + 1}) with {info.world_size} ranks x "
+            emit(f"resuming at step {start.global_step} (epoch {start.epoch + 1}) with {_ranks(info.world_size)} x "
                  f"batch {cfg.batch_size} x grad_accumulation {cfg.grad_accumulation} = global batch "
                  f"{cfg.global_batch_size(info.world_size)}")
     saver = _Checkpointing(cfg, info, run, where["checkpoints"], fingerprint, snapshot_folder(cfg, environ))
