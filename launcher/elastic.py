@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from launcher.errors import LauncherError
 from launcher.spec import ClusterSpec, HostSpec
@@ -46,6 +46,12 @@ class Shrink:
     def batch_kept(self) -> bool:
         """Whether the global batch is the same (always for a command: the launcher does not know it)."""
         return self.old_batch == self.new_batch
+
+    def to_dict(self) -> dict[str, Any]:
+        """What result.json records of it (the attempt's ``shrink``): every field but the cluster."""
+        return {"left_out": list(self.left_out), "old_world": self.old_world, "new_world": self.new_world,
+                "old_k": self.old_k, "new_k": self.new_k, "old_batch": self.old_batch, "new_batch": self.new_batch,
+                "batch_kept": self.batch_kept}
 
     def describe(self) -> str:
         """One line for the console and the log."""

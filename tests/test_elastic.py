@@ -9,6 +9,8 @@ what cannot be kept exactly is refused in one line naming the numbers and
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -42,6 +44,9 @@ def test_the_global_batch_is_kept_by_raising_grad_accumulation():
     assert new.train_config.resume_other_world and not new.train_config.resume_other_accumulation
     assert new.train_config.batch_size == 8 and new.train_config.lr == 0.1  # the rest of train: as it was
     assert cluster.train_config.grad_accumulation == 3 and cluster.world_size == 16  # the old one unchanged
+    assert json.loads(json.dumps(shrink.to_dict())) == {
+        "left_out": ["10.0.0.2"], "old_world": 16, "new_world": 12, "old_k": 3, "new_k": 4, "old_batch": 384,
+        "new_batch": 384, "batch_kept": True}
 
 
 def test_hosts_of_different_sizes_count_ranks_not_hosts():
