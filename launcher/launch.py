@@ -585,6 +585,23 @@ def _npu_changes(pool: HostPool, check_npus: Callable[[ClusterSpec], Mapping[str
     return found
 
 
+def _readmit(pool: HostPool, cluster: ClusterSpec, executors: Mapping[str, Executor], launch_dir: str,
+             console: Optional[TextIO]) -> None:
+    """Before a restart: excluded hosts whose cooldown is over stand by again once they pass the pre-flight."""
+    for host in pool.cooled_down():
+        if host.address not in executors:
+            continue
+        try:
+            check_one(cluster, host, executors, launch_dir, spare=True)
+        except LauncherError as exc:
+            e = pool.exclude(host.address, Why.PREFLIGHT, str(exc).splitlines()[0][:300], None)
+            _say(console, f"mscluster: {e.label} is still not usable after its cooldown ({e.detail}); excluded "
+                          f"for {e.until - e.at:.0f} s more")
+            continue
+        pool.readmit(host)
+        _say(console, f"mscluster: {host.label} is back as a spare (its cooldown is over and it passed the pre-flight)")
+
+
 def next_cluster(cluster: ClusterSpec, pool: HostPool, shrinking: bool) -> tuple[ClusterSpec, Optional[Any]]:
     """The cluster of the next attempt: the pool's hosts and spares; when it shrank, the global batch kept
     (``launcher.elastic``), and the shrink said.
@@ -627,6 +644,9 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int, ClusterSpec
                 result.status, result.exit_code = JobState.INTERRUPTED, 130
                 result.interrupted_by = interrupt_signal(exc)
                 break
+        if attempt > first:
+            _readmit(pool, cluster, executors, launch_dir, console)
+            cluster = dataclasses.replace(cluster, spares=tuple(pool.spares))
         by_host = {h.address: h for h in cluster.hosts}
         restored = None
         if keeper is not None:  # the snapshots the next attempt can use are on its hosts

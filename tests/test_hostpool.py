@@ -151,3 +151,24 @@ def test_a_spare_that_fails_its_preflight_stands_down_without_touching_the_jobs_
     assert [s.address for s in p.spares] == ["10.0.0.8"] and [h.address for h in p.hosts] == \
         ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     assert e.attempt is None and p.to_dict()["excluded"][0]["why"] == "pre-flight"
+
+
+def test_at_an_ascend_restart_a_host_whose_npu_preflight_fails_is_replaced_until_every_host_passes():
+    """launcher.launch._npu_changes with the NPU pre-flight passed in: the spare that took the place fails too,
+    the next spare is tried; a host that passes is kept."""
+    from launcher.launch import _npu_changes
+    from launcher.spec import Backend, ClusterSpec
+
+    p = pool(spares=2)
+    cluster = ClusterSpec(name="t", backend=Backend.ASCEND, hosts=tuple(p.hosts))
+    bad = {"10.0.0.2": "10.0.0.2: device 1: npu-smi says Health: Alarm", "10.0.0.9": "10.0.0.9: hccn_tool: link down"}
+    asked = []
+
+    def check_npus(current: ClusterSpec) -> dict:
+        asked.append([h.address for h in current.hosts])
+        return {h.address: bad[h.address] for h in current.hosts if h.address in bad}
+
+    changes = _npu_changes(p, check_npus, cluster, attempt=1, changes=[])
+    assert [(c.exclusion.host, c.exclusion.why, c.spare.address) for c in changes] == [
+        ("10.0.0.2", Why.NPU_PREFLIGHT, "10.0.0.9"), ("10.0.0.9", Why.NPU_PREFLIGHT, "10.0.0.8")]
+    assert [h.address for h in p.hosts] == ["10.0.0.1", "10.0.0.8", "10.0.0.3"] and len(asked) == 3
