@@ -491,14 +491,15 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             """Ascend, at a restart: the NPU pre-flight of each host of the next attempt (address -> why)."""
             if current.backend is not Backend.ASCEND or request.skip_preflight:
                 return {}
-            failed = {}
-            for host in current.hosts:
+            def one(host: HostSpec) -> Optional[str]:  # every host at once: a 32-host restart waits for one
                 try:
                     cpus.update(npu_preflight(dataclasses.replace(current, hosts=(host,), spares=()), executors,
                                               _in_parallel))
                 except LauncherError as exc:
-                    failed[host.address] = str(exc)
-            return failed
+                    return str(exc)
+                return None
+
+            return {h.address: why for h, why in zip(current.hosts, _in_parallel(one, list(current.hosts))) if why}
 
         _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}"

@@ -191,13 +191,21 @@ def test_two_hosts_in_network_namespaces_train_one_model(fault_free_two_hosts):
 @pytest.mark.netns
 def test_a_spare_takes_the_place_of_a_host_lost_for_good_and_the_weights_are_the_fault_free_ones(
         netns_hosts, fault_free_two_hosts, tmp_path, cifar_dir):
-    """Host b's network goes down for good after a checkpoint: it is named lost within the keepalive window,
-    excluded, and the spare c takes its ranks 2 and 3 (devices 0 and 1); the job resumes from the checkpoint
-    and ends with the very weights of the run without a fault. Nothing of the job is left on b."""
+    """A spare that does not answer stands down at the start. Host b's network goes down for good after a
+    checkpoint: it is named lost within the keepalive window, excluded, and the spare c takes its ranks 2 and 3
+    (devices 0 and 1); the job resumes from the checkpoint and ends with the very weights of the run without a
+    fault. Nothing of the job is left on b."""
     lab = netns_hosts
     a, b, c = lab.hosts
+    # the first spare does not answer: it stands down at the start, and the job runs without it
     cluster = _two_host_cluster(lab, str(tmp_path / "c.yaml"), cifar_dir, (a, b), restarts=1,
-                                spares=[{"address": c.address, "devices": 2}])
+                                spares=[{"address": lab.unused_address, "devices": 2},
+                                        {"address": c.address, "devices": 2}])
+    with open(cluster, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    data["ssh"]["connect_timeout"] = 2
+    with open(cluster, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle)
     job = str(tmp_path / "job")
     proc = start_launch(cluster, "--job-dir", job, cwd=str(tmp_path), capture=True)
     try:
@@ -220,7 +228,9 @@ def test_a_spare_takes_the_place_of_a_host_lost_for_good_and_the_weights_are_the
     assert (change["host"], change["why"], change["move"], change["spare"]) == (b.address, "lost", "replaced", c.address)
     assert f"mscluster: spare {c.address} takes the place of {b.address} (lost: " in err + out
     assert result["hosts"]["active"] == [a.address, c.address] and result["hosts"]["spares"] == []
-    assert [e["host"] for e in result["hosts"]["excluded"]] == [b.address]
+    assert [(e["host"], e["why"], e["attempt"]) for e in result["hosts"]["excluded"]] == [
+        (lab.unused_address, "pre-flight", None), (b.address, "lost", 0)]
+    assert f"mscluster: spare {lab.unused_address} stands down (pre-flight: " in err + out
     assert second["ok"] and second["state_from"] == "disk"
     # resumed from a checkpoint of step 4 or later: at most the steps since it are done again
     assert root["last_step"] >= 6 and first["steps_lost"] <= root["last_step"] - 4, first
