@@ -126,3 +126,22 @@ def test_console_ranks_past_the_new_world_are_dropped():
     assert keep_global_batch(cluster, cluster.hosts[:2]).cluster.console == (0,)
     everyone = _cluster(console="all")
     assert keep_global_batch(everyone, everyone.hosts[:2]).cluster.console is None
+
+
+def test_the_launch_loop_shrinks_through_the_pool_and_keeps_the_batch():
+    """The launch loop's step (launcher.launch.next_cluster) after a host is lost with no spare left."""
+    from launcher.hostpool import HostPool, Move
+    from launcher.launch import next_cluster
+    from launcher.report import RankFailure
+
+    cluster = _cluster(train={"grad_accumulation": 3})
+    pool = HostPool(cluster.hosts, cluster.spares, cluster.exclusion, cluster.elastic)
+    gone = RankFailure(host="10.0.0.3", name="agent", rank=None, device_id=None, exit_code=None, signal=None, time=1.0,
+                       log_path=None, message="no word from the agent on 10.0.0.3 for 15 s", reason="lost")
+    [change] = pool.after_attempt([gone], attempt=0)
+    assert change.move is Move.SHRUNK
+    shrunk, shrink = next_cluster(cluster, pool, shrinking=True)
+    assert [h.address for h in shrunk.hosts] == ["10.0.0.1", "10.0.0.2", "10.0.0.4"]
+    assert shrunk.train_config.grad_accumulation == 4 and shrunk.train_config.global_batch_size(12) == 384
+    assert shrink.describe() == ("mscluster: shrinking from 16 to 12 ranks (hosts: 10.0.0.3 left out): "
+                                 "grad_accumulation 3 -> 4, global batch 384 kept")
