@@ -434,6 +434,12 @@ def _elastic(raw: Any, hosts: tuple[HostSpec, ...], slurm: SlurmSpec, scheduler:
     least, kind = _integer(raw["min_hosts"], ("elastic", "min_hosts"), where), ELASTIC["min_hosts"].kind
     if not kind.holds(least):
         raise where.error(("elastic", "min_hosts"), f"must be {kind.low}..{kind.high} hosts, got {least}")
+    for index, host in enumerate(hosts):
+        if not is_ipv4(host.address) and not host.is_local:
+            # after a shrink that leaves out the first host, the next one runs the scheduler (MS_SCHED_HOST)
+            raise where.error(("hosts", index, "address"), "with elastic:, any host may become the first one, "
+                              "where the scheduler runs and MindSpore reads the address as an IPv4 address: "
+                              f"write its IP, not {host.address!r}")
     count = len(hosts) if scheduler is not SchedulerKind.SLURM else slurm.nodes
     if count is not None and least > count:
         raise where.error(("elastic", "min_hosts"), f"{least} is more than the job's {count} host(s)")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 from launcher.config import load_cluster, resolved_yaml
 from launcher.errors import HostUnreachable, JobDirError, LauncherError, MindSporeMismatch
 from launcher.executor import Executor, ProgramCheck, check_host, executor_for
+from launcher.elastic import Shrink, keep_global_batch
 from launcher.hostpool import Change, HostPool, Move, Why
 from launcher.hosts import MakeExecutor, open_hosts
 from launcher.joblock import JobLock
@@ -603,7 +604,8 @@ def _readmit(pool: HostPool, cluster: ClusterSpec, executors: Mapping[str, Execu
         _say(console, f"mscluster: {host.label} is back as a spare (its cooldown is over and it passed the pre-flight)")
 
 
-def next_cluster(cluster: ClusterSpec, pool: HostPool, shrinking: bool) -> tuple[ClusterSpec, Optional[Any]]:
+def next_cluster(cluster: ClusterSpec, pool: HostPool, shrinking: bool,
+                 changes: Sequence[Change] = ()) -> tuple[ClusterSpec, Optional[Shrink]]:
     """The cluster of the next attempt: the pool's hosts and spares; when it shrank, the global batch kept
     (``launcher.elastic``), and the shrink said.
 
@@ -611,9 +613,10 @@ def next_cluster(cluster: ClusterSpec, pool: HostPool, shrinking: bool) -> tuple
         LauncherError: the global batch cannot be kept on fewer ranks (one line naming the numbers).
     """
     if shrinking:
-        from launcher.elastic import keep_global_batch
-
-        shrink = keep_global_batch(cluster, tuple(pool.hosts))
+        # the spares that took a place in the same turn are not "left out": the shrink starts from them
+        spares_in = {c.exclusion.host: c.spare for c in changes if c.move is Move.REPLACED and c.spare is not None}
+        before = dataclasses.replace(cluster, hosts=tuple(spares_in.get(h.address, h) for h in cluster.hosts))
+        shrink = keep_global_batch(before, tuple(pool.hosts))
         return dataclasses.replace(shrink.cluster, spares=tuple(pool.spares)), shrink
     return dataclasses.replace(cluster, hosts=tuple(pool.hosts), spares=tuple(pool.spares)), None
 
@@ -747,7 +750,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int, ClusterSpec
                               "(slurm.spares), or elastic: {min_hosts: N} to go on with fewer hosts")
                 break
             try:
-                cluster, shrink = next_cluster(cluster, pool, any(c.move is Move.SHRUNK for c in changes))
+                cluster, shrink = next_cluster(cluster, pool, any(c.move is Move.SHRUNK for c in changes), changes)
             except LauncherError as exc:
                 _say(console, f"mscluster: not restarting: {exc}")
                 break

@@ -466,6 +466,14 @@ BAD_FILES = [
         restarts: 1
         elastic: {allow_batch_change: true}
         """, 5, "elastic.min_hosts", "missing (required)"),
+    ("elastic with a host by name", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+          - {address: node2, devices: 2}
+        restarts: 1
+        elastic: {min_hosts: 1}
+        """, 4, "hosts[1].address", "any host may become the first one"),
     ("elastic misspelt", """
         name: a
         hosts:

@@ -5,11 +5,13 @@ Description: a private sshd on 127.0.0.2 (any address but localhost/127.0.0.1 go
 with nothing listening and a refused key fail the
 pre-flight; a fake ``hccn_tool`` on the remote PATH feeds the rank table; two network namespaces
 with their own addresses and sshd run a job of 2 ranks each whose gradients are averaged through
-each host's shared memory and by an allreduce between the hosts.
+each host's shared memory and by an allreduce between the hosts; the same job with spares and
+elastic: loses a host for good (a spare takes its place, bit for bit), then another (it shrinks).
 Expectation: the SSH job succeeds, each rank reached through sshd with the key; the dropped
 connection takes the remote ranks down; pre-flight failures are
 one line naming the host, exit 3, and nothing starts on the good host; the rank table holds the
-IPs the tool printed; the 2-host job's 4 ranks end with identical weights.
+IPs the tool printed; the 2-host job's 4 ranks end with identical weights; the faulted job's
+checkpoints on the spare equal the fault-free job's, and it ends on one host with one set of weights.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -141,8 +144,8 @@ def test_ranktable_discovers_device_ips_over_ssh(tmp_path):
             {"device_id": str(d), "device_ip": f"192.98.92.{100 + d}", "rank_id": str(d)} for d in range(4)]}]}
 
 
-# 2 hosts x 2 ranks, a checkpoint every 4 of 24 steps: long enough to unplug a host after a checkpoint
-TWO_HOST_TRAIN = {"steps_per_epoch": 24, "save_every_steps": 4}
+# 2 hosts x 2 ranks, a checkpoint every 4 of 32 steps: long enough to unplug a host after a checkpoint, twice
+TWO_HOST_TRAIN = {"steps_per_epoch": 32, "save_every_steps": 4, "keep_max": 10}
 
 
 def _two_host_cluster(lab, path: str, cifar_dir: str, hosts, **fields) -> str:
@@ -188,57 +191,104 @@ def test_two_hosts_in_network_namespaces_train_one_model(fault_free_two_hosts):
     assert job_processes(job) == []
 
 
+def _status(job: str) -> dict:
+    try:
+        with open(os.path.join(job, "status.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def _params(path: str) -> dict:
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items() if not isinstance(v, str)}
+
+
+def _checkpoint(job: str, step: int) -> str:
+    folder = os.path.join(job, "checkpoints")
+    [name] = [n for n in os.listdir(folder) if n.endswith(f"_s{step:09d}.ckpt")]
+    return os.path.join(folder, name)
+
+
 @pytest.mark.netns
-def test_a_spare_takes_the_place_of_a_host_lost_for_good_and_the_weights_are_the_fault_free_ones(
+def test_a_spare_takes_a_lost_hosts_place_bit_for_bit_then_the_job_shrinks_at_the_same_global_batch(
         netns_hosts, fault_free_two_hosts, tmp_path, cifar_dir):
-    """A spare that does not answer stands down at the start. Host b's network goes down for good after a
-    checkpoint: it is named lost within the keepalive window, excluded, and the spare c takes its ranks 2 and 3
-    (devices 0 and 1); the job resumes from the checkpoint and ends with the very weights of the run without a
-    fault. Nothing of the job is left on b."""
+    """Hosts a and b (2 ranks each), spares: one that does not answer (it stands down at the start) and c;
+    elastic: {min_hosts: 1}. b's network goes down for good after a checkpoint: b is named lost within the
+    keepalive window and excluded, c takes its ranks 2 and 3; the job resumes from the checkpoint, and every
+    checkpoint it then writes is bit for bit the fault-free run's. Then c's network goes down: no spare is
+    left, the job shrinks to a's 2 ranks with grad_accumulation 2 (the global batch of 64 kept), resumes at
+    the same step and ends with one set of weights. Nothing of the job is left on b or c."""
     lab = netns_hosts
     a, b, c = lab.hosts
-    # the first spare does not answer: it stands down at the start, and the job runs without it
-    cluster = _two_host_cluster(lab, str(tmp_path / "c.yaml"), cifar_dir, (a, b), restarts=1,
+    cluster = _two_host_cluster(lab, str(tmp_path / "c.yaml"), cifar_dir, (a, b), restarts=2,
                                 spares=[{"address": lab.unused_address, "devices": 2},
-                                        {"address": c.address, "devices": 2}])
+                                        {"address": c.address, "devices": 2}], elastic={"min_hosts": 1})
     with open(cluster, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
-    data["ssh"]["connect_timeout"] = 2
+    data["ssh"]["connect_timeout"] = 2  # the spare that does not answer costs 2 s of the pre-flight
     with open(cluster, "w", encoding="utf-8") as handle:
         yaml.safe_dump(data, handle)
     job = str(tmp_path / "job")
     proc = start_launch(cluster, "--job-dir", job, cwd=str(tmp_path), capture=True)
+    unplugged = []
     try:
         wait_for(lambda: rank_step(job, 2) >= 6 or proc.poll() is not None, 240, what="rank 2 past the first checkpoint")
         assert proc.poll() is None, proc.communicate()
         b.set_link(up=False)
+        unplugged.append(b)
         down_at = time.time()
-        out, err = proc.communicate(timeout=240)
+
+        def spare_past_16() -> bool:  # the spare's attempt has saved step 16 and goes on
+            live = _status(job)
+            ranks = live.get("processes", {})
+            return proc.poll() is not None or live.get("attempt") == 1 and \
+                (ranks.get("rank0", {}).get("checkpoint_step") or 0) >= 16 and rank_step(job, 2) >= 17
+
+        wait_for(spare_past_16, 240, what="the spare's attempt past the checkpoint of step 16")
+        assert proc.poll() is None, proc.communicate()
+        c.set_link(up=False)
+        unplugged.append(c)
+        out, err = proc.communicate(timeout=300)
     finally:
         kill_group(proc)
-        b.set_link(up=True)
+        for host in unplugged:
+            host.set_link(up=True)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    said = err + out
     result = json.load(open(os.path.join(job, "result.json")))
-    first, second = result["attempts"]
+    first, second, third = result["attempts"]
     root = first["root_cause"]
     assert (root["host"], root["name"], root["reason"]) == (b.address, "agent", "lost"), root
     assert "the host or the network to it is down" in root["message"]
     assert root["time"] - down_at <= 3 + 2  # silent past the keepalive window (1 s x 3)
     [change] = first["hosts_changed"]
     assert (change["host"], change["why"], change["move"], change["spare"]) == (b.address, "lost", "replaced", c.address)
-    assert f"mscluster: spare {c.address} takes the place of {b.address} (lost: " in err + out
-    assert result["hosts"]["active"] == [a.address, c.address] and result["hosts"]["spares"] == []
+    assert f"mscluster: spare {lab.unused_address} stands down (pre-flight: " in said
+    assert f"mscluster: spare {c.address} takes the place of {b.address} (lost: " in said
+    assert second["state_from"] == "disk" and root["last_step"] >= 6 and first["steps_lost"] <= root["last_step"] - 4
+    # the spare's attempt: the same world, so the very state of the run without a fault
+    want, got = _params(_checkpoint(fault_free_two_hosts[2], 16)), _params(_checkpoint(job, 16))
+    assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+    # then the shrink
+    [shrunk] = second["hosts_changed"]
+    assert (shrunk["host"], shrunk["why"], shrunk["move"]) == (c.address, "lost", "shrunk")
+    assert second["shrink"] == {"left_out": [c.address], "old_world": 4, "new_world": 2, "old_k": 1, "new_k": 2,
+                                "old_batch": 64, "new_batch": 64, "batch_kept": True}
+    assert (f"mscluster: shrinking from 4 to 2 ranks (hosts: {c.address} left out): grad_accumulation 1 -> 2, "
+            "global batch 64 kept") in said
+    resumed = re.search(rf"^\[{re.escape(a.address)}:0\] .*resuming at step (\d+) \(epoch \d+\) with 2 ranks x batch 16 "
+                        r"x grad_accumulation 2 = global batch 64", out, re.M)
+    assert resumed and int(resumed.group(1)) >= 16, out[-3000:]
+    assert third["ok"] and result["hosts"]["active"] == [a.address]
+    digests = _final_digests(out, (a.address, a.address))
+    assert len(set(digests)) == 1, digests  # one set of weights on every rank
     assert [(e["host"], e["why"], e["attempt"]) for e in result["hosts"]["excluded"]] == [
-        (lab.unused_address, "pre-flight", None), (b.address, "lost", 0)]
-    assert f"mscluster: spare {lab.unused_address} stands down (pre-flight: " in err + out
-    assert second["ok"] and second["state_from"] == "disk"
-    # resumed from a checkpoint of step 4 or later: at most the steps since it are done again
-    assert root["last_step"] >= 6 and first["steps_lost"] <= root["last_step"] - 4, first
-    hosts = (a.address, a.address, c.address, c.address)
-    assert _final_digests(out, hosts) == _final_digests(fault_free_two_hosts[0].stdout, fault_free_two_hosts[1])
+        (lab.unused_address, "pre-flight", None), (b.address, "lost", 0), (c.address, "lost", 1)]
     shown = subprocess.run([sys.executable, "-m", "mscluster_cli", "status", job], capture_output=True, text=True,
                            timeout=60).stdout
     assert f"excluded:  {b.address} (lost by attempt 1: agent: no word from the agent" in shown, shown
-    assert f"replaced:  {b.address} -> {c.address}" in shown, shown
-    # the agent on the unplugged host stopped its ranks by itself: nothing of the job is left anywhere
-    wait_for(lambda: job_processes(job) == [], 30, what="the cut-off host's processes to stop")
+    assert f"replaced:  {b.address} -> {c.address}" in shown and f"shrunk:    {c.address} left out" in shown, shown
+    # the agents on the unplugged hosts stopped their ranks by themselves: nothing of the job is left anywhere
+    wait_for(lambda: job_processes(job) == [], 30, what="the cut-off hosts' processes to stop")
