@@ -333,7 +333,8 @@ class AgentStep:
 
 
 class StepGroup:
-    """The agent steps of one launch: one per attempt, started by the attempt's first ``start``."""
+    """The agent steps of one launch: one per attempt, started by the attempt's first ``start``, on the
+    attempt's nodes (the job's hosts; after a spare took a failed node's place, the hosts `use` names)."""
 
     def __init__(self, cluster: ClusterSpec, allocation: Allocation, environ: Mapping[str, str]) -> None:
         self.cluster, self.allocation = cluster, allocation
@@ -341,15 +342,29 @@ class StepGroup:
         self._lock = threading.Lock()
         self._step: Optional[AgentStep] = None
         self._started: set[str] = set()  # nodes whose session the current step has handed out
+        self._hosts: tuple[HostSpec, ...] = cluster.hosts  # the next step's, in rank order
+
+    def use(self, hosts: Sequence[HostSpec]) -> None:
+        """The hosts the next attempt's step starts agents on: the job's, a spare in a failed one's place,
+        fewer after a shrink. Raises ValueError for a node that is not the allocation's."""
+        strangers = [h.label for h in hosts if (h.node or h.address) not in self.allocation.nodes]
+        if strangers:
+            raise ValueError(f"not nodes of Slurm job {self.allocation.job_id}: {', '.join(strangers)}")
+        with self._lock:
+            self._hosts = tuple(hosts)
 
     def start(self, node: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Optional[str],
               on_stderr: Optional[LineCallback], on_lines: Optional[BatchCallback]) -> Session:
         with self._lock:
-            if self._step is None or node in self._started:  # a node started twice: the next attempt
+            if self._step is None or node in self._started or node not in self._step.nodes:
+                # the first start of an attempt (a node started twice, or one the last step did not hold)
                 if self._step is not None:
                     self._step.finish()
-                hosts = self.cluster.hosts
+                    self._step = None
+                hosts = self._hosts
                 nodes = [h.node or h.address for h in hosts]
+                if node not in nodes:
+                    raise HostUnreachable(f"node {node}: not one of this attempt's nodes ({', '.join(nodes)})")
                 cpus = min(self.allocation.cpus[self.allocation.nodes.index(n)] for n in nodes)
                 self._step = AgentStep(nodes, {h.node or h.address: h.address for h in hosts}, argv, env, cwd,
                                        self.environ, self.allocation.job_id, cpus, self.cluster.slurm.start_timeout)
@@ -366,6 +381,13 @@ class StepGroup:
 
 
 def executors(cluster: ClusterSpec, allocation: Allocation, environ: Mapping[str, str]) -> dict[str, SlurmExecutor]:
-    """One executor per host of an allocated cluster (`with_allocation`), sharing one `StepGroup`."""
+    """One executor per host and per spare of an allocated cluster (`with_allocation`), sharing one `StepGroup`."""
     group = StepGroup(cluster, allocation, environ)
-    return {h.address: SlurmExecutor(h, group) for h in cluster.hosts}
+    return {h.address: SlurmExecutor(h, group) for h in (*cluster.hosts, *cluster.spares)}
+
+
+def use_hosts(executors: Mapping[str, "SlurmExecutor"], hosts: Sequence[HostSpec]) -> None:
+    """The hosts the next attempt starts agents on (`StepGroup.use`), through the executors `executors` made."""
+    groups = {id(e.group): e.group for e in executors.values()}
+    for group in groups.values():
+        group.use(hosts)
