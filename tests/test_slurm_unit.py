@@ -123,6 +123,7 @@ def test_srun_lines_are_argv_not_shell():
     step = slurm_step.agent_step_argv(["n1", "n2"], 2, ["python", "-m", "launcher.agent"], None)
     assert step[:4] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
     assert "--kill-on-bad-exit=1" in step and "--label" in step and "--cpus-per-task=2" in step
+    assert "--overlap" in step  # beside the last attempt's step, when that one lingers on a lost node
     assert step[-4:] == ["--", "python", "-m", "launcher.agent"]
 
 
