@@ -94,6 +94,14 @@ class NetnsHost:
         """argv that runs ``argv`` inside this host's namespace (from the root namespace)."""
         return ["ip", "netns", "exec", self.netns, *argv]
 
+    def set_link(self, up: bool) -> None:
+        """Plug or unplug the host's network card (the namespace's end of its veth pair)."""
+        out = subprocess.run(["ip", "-n", self.netns, "-o", "link", "show"], capture_output=True, text=True,
+                             check=True).stdout
+        link = next(line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
+                    if line.split(":")[1].strip() != "lo")
+        subprocess.run(["ip", "-n", self.netns, "link", "set", link, "up" if up else "down"], check=True)
+
 
 @dataclass(frozen=True)
 class NetnsLab:
@@ -349,8 +357,9 @@ def fleet_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab]:
 
 @pytest.fixture(scope="session")
 def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsLab]:
-    """Two namespace hosts with sshd each, for the whole session (skips, or fails under CI)."""
-    with netns_lab(tmp_path_factory.mktemp("netns"), count=2) as lab:
+    """Three namespace hosts with sshd each (two for a job, one for its spare), for the whole session (skips,
+    or fails under CI)."""
+    with netns_lab(tmp_path_factory.mktemp("netns"), count=3) as lab:
         yield lab
 
 

@@ -405,6 +405,92 @@ BAD_FILES = [
           - {address: 10.0.0.1, devices: [0, 1]}
         train: {grad_exchange: shared_memory}
         """, 5, "train.grad_exchange", "shared_memory is for backend cpu"),
+    ("spares without restarts", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        spares:
+          - {address: 10.0.0.9, devices: 2}
+        """, 4, "spares", "needs restarts: 1 or more"),
+    ("a spare that is a host of the job", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        restarts: 1
+        spares:
+          - {address: 10.0.0.1, devices: 2}
+        """, 6, "spares[0].address", "is already hosts[0]"),
+    ("a spare on a loopback name", """
+        name: a
+        hosts:
+          - {address: localhost, devices: 2}
+        restarts: 1
+        spares: [{address: 127.0.0.1, devices: 2}]
+        """, 5, "spares[0].address", "loopback name"),
+    ("a spare with too few devices", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        restarts: 1
+        spares: [{address: 10.0.0.9, devices: 1}]
+        """, 5, "spares[0].devices", "cannot stand in for any host"),
+    ("a cpu spare by name", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        restarts: 1
+        spares: [{address: spare1, devices: 2}]
+        """, 5, "spares[0].address", "write its IP"),
+    ("spares under slurm", """
+        name: a
+        scheduler: slurm
+        restarts: 1
+        spares: [{address: 10.0.0.9, devices: 2}]
+        """, 4, "spares", "slurm.spares: N"),
+    ("slurm spares without restarts", """
+        name: a
+        scheduler: slurm
+        slurm: {nodes: 2, spares: 1}
+        """, 3, "slurm.spares", "needs restarts"),
+    ("elastic min_hosts above the hosts", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        restarts: 1
+        elastic: {min_hosts: 2}
+        """, 5, "elastic.min_hosts", "more than the job's 1 host"),
+    ("elastic without min_hosts", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        restarts: 1
+        elastic: {allow_batch_change: true}
+        """, 5, "elastic.min_hosts", "missing (required)"),
+    ("elastic misspelt", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        restarts: 1
+        elastic: {min_host: 1}
+        """, 5, "elastic.min_host", "unknown key"),
+    ("exclusion after 0", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        exclusion: {after: 0}
+        """, 4, "exclusion.after", "must be 1..100"),
+    ("exclusion cooldown not a number", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        exclusion: {cooldown: soon}
+        """, 4, "exclusion.cooldown", "expected seconds"),
+    ("straggler exclusion without restarts", """
+        name: a
+        hosts:
+          - {address: 10.0.0.1, devices: 2}
+        stragglers: {action: exclude}
+        """, 4, "stragglers.action", "needs restarts"),
     ("train not a mapping", """
         name: a
         hosts:
@@ -593,8 +679,13 @@ def test_resolved_yaml_round_trips_every_field(tmp_path):
         bind_cores: false
         env: {GLOG_v: "1", SOME_ID: "007"}
         train: {resume: "123", epochs: 5, lr: 0.1}
+        spares: [{address: 10.0.0.9, devices: [4, 5, 6, 7], device_ips: {4: 192.98.92.104}}]
+        exclusion: {after: 3, cooldown: 60}
+        elastic: {min_hosts: 1, allow_batch_change: true}
+        stragglers: {action: exclude}
         """))
     again = parse_cluster(resolved_yaml(spec), spec.source)
+    assert again.spares[0].device_ips == ((4, "192.98.92.104"),) and again.elastic.allow_batch_change
     assert again == spec
     assert again.env_dict()["SOME_ID"] == "007" and again.train_dict()["resume"] == "123"
 

@@ -20,11 +20,13 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 
-from helpers import job_processes, kill_group, launch_argv, only_job_dir, run_launch, wait_for, write_cluster
+from helpers import (job_processes, kill_group, launch_argv, only_job_dir, rank_step, run_launch, start_launch, wait_for,
+                     write_cluster)
 from sshd_util import keygen, running_sshd
 
 pytestmark = [pytest.mark.integration, pytest.mark.ssh]
@@ -139,25 +141,104 @@ def test_ranktable_discovers_device_ips_over_ssh(tmp_path):
             {"device_id": str(d), "device_ip": f"192.98.92.{100 + d}", "rank_id": str(d)} for d in range(4)]}]}
 
 
-@pytest.mark.netns
-def test_two_hosts_in_network_namespaces_train_one_model(netns_hosts, tmp_path, cifar_dir):
-    """2 hosts x 2 ranks: the ranks of each host average through shared memory, the hosts through
-    MindSpore's AllReduce between the ranks of one local index (the default exchange on cpu)."""
-    lab = netns_hosts
+# 2 hosts x 2 ranks, a checkpoint every 4 of 24 steps: long enough to unplug a host after a checkpoint
+TWO_HOST_TRAIN = {"steps_per_epoch": 24, "save_every_steps": 4}
+
+
+def _two_host_cluster(lab, path: str, cifar_dir: str, hosts, **fields) -> str:
     spec = lab.ssh_spec()
-    hosts = [{"address": h.address, "devices": 2} for h in lab.hosts[:2]]
-    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=hosts, python=sys.executable,
-                            ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file,
-                                 "connect_timeout": 5, "known_hosts": spec.known_hosts})
-    proc = run_launch(cluster, cwd=str(tmp_path))
+    return write_cluster(path, cifar_dir, hosts=[{"address": h.address, "devices": 2} for h in hosts],
+                         python=sys.executable, train=TWO_HOST_TRAIN,
+                         ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": 5,
+                              "known_hosts": spec.known_hosts, "keepalive_interval": 1, "keepalive_count": 3},
+                         **fields)
+
+
+def _final_digests(out: str, hosts) -> list[str]:
+    """Each rank's weights digest from its last ``final`` line, rank 0 first (``[host:rank] final ...``)."""
+    digests = []
+    for rank, host in enumerate(hosts):
+        found = re.findall(rf"^\[{re.escape(host)}:{rank}\] final rank={rank} .*weights_sha256=(\w+)$", out, re.M)
+        assert found, f"no final line of rank {rank} on {host}: " + out[-3000:]
+        digests.append(found[-1])
+    return digests
+
+
+@pytest.fixture(scope="module")
+def fault_free_two_hosts(netns_hosts, tmp_path_factory, cifar_dir):
+    """The 2-host job without a fault: its output, and the hosts its ranks ran on."""
+    tmp = tmp_path_factory.mktemp("two-hosts")
+    lab = netns_hosts
+    cluster = _two_host_cluster(lab, str(tmp / "c.yaml"), cifar_dir, lab.hosts[:2])
+    proc = run_launch(cluster, cwd=str(tmp))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     a, b = lab.hosts[0].address, lab.hosts[1].address
-    digests = []
-    for rank, host in enumerate((a, a, b, b)):
-        found = re.search(rf"^\[{re.escape(host)}:{rank}\] final rank={rank} .*weights_sha256=(\w+)$", proc.stdout, re.M)
-        assert found, proc.stdout[-3000:]
-        digests.append(found.group(1))
+    return proc, (a, a, b, b), only_job_dir(str(tmp / "runs"))
+
+
+@pytest.mark.netns
+def test_two_hosts_in_network_namespaces_train_one_model(fault_free_two_hosts):
+    """2 hosts x 2 ranks: the ranks of each host average through shared memory, the hosts through
+    MindSpore's AllReduce between the ranks of one local index (the default exchange on cpu)."""
+    proc, hosts, job = fault_free_two_hosts
+    digests = _final_digests(proc.stdout, hosts)
+    for rank, host in enumerate(hosts):
         assert re.search(rf"^\[{re.escape(host)}:{rank}\] gradient exchange: shared_memory$", proc.stdout, re.M)
     assert len(set(digests)) == 1, f"the ranks ended with different weights: {digests}"
-    job = only_job_dir(str(tmp_path / "runs"))
     assert job_processes(job) == []
+
+
+@pytest.mark.netns
+def test_a_spare_takes_the_place_of_a_host_lost_for_good_and_the_weights_are_the_fault_free_ones(
+        netns_hosts, fault_free_two_hosts, tmp_path, cifar_dir):
+    """A spare that does not answer stands down at the start. Host b's network goes down for good after a
+    checkpoint: it is named lost within the keepalive window, excluded, and the spare c takes its ranks 2 and 3
+    (devices 0 and 1); the job resumes from the checkpoint and ends with the very weights of the run without a
+    fault. Nothing of the job is left on b."""
+    lab = netns_hosts
+    a, b, c = lab.hosts
+    # the first spare does not answer: it stands down at the start, and the job runs without it
+    cluster = _two_host_cluster(lab, str(tmp_path / "c.yaml"), cifar_dir, (a, b), restarts=1,
+                                spares=[{"address": lab.unused_address, "devices": 2},
+                                        {"address": c.address, "devices": 2}])
+    with open(cluster, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    data["ssh"]["connect_timeout"] = 2
+    with open(cluster, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle)
+    job = str(tmp_path / "job")
+    proc = start_launch(cluster, "--job-dir", job, cwd=str(tmp_path), capture=True)
+    try:
+        wait_for(lambda: rank_step(job, 2) >= 6 or proc.poll() is not None, 240, what="rank 2 past the first checkpoint")
+        assert proc.poll() is None, proc.communicate()
+        b.set_link(up=False)
+        down_at = time.time()
+        out, err = proc.communicate(timeout=240)
+    finally:
+        kill_group(proc)
+        b.set_link(up=True)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    result = json.load(open(os.path.join(job, "result.json")))
+    first, second = result["attempts"]
+    root = first["root_cause"]
+    assert (root["host"], root["name"], root["reason"]) == (b.address, "agent", "lost"), root
+    assert "the host or the network to it is down" in root["message"]
+    assert root["time"] - down_at <= 3 + 2  # silent past the keepalive window (1 s x 3)
+    [change] = first["hosts_changed"]
+    assert (change["host"], change["why"], change["move"], change["spare"]) == (b.address, "lost", "replaced", c.address)
+    assert f"mscluster: spare {c.address} takes the place of {b.address} (lost: " in err + out
+    assert result["hosts"]["active"] == [a.address, c.address] and result["hosts"]["spares"] == []
+    assert [(e["host"], e["why"], e["attempt"]) for e in result["hosts"]["excluded"]] == [
+        (lab.unused_address, "pre-flight", None), (b.address, "lost", 0)]
+    assert f"mscluster: spare {lab.unused_address} stands down (pre-flight: " in err + out
+    assert second["ok"] and second["state_from"] == "disk"
+    # resumed from a checkpoint of step 4 or later: at most the steps since it are done again
+    assert root["last_step"] >= 6 and first["steps_lost"] <= root["last_step"] - 4, first
+    hosts = (a.address, a.address, c.address, c.address)
+    assert _final_digests(out, hosts) == _final_digests(fault_free_two_hosts[0].stdout, fault_free_two_hosts[1])
+    shown = subprocess.run([sys.executable, "-m", "mscluster_cli", "status", job], capture_output=True, text=True,
+                           timeout=60).stdout
+    assert f"excluded:  {b.address} (lost by attempt 1: agent: no word from the agent" in shown, shown
+    assert f"replaced:  {b.address} -> {c.address}" in shown, shown
+    # the agent on the unplugged host stopped its ranks by itself: nothing of the job is left anywhere
+    wait_for(lambda: job_processes(job) == [], 30, what="the cut-off host's processes to stop")

@@ -220,48 +220,6 @@ def test_sighup_to_the_launcher_stops_the_job_as_interrupted(tmp_path):
     assert job_processes(job) == []
 
 
-def _ns_link(netns: str) -> str:
-    """The namespace's own end of its veth pair (the host's network card)."""
-    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    return next(line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
-                if line.split(":")[1].strip() != "lo")
-
-
-@pytest.mark.integration
-@pytest.mark.ssh
-@pytest.mark.netns
-def test_a_host_whose_link_goes_down_is_the_root_cause_and_keeps_nothing(netns_hosts, tmp_path, cifar_dir):
-    lab = netns_hosts
-    spec = lab.ssh_spec()
-    a, b = lab.hosts[0], lab.hosts[1]
-    cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, hosts=[{"address": a.address, "devices": 1},
-                                                                       {"address": b.address, "devices": 1}],
-                            python=sys.executable, train={"steps_per_epoch": 400},
-                            ssh={"user": spec.user, "port": spec.port, "key_file": spec.key_file, "connect_timeout": 5,
-                                 "known_hosts": spec.known_hosts, "keepalive_interval": 1, "keepalive_count": 3})
-    job = str(tmp_path / "job")
-    proc = start_launch(cluster, "--job-dir", job, cwd=str(tmp_path), capture=True)
-    link = _ns_link(b.netns)
-    try:
-        wait_for(lambda: rank_step(job, 1) >= 2 or proc.poll() is not None, 240, what="rank 1 at step 2")
-        assert proc.poll() is None, proc.communicate()
-        subprocess.run(["ip", "-n", b.netns, "link", "set", link, "down"], check=True)
-        down_at = time.time()
-        out, err = proc.communicate(timeout=120)
-        ended_at = time.time()
-    finally:
-        kill_group(proc)
-        subprocess.run(["ip", "-n", b.netns, "link", "set", link, "up"], check=True)
-    assert proc.returncode == 1, out[-2000:] + err[-2000:]
-    result = json.load(open(os.path.join(job, "result.json")))
-    root = result["failures"][0]
-    assert (root["host"], root["name"], root["reason"]) == (b.address, "agent", "lost"), root
-    assert "the host or the network to it is down" in root["message"]
-    assert ended_at - down_at <= 3 + 10 + 10  # the keepalive window + 10 s, plus the teardown's grace
-    # the agent on the silent host stopped its rank by itself: nothing of the job is left there
-    wait_for(lambda: job_processes(job) == [], 30, what="the cut-off host's processes to stop")
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MiB tmpfs: a job folder on a disk that fills up."""
