@@ -9,7 +9,7 @@ import pytest
 
 from launcher.slurm import allocation as slurm_alloc, batch as slurm_batch, step as slurm_step
 from launcher.config import parse_cluster, resolved_yaml
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, HostUnreachable
 from launcher.jobplan import build_job_plan
 from launcher.spec import HostSpec
 
@@ -189,6 +189,8 @@ def test_every_spare_node_gets_an_executor_and_an_attempt_may_start_on_it():
     assert [h.node for h in group._hosts] == ["n1", "n3"]
     with pytest.raises(ValueError, match="not nodes of Slurm job 42: n9"):
         group.use([HostSpec("10.0.0.9", (0,), node="n9")])
+    with pytest.raises(HostUnreachable, match=r"node n2: not one of this attempt's nodes \(n1, n3\)"):
+        executors["10.0.0.3"].start(["python"], env={}, cwd=None)  # n2 left out: no step starts for it
 
 
 def test_the_batch_script_asks_for_the_spares_and_keeps_the_job_when_a_node_fails():
