@@ -961,13 +961,15 @@ def resolved_yaml(spec: ClusterSpec) -> str:
         if spec.ascend.init is AscendInit.RANKTABLE:
             data["ascend"]["rank_table_version"] = spec.ascend.rank_table_version
     nodes = ""
-    if spec.on_slurm:  # the nodes come from each allocation: the file form has no hosts:
+    if spec.on_slurm:  # the nodes come from each allocation: the file form has no hosts: (nor spares:)
         del data["hosts"]
+        data.pop("spares", None)
         data["scheduler"] = spec.scheduler
         data["slurm"] = {f.name: (list(v) if isinstance(v := getattr(spec.slurm, f.name), tuple) else v)
                          for f in fields(SlurmSpec)}
         if spec.hosts:
-            nodes = "# this run's allocation: " + ", ".join(h.label for h in spec.hosts) + "\n"
+            nodes = "# this run's allocation: " + ", ".join(h.label for h in spec.hosts) + (
+                "; spares: " + ", ".join(h.label for h in spec.spares) if spec.spares else "") + "\n"
     if spec.command:
         data["command"] = list(spec.command)
         if spec.cwd is not None:

@@ -9,7 +9,7 @@ one module with two functions (see `Scheduler`) and one entry in `SCHEDULERS`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from launcher.errors import ConfigError
 from launcher.executor import Executor, check_ssh_files, executor_for
@@ -29,6 +29,9 @@ class Scheduler:
     # for ``plan`` (starts nothing): the hosts as `place` would give them, or placeholders with a note
     preview: Callable[[ClusterSpec, Mapping[str, str]], tuple[ClusterSpec, str]]
     submits: bool = False  # ``mscluster submit`` can hand a job to it (a batch queue)
+    # the hosts the next attempt starts agents on (a spare in a failed host's place), told to the executors
+    # `place` gave: Slurm starts every agent of an attempt as one step; SSH needs nothing
+    use: Callable[[Mapping[str, Executor], Sequence[HostSpec]], None] = lambda executors, hosts: None
 
 
 @dataclass
@@ -38,6 +41,10 @@ class Hosts:
     cluster: ClusterSpec
     executors: dict[str, Executor] = field(default_factory=dict)
     where: str = ""  # the scheduler's name for the placement, e.g. "Slurm job 42"; "" for hosts:
+
+    def use(self, hosts: Sequence[HostSpec]) -> None:
+        """The hosts (of ``cluster.hosts`` and ``cluster.spares``) the next attempt runs on, in rank order."""
+        scheduler_for(self.cluster).use(self.executors, hosts)
 
     def close(self) -> None:
         for executor in self.executors.values():
@@ -59,7 +66,8 @@ def direct_preview(cluster: ClusterSpec, environ: Mapping[str, str]) -> tuple[Cl
 
 SCHEDULERS: dict[str, Scheduler] = {
     "ssh": Scheduler(place=direct_place, preview=direct_preview),
-    "slurm": Scheduler(place=slurm_scheduler.place, preview=slurm_scheduler.preview, submits=True),
+    "slurm": Scheduler(place=slurm_scheduler.place, preview=slurm_scheduler.preview, submits=True,
+                       use=slurm_scheduler.use),
 }
 
 

@@ -259,8 +259,10 @@ def format_job_plan(job: JobPlan) -> str:
     cluster, placement = job.cluster, job.placement
     hosts = len(cluster.hosts)
     program = "command" if cluster.command else "built-in trainer"
+    spares = len(cluster.spares)
     lines = [f"{cluster.name}: backend {cluster.backend}, {len(placement.ranks)} rank(s) on "
-             f"{hosts} host{'s' if hosts != 1 else ''}, {program}",
+             f"{hosts} host{'s' if hosts != 1 else ''}"
+             + (f" and {spares} spare{'s' if spares != 1 else ''}" if spares else "") + f", {program}",
              f"  cluster file: {cluster.source}"]
     lines += _job_folder_lines(job)
     lines += _training_lines(cluster, len(placement.ranks))
@@ -277,6 +279,7 @@ def format_job_plan(job: JobPlan) -> str:
     for r in placement.ranks:
         rows.append((str(r.rank), r.host, str(r.device_id), f"{r.local_rank}/{r.local_size}"))
     lines.extend(format_table(rows, indent="  "))
+    lines += _spare_lines(cluster, unit)
 
     procs = job.processes()
     lines += ["", "processes (argv, folder):"]
@@ -292,6 +295,17 @@ def format_job_plan(job: JobPlan) -> str:
     if files:
         lines += ["", "files written in the job folder of every host first: " + ", ".join(files)]
     return "\n".join(lines)
+
+
+def _spare_lines(cluster: ClusterSpec, unit: str) -> list[str]:
+    """The spares (``spares:``, or ``slurm.spares``' nodes): pre-flighted with the hosts, running nothing."""
+    if not cluster.spares:
+        return []
+    rows = [("spare", f"{unit}s")] + [(h.label, _ranges(list(h.devices))) for h in cluster.spares]
+    words = ("spares: pre-flighted at the start, they run nothing until one takes the place of a failed host "
+             "(its ranks and device ids move there)")
+    return ["", *textwrap.wrap(words, PLAN_WIDTH, subsequent_indent="  ", break_on_hyphens=False),
+            *format_table(rows, indent="  ")]
 
 
 def _job_folder_lines(job: JobPlan) -> list[str]:

@@ -473,6 +473,7 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             write_atomic(os.path.join(job_dir, jobfiles.RANK_TABLE_FILE), rank_table, mode=0o600)
 
         def plan_attempt(attempt: int, current: ClusterSpec) -> JobPlan:
+            hosts.use(current.hosts)  # Slurm: the attempt's one step of agents starts on these nodes
             table = rank_table
             if current.uses_rank_table and current.hosts != cluster.hosts:  # a spare took a place: a new table
                 table = dump_rank_table(build_rank_table(plan_ranks(current), discover_ips(plan_ranks(current),

@@ -439,8 +439,9 @@ SLURM = Section("slurm", "slurm", "Only with `scheduler: slurm`. See [Under Slur
             "(`--signal=B:USR1@<warning_s>`)"),
     Setting("exclusive", Bool(), "whole nodes: every core of a node for its ranks"),
     Setting("start_timeout", Number(1, 3600, unit="seconds"), "for every node's agent to connect back"),
-    Setting("spares", Integer(0, 4096), "nodes asked for beyond `nodes` (`submit`), or the allocation's nodes past "
-            "`nodes` (`launch`): they pass the pre-flight and stand by to replace a failed node. See "
+    Setting("spares", Integer(0, 4096), "nodes asked for beyond `nodes` (`submit`, with `--no-kill`), or the allocation's "
+            "next N nodes past `nodes` (`launch`; the last N without `nodes`): they pass the pre-flight and stand "
+            "by to replace a failed node. See "
             "[Spares, exclusion and shrinking](../concepts/spares.md)"),
     Setting("sbatch_options", ListOf(Text(f"-{_NO_CONTROL}*", what="option"), "list of sbatch options"),
             "more `#SBATCH` lines, one option each, starting with `-` (e.g. `--qos=high`, `--gres=npu:8`)",

@@ -221,7 +221,8 @@ def slurm_lab(workdir: Path, count: int = 2) -> Iterator[SlurmLab]:
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmLab]:
-    """Two Slurm nodes and a controller, brought up once for the session (skips, or fails under CI)."""
-    with slurm_lab(tmp_path_factory.mktemp("slurm"), count=2) as lab:
+    """Three Slurm nodes and a controller, brought up once for the session (skips, or fails under CI): the
+    jobs run on two, the third is the spare node of ``slurm.spares``."""
+    with slurm_lab(tmp_path_factory.mktemp("slurm"), count=3) as lab:
         yield lab
 

@@ -417,3 +417,16 @@ def test_the_printed_boot_lines_give_bash_the_exact_boot():
     done = subprocess.run(["bash", "-c", "\n".join(boot) + '\nprintf %s "$BOOT"'], capture_output=True, text=True,
                           timeout=30)
     assert done.stdout == OWN_MODULE_BOOT
+
+
+def test_plan_shows_the_spares_that_stand_by():
+    text = format_job_plan(build_job_plan(parse_cluster(
+        "name: t\nbackend: ascend\nrestarts: 1\nhosts: [{address: 10.0.0.2, devices: 8}]\n"
+        "spares: [{address: 10.0.0.3, devices: [0, 1, 2, 3, 4, 5, 6, 7]}]\n", "t.yaml")))
+    lines = text.splitlines()
+    assert lines[0] == "t: backend ascend, 8 rank(s) on 1 host and 1 spare, built-in trainer"
+    assert all("10.0.0.3" not in ln for ln in lines[:lines.index("")])  # no rank of it
+    spares = lines[lines.index("") + 1:]
+    assert spares[0].startswith("spares: pre-flighted at the start, they run nothing until one takes the place")
+    assert [ln.split() for ln in spares[2:4]] == [["spare", "npus"], ["10.0.0.3", "0-7"]], spares[:5]
+    assert "spares:" not in format_job_plan(build_job_plan(parse_cluster(CPU2, "t.yaml")))

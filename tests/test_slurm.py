@@ -1,4 +1,4 @@
-"""``scheduler: slurm`` against a real Slurm: slurmctld here, a slurmd in each of two namespaces.
+"""``scheduler: slurm`` against a real Slurm: slurmctld here, a slurmd in each of three namespaces.
 
 Every job here is the built-in trainer on real MindSpore (CPU, dynamic cluster), one rank per node:
 inside ``salloc -N2``, through ``mscluster submit`` (sbatch), with a rank SIGKILLed, and preempted
@@ -16,7 +16,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import TINY_TRAIN, final_digests, only_job_dir, wait_for
+from helpers import TINY_TRAIN, final_digests, only_job_dir, rank_step, wait_for
 from netns_util import netns_pids
 from slurm_util import SlurmLab
 
@@ -95,7 +95,7 @@ def test_launch_in_a_two_node_allocation_ends_with_one_set_of_weights(slurm_clus
     assert re.search(r"Slurm job \d+: n1 \(10\.[\d.]+\), n2 \(10\.[\d.]+\)", out), out[-3000:]
     job = only_job_dir(str(tmp_path / "runs"))
     digests = final_digests(job)
-    addresses = [slurm_cluster.address(n) for n in slurm_cluster.nodes]
+    addresses = [slurm_cluster.address(n) for n in ("n1", "n2")]  # salloc -N2 of the lab's 3 nodes
     assert sorted(digests) == sorted(f"{a}:{r}" for r, a in enumerate(addresses)), digests  # rank r on node r
     assert len(set(digests.values())) == 1, digests
     assert nothing_left(slurm_cluster)
@@ -207,6 +207,58 @@ def test_ascend_under_slurm_discovers_device_ips_on_each_node_and_starts_every_r
     for rank, (host, device) in enumerate([(n1, 0), (n1, 1), (n2, 0), (n2, 1)]):
         assert f"[{host}:{rank}] rank {rank} device {device} table {job}/rank_table.json" in proc.stdout, proc.stdout
     assert nothing_left(slurm_cluster)
+
+
+PACED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "paced_steps.py")
+
+
+def test_a_spare_node_takes_the_place_of_a_node_lost_for_good(slurm_cluster, tmp_path):
+    """slurm.spares: 1 in a 3-node allocation (salloc --no-kill): n1 and n2 run the job, n3 stands by. n2's
+    network goes down for good: it is named lost within the keepalive window, excluded, and the next attempt
+    starts its agents on n1 and n3 (a new step beside the one n2 never ends), rank 1 on n3 with n3's device IP
+    in the rank table; the job succeeds."""
+    lab = slurm_cluster
+    fakebin = fake_hccn_tool(tmp_path)
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump({
+        "name": "spare", "backend": "ascend", "ascend": {"init": "ranktable"}, "scheduler": "slurm",
+        "workdir": str(tmp_path / "runs"), "python": sys.executable, "console": "all", "bind_cores": False,
+        "restarts": 1, "ssh": {"keepalive_interval": 1, "keepalive_count": 3},
+        "slurm": {"nodes": 2, "devices_per_host": 1, "spares": 1},
+        "command": ["python", PACED, "--steps", "40", "--step-s", "0.1"]}))
+    env = {**lab.env, "PATH": f"{fakebin}:{lab.env['PATH']}"}
+    job = tmp_path / "job"
+    proc = subprocess.Popen(["salloc", "-N3", "--no-kill", "--quiet", *MSCLUSTER, "launch", str(cluster),
+                             "--skip-preflight", "--job-dir", str(job)],
+                            cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    n1, n2, n3 = (lab.address(n) for n in lab.nodes)
+    try:
+        wait_for(lambda: rank_step(str(job), 1) >= 2 or proc.poll() is not None, 60, what="rank 1 (on n2) at step 2")
+        assert proc.poll() is None, proc.communicate()
+        lab.lab.hosts[1].set_link(up=False)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        lab.lab.hosts[1].set_link(up=True)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    result = json.load(open(job / "result.json"))
+    first, second = result["attempts"]
+    root = first["root_cause"]
+    assert (root["host"], root["name"], root["reason"]) == (n2, "agent", "lost"), root
+    [change] = first["hosts_changed"]
+    assert (change["label"], change["why"], change["move"], change["spare"]) == (
+        f"n2 ({n2})", "lost", "replaced", f"n3 ({n3})"), change
+    assert f"mscluster: spare n3 ({n3}) takes the place of n2 ({n2}) (lost: " in out + err
+    assert result["status"] == "succeeded" and second["ok"]
+    assert result["hosts"]["active"] == [f"n1 ({n1})", f"n3 ({n3})"] and result["hosts"]["spares"] == []
+    assert [(e["host"], e["why"], e["attempt"]) for e in result["hosts"]["excluded"]] == [(n2, "lost", 0)]
+    table = json.load(open(job / "rank_table.json"))  # the second attempt's: rank 1 on the spare
+    assert [(s["server_id"], s["device"][0]["device_ip"], s["device"][0]["rank_id"]) for s in table["server_list"]] == [
+        (n1, "192.98.91.100", "0"), (n3, "192.98.93.100", "1")]
+    assert json.load(open(job / "status.json"))["processes"]["rank1"]["global_step"] == 40  # every step, on n3
+    lab.wait_idle(60)  # n2 is back for the next tests
+    assert nothing_left(lab)
 
 
 def test_a_frozen_agent_is_cut_off_and_its_step_cancelled_leaving_nothing(slurm_cluster, tmp_path):

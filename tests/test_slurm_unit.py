@@ -9,7 +9,7 @@ import pytest
 
 from launcher.slurm import allocation as slurm_alloc, batch as slurm_batch, step as slurm_step
 from launcher.config import parse_cluster, resolved_yaml
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, HostUnreachable
 from launcher.jobplan import build_job_plan
 from launcher.spec import HostSpec
 
@@ -123,6 +123,7 @@ def test_srun_lines_are_argv_not_shell():
     step = slurm_step.agent_step_argv(["n1", "n2"], 2, ["python", "-m", "launcher.agent"], None)
     assert step[:4] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
     assert "--kill-on-bad-exit=1" in step and "--label" in step and "--cpus-per-task=2" in step
+    assert "--overlap" in step  # beside the last attempt's step, when that one lingers on a lost node
     assert step[-4:] == ["--", "python", "-m", "launcher.agent"]
 
 
@@ -153,3 +154,72 @@ def test_plan_outside_an_allocation_says_its_nodes_are_placeholders(tmp_path):
     assert " ".join(note.split()).startswith("(scheduler slurm, outside an allocation: the nodes are shown as "
                                              "node1, node2 at placeholder addresses")
     assert plan.startswith("s: backend cpu, 2 rank(s) on 2 hosts, command")
+
+
+# -- slurm.spares: nodes beyond slurm.nodes that stand by ----------------------------------------------
+
+def test_spare_nodes_follow_the_job_nodes_with_the_same_devices():
+    spec = slurm_alloc.with_allocation(cluster("slurm: {nodes: 2, spares: 1, devices_per_host: 2}\nrestarts: 1\n"),
+                                       allocation(4))
+    assert [h.node for h in spec.hosts] == ["n1", "n2"] and spec.world_size == 4
+    assert spec.spares == (HostSpec("10.0.0.4", (0, 1), node="n3"),)  # n4 is the allocation's, unused
+    every = slurm_alloc.with_allocation(cluster("slurm: {spares: 2}\nrestarts: 1\n"), allocation(5))
+    assert [h.node for h in every.hosts] == ["n1", "n2", "n3"] and [h.node for h in every.spares] == ["n4", "n5"]
+    assert slurm_alloc.with_allocation(cluster(), allocation(3)).spares == ()
+
+
+def test_an_allocation_without_room_for_the_spares_names_both_numbers():
+    with pytest.raises(slurm_alloc.SlurmError) as err:
+        slurm_alloc.with_allocation(cluster("slurm: {nodes: 2, spares: 1}\nrestarts: 1\n"), allocation(2))
+    assert str(err.value) == ("Slurm job 42 has 2 nodes (n1, n2), but c.yaml asks for slurm.nodes: 2 and "
+                              "slurm.spares: 1: allocate 3 (salloc -N3) or lower slurm.nodes or slurm.spares")
+    with pytest.raises(slurm_alloc.SlurmError) as err:
+        slurm_alloc.with_allocation(cluster("slurm: {spares: 1}\nrestarts: 1\n"), allocation(1))
+    assert str(err.value) == ("Slurm job 42 has 1 node (n1), but c.yaml asks for one node at least and "
+                              "slurm.spares: 1: allocate 2 (salloc -N2) or lower slurm.spares")
+
+
+def test_every_spare_node_gets_an_executor_and_an_attempt_may_start_on_it():
+    spec = slurm_alloc.with_allocation(cluster("slurm: {nodes: 2, spares: 1}\nrestarts: 1\n"), allocation(3))
+    executors = slurm_step.executors(spec, allocation(3), {})
+    assert sorted(executors) == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    assert executors["10.0.0.4"].label == "n3 (10.0.0.4)"
+    group = executors["10.0.0.2"].group
+    slurm_step.use_hosts(executors, [spec.hosts[0], spec.spares[0]])  # n3 in n2's place
+    assert [h.node for h in group._hosts] == ["n1", "n3"]
+    with pytest.raises(ValueError, match="not nodes of Slurm job 42: n9"):
+        group.use([HostSpec("10.0.0.9", (0,), node="n9")])
+    with pytest.raises(HostUnreachable, match=r"node n2: not one of this attempt's nodes \(n1, n3\)"):
+        executors["10.0.0.3"].start(["python"], env={}, cwd=None)  # n2 left out: no step starts for it
+
+
+def test_the_batch_script_asks_for_the_spares_and_keeps_the_job_when_a_node_fails():
+    text = slurm_batch.sbatch_script(cluster("slurm: {nodes: 2, spares: 1}\nrestarts: 1\n"), "/runs/j",
+                                     ["mscluster", "launch"], "/proj")
+    options = [ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith("#SBATCH ")]
+    assert "--nodes=3" in options and "--no-kill" in options, options
+    every = slurm_batch.sbatch_script(cluster("slurm: {spares: 2}\nrestarts: 1\n"), "/runs/j", ["x"], "/proj")
+    assert "#SBATCH --nodes=3" in every  # no slurm.nodes: one node for the job, two spares
+    assert "--no-kill" not in slurm_batch.sbatch_script(cluster(), "/runs/j", ["x"], "/proj")
+
+
+def test_the_resolved_file_with_spare_nodes_names_them_and_reads_back_the_same():
+    spec = cluster("slurm: {nodes: 2, spares: 1}\nrestarts: 1\n")
+    text = resolved_yaml(slurm_alloc.with_allocation(spec, allocation(3)))
+    assert "# this run's allocation: n1 (10.0.0.2), n2 (10.0.0.3); spares: n3 (10.0.0.4)" in text
+    assert "\nspares:" not in text and parse_cluster(text, "c.yaml") == spec
+
+
+def test_plan_shows_the_spare_nodes(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + "slurm: {nodes: 2, spares: 1, devices_per_host: 2}\nrestarts: 1\ncommand: [python, t.py]\n")
+    done = subprocess.run([sys.executable, "-m", "mscluster_cli", "plan", str(path)], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"}, cwd=str(tmp_path), timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "s: backend cpu, 4 rank(s) on 2 hosts and 1 spare, command" in lines
+    assert not any("192.0.2.3" in ln for ln in lines if ln.startswith("  0 ") or ln.startswith("  3 "))
+    spares = lines.index(next(ln for ln in lines if ln.startswith("spares: pre-flighted")))
+    table = lines[spares:spares + 5]
+    assert any(ln.split() == ["spare", "slots"] for ln in table), table
+    assert any(ln.split() == ["node3", "(192.0.2.3)", "0-1"] for ln in table), table

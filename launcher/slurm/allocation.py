@@ -68,33 +68,43 @@ def resolve_address(node: str, addr: str) -> str:
 
 
 def with_allocation(cluster: ClusterSpec, allocation: Allocation) -> ClusterSpec:
-    """The cluster with its hosts taken from the allocation: the first ``slurm.nodes`` nodes (all, if unset).
+    """The cluster with its hosts taken from the allocation: the first ``slurm.nodes`` nodes (all but the
+    last ``slurm.spares``, if unset), and the next ``slurm.spares`` nodes as its spares.
 
     Raises:
         SlurmError: the allocation has fewer nodes than the file asks for, or too few ranks for ``console:``.
     """
-    wanted = cluster.slurm.nodes or len(allocation.nodes)
+    spares = cluster.slurm.spares
     have = len(allocation.nodes)
-    if have < wanted:
+    wanted = cluster.slurm.nodes or max(have - spares, 1)
+    if have < wanted + spares:
         listed = ", ".join(allocation.nodes[:8]) + (", ..." if have > 8 else "")
+        need = wanted + spares
+        asked = (f"slurm.nodes: {wanted}" if cluster.slurm.nodes else "one node at least") + (
+            f" and slurm.spares: {spares}" if spares else "")
+        lower = ("slurm.nodes" if cluster.slurm.nodes else "") + (" or slurm.spares" if spares else "")
         raise SlurmError(f"Slurm job {allocation.job_id} has {have} node{'s' if have != 1 else ''} ({listed}), but "
-                         f"{cluster.source} asks for slurm.nodes: {wanted}: allocate {wanted} (salloc -N{wanted}) "
-                         f"or lower slurm.nodes")
+                         f"{cluster.source} asks for {asked}: allocate {need} (salloc -N{need}) "
+                         f"or lower {lower.removeprefix(' or ')}")
     per_host = cluster.slurm.devices_per_host or DEFAULT_DEVICES_PER_HOST[cluster.backend]
-    hosts = tuple(HostSpec(address=address, devices=tuple(range(per_host)), node=node)
-                  for node, address in zip(allocation.nodes[:wanted], allocation.addresses[:wanted]))
+
+    def hosts_of(first: int, count: int) -> tuple[HostSpec, ...]:
+        return tuple(HostSpec(address=address, devices=tuple(range(per_host)), node=node)
+                     for node, address in zip(allocation.nodes[first:first + count],
+                                              allocation.addresses[first:first + count]))
+
     world = wanted * per_host
     too_high = [r for r in cluster.console or () if r >= world]
     if too_high:
         raise SlurmError(f"{cluster.source}: console: rank {too_high[0]} does not exist: the allocation gives "
                          f"{world} rank(s) ({wanted} node(s) x {per_host})")
-    return dataclasses.replace(cluster, hosts=hosts)
+    return dataclasses.replace(cluster, hosts=hosts_of(0, wanted), spares=hosts_of(wanted, spares))
 
 
 def placeholder_allocation(cluster: ClusterSpec) -> Allocation:
-    """For ``plan`` outside an allocation: ``slurm.nodes`` (else 1) nodes named node1.., at
-    addresses of the documentation range 192.0.2.0/24 (RFC 5737)."""
-    count = cluster.slurm.nodes or 1
+    """For ``plan`` outside an allocation: ``slurm.nodes`` (else 1) nodes and ``slurm.spares`` more, named
+    node1.., at addresses of the documentation range 192.0.2.0/24 (RFC 5737)."""
+    count = (cluster.slurm.nodes or 1) + cluster.slurm.spares
     return Allocation(job_id="<job id>", nodes=tuple(f"node{i + 1}" for i in range(count)),
                       addresses=tuple(f"192.0.2.{i + 1}" for i in range(count)), cpus=(0,) * count)
 

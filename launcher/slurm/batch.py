@@ -26,14 +26,19 @@ def parse_show_job(text: str) -> dict[str, str]:
 def sbatch_script(cluster: ClusterSpec, job_dir: str, launch_argv: Sequence[str], launch_dir: str) -> str:
     """The batch script ``mscluster submit`` writes to ``<job>/sbatch.sh``: Slurm's options from the
     ``slurm:`` section, then ``mscluster launch`` of the job folder, exec'd: the batch shell becomes the
-    launcher, so Slurm's warning signal (``--signal=B:USR1@s``) and scancel's TERM reach it directly."""
+    launcher, so Slurm's warning signal (``--signal=B:USR1@s``) and scancel's TERM reach it directly.
+
+    With ``slurm.spares`` it asks for that many nodes more, and ``--no-kill``: a node that fails must not end
+    the allocation, so a spare can take its place."""
     s = cluster.slurm
-    nodes = s.nodes or 1
+    nodes = (s.nodes or 1) + s.spares
     options = [f"--job-name={cluster.name}", f"--nodes={nodes}", "--ntasks-per-node=1",
                f"--output={os.path.join(job_dir, 'logs', 'slurm-%j.out')}", "--open-mode=append",
                f"--chdir={launch_dir}", f"--signal=B:USR1@{s.warning_s}", "--requeue" if s.requeue else "--no-requeue"]
     if s.exclusive:
         options.append("--exclusive")
+    if s.spares:
+        options.append("--no-kill")
     for key in ("partition", "account", "time"):
         value = getattr(s, key)
         if value is not None:

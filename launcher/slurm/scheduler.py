@@ -1,17 +1,17 @@
 """What `launcher.hosts` asks of ``scheduler: slurm``: the cluster placed on the allocation, and its executors."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from launcher.executor import Executor
 from launcher.slurm.allocation import allocate, placeholder_allocation, with_allocation
-from launcher.slurm.step import executors
+from launcher.slurm.step import executors, use_hosts
 from launcher.spec import ClusterSpec, HostSpec, SSHSpec
 
 
 def place(cluster: ClusterSpec, environ: Mapping[str, str],
           make_executor: Callable[[HostSpec, SSHSpec], Executor]) -> tuple[ClusterSpec, dict[str, Executor], str]:
-    """The allocation's nodes as the hosts, an srun executor for each, and the Slurm job's name.
+    """The allocation's nodes as the hosts and spares, an srun executor for each, and the Slurm job's name.
 
     ``make_executor`` (how a host of ``hosts:`` is reached) does not apply: srun reaches the nodes.
 
@@ -30,3 +30,8 @@ def preview(cluster: ClusterSpec, environ: Mapping[str, str]) -> tuple[ClusterSp
     note = (f"(scheduler slurm, outside an allocation: the nodes are shown as {', '.join(placeholder.nodes)} at "
             "placeholder addresses; inside salloc or sbatch they are the allocation's)")
     return with_allocation(cluster, placeholder), note
+
+
+def use(executors: Mapping[str, Executor], hosts: Sequence[HostSpec]) -> None:
+    """The hosts the next attempt runs on: its one step of agents starts on their nodes."""
+    use_hosts(executors, hosts)  # type: ignore[arg-type] - place made them: SlurmExecutors

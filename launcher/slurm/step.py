@@ -54,9 +54,11 @@ def task_argv(node: str, argv: Sequence[str], env: Mapping[str, str], cwd: Optio
 
 def agent_step_argv(nodes: Sequence[str], cpus_per_task: int, argv: Sequence[str], cwd: Optional[str]) -> list[str]:
     """The one step that starts an agent on every node."""
+    # --overlap: the step of an attempt that lost a node lingers (that node never reports its task's end); the
+    # next attempt's step, on a spare in its place, must not wait for its cores
     words = ["srun", f"--nodes={len(nodes)}", f"--ntasks={len(nodes)}", "--ntasks-per-node=1",
              f"--nodelist={','.join(nodes)}", "--distribution=block", "--kill-on-bad-exit=1", "--label",
-             "--cpu-bind=none", "--job-name=mscluster-agents"]
+             "--cpu-bind=none", "--overlap", "--job-name=mscluster-agents"]
     if cpus_per_task > 1:
         words.append(f"--cpus-per-task={cpus_per_task}")  # every core the job holds there, for the ranks
     if cwd is not None:
@@ -303,17 +305,18 @@ class AgentStep:
             return -1
         return self._task_codes.get(node, 0 if code == 0 else -1)
 
-    def finish(self) -> None:
-        """End the step: it should end with its agents; else scancel it, then KILL srun."""
+    def finish(self, wait: float = STEP_EXIT_WAIT_S) -> None:
+        """End the step: it should end with its agents within ``wait`` seconds; else scancel it, then KILL srun."""
         self._closed = True
         with self._lock:
             self._arrived.notify_all()
             socks = list(self._socks.values())
         try:
-            self.proc.wait(timeout=STEP_EXIT_WAIT_S)
+            self.proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             target = f"{self.job_id}.{self.step_id}" if self.step_id is not None else None
-            logger.warning("slurm: the agent step did not end with its agents; cancelling it (%s)", target or "srun")
+            if wait > 0:
+                logger.warning("slurm: the agent step did not end with its agents; cancelling it (%s)", target or "srun")
             if target is not None:
                 subprocess.run(["scancel", "--quiet", target], capture_output=True, timeout=30)
                 try:
@@ -333,7 +336,8 @@ class AgentStep:
 
 
 class StepGroup:
-    """The agent steps of one launch: one per attempt, started by the attempt's first ``start``."""
+    """The agent steps of one launch: one per attempt, started by the attempt's first ``start``, on the
+    attempt's nodes (the job's hosts; after a spare took a failed node's place, the hosts `use` names)."""
 
     def __init__(self, cluster: ClusterSpec, allocation: Allocation, environ: Mapping[str, str]) -> None:
         self.cluster, self.allocation = cluster, allocation
@@ -341,15 +345,30 @@ class StepGroup:
         self._lock = threading.Lock()
         self._step: Optional[AgentStep] = None
         self._started: set[str] = set()  # nodes whose session the current step has handed out
+        self._hosts: tuple[HostSpec, ...] = cluster.hosts  # the next step's, in rank order
+        self._ending: list[threading.Thread] = []  # steps being cancelled while the next one runs
+
+    def use(self, hosts: Sequence[HostSpec]) -> None:
+        """The hosts the next attempt's step starts agents on: the job's, a spare in a failed one's place,
+        fewer after a shrink. Raises ValueError for a node that is not the allocation's."""
+        strangers = [h.label for h in hosts if (h.node or h.address) not in self.allocation.nodes]
+        if strangers:
+            raise ValueError(f"not nodes of Slurm job {self.allocation.job_id}: {', '.join(strangers)}")
+        with self._lock:
+            self._hosts = tuple(hosts)
 
     def start(self, node: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Optional[str],
               on_stderr: Optional[LineCallback], on_lines: Optional[BatchCallback]) -> Session:
         with self._lock:
-            if self._step is None or node in self._started:  # a node started twice: the next attempt
-                if self._step is not None:
-                    self._step.finish()
-                hosts = self.cluster.hosts
+            if self._step is None or node in self._started or node not in self._step.nodes:
+                # the first start of an attempt (a node started twice, or one the last step did not hold)
+                hosts = self._hosts
                 nodes = [h.node or h.address for h in hosts]
+                if self._step is not None:
+                    self._end(self._step, left_out=set(self._step.nodes) - set(nodes))
+                    self._step = None
+                if node not in nodes:
+                    raise HostUnreachable(f"node {node}: not one of this attempt's nodes ({', '.join(nodes)})")
                 cpus = min(self.allocation.cpus[self.allocation.nodes.index(n)] for n in nodes)
                 self._step = AgentStep(nodes, {h.node or h.address: h.address for h in hosts}, argv, env, cwd,
                                        self.environ, self.allocation.job_id, cpus, self.cluster.slurm.start_timeout)
@@ -358,14 +377,36 @@ class StepGroup:
             step = self._step
         return step.session(node, on_stderr, on_lines)
 
+    def _end(self, step: AgentStep, left_out: set[str]) -> None:
+        """End the last attempt's step. One holding a node this attempt leaves out (a lost one: it never reports
+        its task's end) is cancelled at once, beside the next step (``--overlap``), not waited for."""
+        if not left_out:
+            step.finish()
+            return
+        logger.info("slurm: cancelling the last agent step (it held %s, which this attempt leaves out)",
+                    ", ".join(sorted(left_out)))
+        thread = threading.Thread(target=step.finish, kwargs={"wait": 0.0}, daemon=True, name="slurm-step-end")
+        thread.start()
+        self._ending.append(thread)
+
     def close(self) -> None:
         with self._lock:
             step, self._step = self._step, None
+            ending, self._ending = self._ending, []
         if step is not None:
             step.finish()
+        for thread in ending:
+            thread.join()
 
 
 def executors(cluster: ClusterSpec, allocation: Allocation, environ: Mapping[str, str]) -> dict[str, SlurmExecutor]:
-    """One executor per host of an allocated cluster (`with_allocation`), sharing one `StepGroup`."""
+    """One executor per host and per spare of an allocated cluster (`with_allocation`), sharing one `StepGroup`."""
     group = StepGroup(cluster, allocation, environ)
-    return {h.address: SlurmExecutor(h, group) for h in cluster.hosts}
+    return {h.address: SlurmExecutor(h, group) for h in (*cluster.hosts, *cluster.spares)}
+
+
+def use_hosts(executors: Mapping[str, "SlurmExecutor"], hosts: Sequence[HostSpec]) -> None:
+    """The hosts the next attempt starts agents on (`StepGroup.use`), through the executors `executors` made."""
+    groups = {id(e.group): e.group for e in executors.values()}
+    for group in groups.values():
+        group.use(hosts)
