@@ -103,16 +103,15 @@ SIGKILL_11 = {"debug_fail_rank": 1, "debug_fail_step": 11, "debug_fail_signal": 
 def jobs(tmp_path_factory, cifar_dir):
     """The module's 2-rank launches, independent of one another, two at a time (tests.helpers.side_by_side),
     in the order the tests read them: name -> future of (process, job folder)."""
-    def work(name):
-        return tmp_path_factory.mktemp(name)
-
+    names = ("reference_k4", "sigkill_k4", "reference", "sigkill_sink", "midsave")
+    work = {name: tmp_path_factory.mktemp(name) for name in names}  # made here, not in the threads
     with side_by_side({
-        "reference_k4": lambda: _uninterrupted(work("reference_k4"), cifar_dir, train=K4),
-        "sigkill_k4": lambda: _run(work("sigkill_k4"), cifar_dir, restarts=1, train={**K4, **SIGKILL_11}),
-        "reference": lambda: _uninterrupted(work("reference"), cifar_dir),
-        "sigkill_sink": lambda: _run(work("sigkill_sink"), cifar_dir, restarts=1,
+        "reference_k4": lambda: _uninterrupted(work["reference_k4"], cifar_dir, train=K4),
+        "sigkill_k4": lambda: _run(work["sigkill_k4"], cifar_dir, restarts=1, train={**K4, **SIGKILL_11}),
+        "reference": lambda: _uninterrupted(work["reference"], cifar_dir),
+        "sigkill_sink": lambda: _run(work["sigkill_sink"], cifar_dir, restarts=1,
                                      train={"sink_mode": True, "sink_size": 2, **SIGKILL_11}),
-        "midsave": lambda: _kill_rank0_mid_save(work("midsave"), cifar_dir),
+        "midsave": lambda: _kill_rank0_mid_save(work["midsave"], cifar_dir),
     }) as futures:
         yield futures
 
