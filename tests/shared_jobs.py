@@ -19,7 +19,7 @@ from typing import Optional
 
 import pytest
 
-from helpers import kill_group, launch_argv, side_by_side, write_cluster
+from helpers import kill_group, launch_argv, side_by_side, user_folder, write_cluster
 
 # SYSTEM_METRICS_INTERVAL_S: host metrics often enough to land within 8 steps; API_TOKEN: a secret in the
 # saved cluster.yaml (why the job folder's modes matter)
@@ -47,12 +47,20 @@ def _cli_status(job: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-def _launch_polled(work, cluster: str, job: str, console: Optional[str], timeout: float = 400) -> FinishedJob:
-    """``mscluster launch CLUSTER --job-dir JOB``, reading its status.json (and ``status`` once) while it runs."""
+def _launch_polled(work, cluster: str, job: str, console: Optional[str], timeout: float = 400,
+                   project: Optional[str] = None) -> FinishedJob:
+    """``mscluster launch CLUSTER --job-dir JOB``, reading its status.json (and ``status`` once) while it runs.
+
+    ``project``: launched from that folder with the ``mscluster`` command, as a user does (``python -m``
+    would import the folder's own launcher.py)."""
     from launcher.status import read_status
 
     out, err = open(os.path.join(work, "launch.out"), "w+"), open(os.path.join(work, "launch.err"), "w+")
-    proc = subprocess.Popen(launch_argv(cluster, "--job-dir", job, console=console), cwd=str(work), stdout=out,
+    argv = launch_argv(cluster, "--job-dir", job, console=console)
+    if project is not None:
+        # `mscluster launch ...` (this venv's command) in place of `python -m mscluster_cli launch ...`
+        argv = [os.path.join(os.path.dirname(sys.executable), "mscluster"), *argv[argv.index("launch"):]]
+    proc = subprocess.Popen(argv, cwd=project or str(work), stdout=out,
                             stderr=err, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seen, cli_running = [], None
     try:
@@ -95,10 +103,13 @@ def _shared_launches(tmp_path_factory, cifar_dir):
 def succeeded_job(_shared_launches) -> FinishedJob:
     """A 2-rank local job of the built-in trainer that succeeds: 2 epochs x 4 steps, evaluated after each
     (on the test split's first 256 images),
-    TensorBoard on, the default console (rank 0 and warnings), polled with ``status`` while it runs.
+    TensorBoard on, the default console (rank 0 and warnings), polled with ``status`` while it runs;
+    launched with the ``mscluster`` command from a training project's folder whose own launcher.py,
+    trainer.py and mscluster.py fail at import (tests.helpers.user_folder): every process runs there.
 
-    Shared by test_launch_local (result, logs, console), test_job_folder (modes) and test_monitoring
-    (TensorBoard, status, logs, tensorboard command). Read-only: ``copy_job`` before changing it.
+    Shared by test_launch_local (result, logs, console), test_job_folder (modes), test_monitoring
+    (TensorBoard, status, logs, tensorboard command) and test_own_modules (none of mscluster's processes
+    imports the folder's files). Read-only: ``copy_job`` before changing it.
     """
     return _shared_launches["succeeded"].result()
 
@@ -107,7 +118,7 @@ def _succeeded(work, cifar_dir) -> FinishedJob:
     cluster = write_cluster(str(work / "c.yaml"), cifar_dir, env=SHARED_ENV,
                             train={"epochs": 2, "steps_per_epoch": 4, "eval_every_epochs": 1, "eval_images": 256,
                                    "tensorboard": True})
-    return _launch_polled(work, cluster, str(work / "job"), console=None)
+    return _launch_polled(work, cluster, str(work / "job"), console=None, project=user_folder(str(work / "project")))
 
 
 # the rank that fails, at which step, and the exception it raises (trainer/faults.py)
