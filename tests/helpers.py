@@ -156,7 +156,8 @@ def user_folder(path: str, names: tuple[str, ...] = ("launcher.py", "trainer.py"
 
 
 @contextlib.contextmanager
-def side_by_side(jobs: dict[str, Callable[[], Any]], at_once: int = 2) -> Iterator[dict[str, concurrent.futures.Future]]:
+def side_by_side(jobs: dict[str, Callable[[], Any]],
+                 at_once: int = 2) -> Iterator[dict[str, concurrent.futures.Future]]:
     """Independent real jobs, started in the order given with ``at_once`` running at a time: name -> its future.
 
     A 2-rank job spends much of its time waiting (its MindSpore cluster forming, a restart's back-off,
