@@ -76,4 +76,4 @@ from sshd_util import sshd  # noqa: F401,E402
 from netns_util import fleet_hosts, netns_hosts  # noqa: F401,E402
 from slurm_util import slurm_cluster  # noqa: F401,E402
 # Small real jobs launched once per session and asserted on by several modules.
-from shared_jobs import failed_job, succeeded_job  # noqa: F401,E402
+from shared_jobs import _shared_launches, failed_job, succeeded_job  # noqa: F401,E402

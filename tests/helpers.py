@@ -4,6 +4,8 @@ One module, so that every test waits, picks ports and finds a job's processes th
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -12,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import psutil
 import yaml
@@ -151,3 +153,16 @@ def user_folder(path: str, names: tuple[str, ...] = ("launcher.py", "trainer.py"
         with open(os.path.join(path, name), "w", encoding="utf-8") as handle:
             handle.write(USER_FILE)
     return str(path)
+
+
+@contextlib.contextmanager
+def side_by_side(jobs: dict[str, Callable[[], Any]],
+                 at_once: int = 2) -> Iterator[dict[str, concurrent.futures.Future]]:
+    """Independent real jobs, started in the order given with ``at_once`` running at a time: name -> its future.
+
+    A 2-rank job spends much of its time waiting (its MindSpore cluster forming, a restart's back-off,
+    the launcher's stop of a leftover scheduler), so two at once on 2 cores end well before one after
+    the other. Leaving waits for every job (each has its own timeout); a job's exception is its result's.
+    """
+    with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
+        yield {name: pool.submit(job) for name, job in jobs.items()}

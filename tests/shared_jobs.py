@@ -2,7 +2,8 @@
 
 A 2-rank launch costs ~15 s to form its MindSpore cluster and tear it down whatever it trains, so
 the tests that only read what a finished job left (its result, logs, status, TensorBoard files, job
-folder) share one launch of each kind instead of each launching its own. The jobs are read-only
+folder) share one launch of each kind instead of each launching its own; the two are launched side by
+side when a test first needs either. The jobs are read-only
 for the tests: a test that changes a job folder copies it first (``copy_job``).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Optional
 
 import pytest
 
-from helpers import kill_group, launch_argv, write_cluster
+from helpers import kill_group, launch_argv, side_by_side, user_folder, write_cluster
 
 # SYSTEM_METRICS_INTERVAL_S: host metrics often enough to land within 8 steps; API_TOKEN: a secret in the
 # saved cluster.yaml (why the job folder's modes matter)
@@ -46,12 +47,20 @@ def _cli_status(job: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-def _launch_polled(work, cluster: str, job: str, console: Optional[str], timeout: float = 400) -> FinishedJob:
-    """``mscluster launch CLUSTER --job-dir JOB``, reading its status.json (and ``status`` once) while it runs."""
+def _launch_polled(work, cluster: str, job: str, console: Optional[str], timeout: float = 400,
+                   project: Optional[str] = None) -> FinishedJob:
+    """``mscluster launch CLUSTER --job-dir JOB``, reading its status.json (and ``status`` once) while it runs.
+
+    ``project``: launched from that folder with the ``mscluster`` command, as a user does (``python -m``
+    would import the folder's own launcher.py)."""
     from launcher.status import read_status
 
     out, err = open(os.path.join(work, "launch.out"), "w+"), open(os.path.join(work, "launch.err"), "w+")
-    proc = subprocess.Popen(launch_argv(cluster, "--job-dir", job, console=console), cwd=str(work), stdout=out,
+    argv = launch_argv(cluster, "--job-dir", job, console=console)
+    if project is not None:
+        # `mscluster launch ...` (this venv's command) in place of `python -m mscluster_cli launch ...`
+        argv = [os.path.join(os.path.dirname(sys.executable), "mscluster"), *argv[argv.index("launch"):]]
+    proc = subprocess.Popen(argv, cwd=project or str(work), stdout=out,
                             stderr=err, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seen, cli_running = [], None
     try:
@@ -81,19 +90,35 @@ def _launch_polled(work, cluster: str, job: str, console: Optional[str], timeout
 
 
 @pytest.fixture(scope="session")
-def succeeded_job(tmp_path_factory, cifar_dir) -> FinishedJob:
+def _shared_launches(tmp_path_factory, cifar_dir):
+    """Both jobs below, started side by side (tests.helpers.side_by_side) when a test first needs either:
+    each mostly waits on its cluster, so the pair ends soon after the longer one."""
+    succeeded, failed = tmp_path_factory.mktemp("succeeded"), tmp_path_factory.mktemp("failed")
+    with side_by_side({"succeeded": lambda: _succeeded(succeeded, cifar_dir),
+                       "failed": lambda: _failed(failed, cifar_dir)}) as futures:
+        yield futures
+
+
+@pytest.fixture(scope="session")
+def succeeded_job(_shared_launches) -> FinishedJob:
     """A 2-rank local job of the built-in trainer that succeeds: 2 epochs x 4 steps, evaluated after each
     (on the test split's first 256 images),
-    TensorBoard on, the default console (rank 0 and warnings), polled with ``status`` while it runs.
+    TensorBoard on, the default console (rank 0 and warnings), polled with ``status`` while it runs;
+    launched with the ``mscluster`` command from a training project's folder whose own launcher.py,
+    trainer.py and mscluster.py fail at import (tests.helpers.user_folder): every process runs there.
 
-    Shared by test_launch_local (result, logs, console), test_job_folder (modes) and test_monitoring
-    (TensorBoard, status, logs, tensorboard command). Read-only: ``copy_job`` before changing it.
+    Shared by test_launch_local (result, logs, console), test_job_folder (modes), test_monitoring
+    (TensorBoard, status, logs, tensorboard command) and test_own_modules (none of mscluster's processes
+    imports the folder's files). Read-only: ``copy_job`` before changing it.
     """
-    work = tmp_path_factory.mktemp("succeeded")
+    return _shared_launches["succeeded"].result()
+
+
+def _succeeded(work, cifar_dir) -> FinishedJob:
     cluster = write_cluster(str(work / "c.yaml"), cifar_dir, env=SHARED_ENV,
                             train={"epochs": 2, "steps_per_epoch": 4, "eval_every_epochs": 1, "eval_images": 256,
                                    "tensorboard": True})
-    return _launch_polled(work, cluster, str(work / "job"), console=None)
+    return _launch_polled(work, cluster, str(work / "job"), console=None, project=user_folder(str(work / "project")))
 
 
 # the rank that fails, at which step, and the exception it raises (trainer/faults.py)
@@ -102,14 +127,17 @@ FAIL_STEPS_PER_EPOCH = 40  # rank 0 would run 40 steps; it is stopped at step 5 
 
 
 @pytest.fixture(scope="session")
-def failed_job(tmp_path_factory, cifar_dir) -> FinishedJob:
+def failed_job(_shared_launches) -> FinishedJob:
     """A 2-rank local job whose rank 1 exits 3 at step 5 on every attempt; ``restarts: 1`` (so 2 attempts,
     the second resumed from the step-4 checkpoint); TensorBoard on; every rank's lines on the console.
 
     Shared by test_launch_local (a failing rank stops the job and is the root cause), test_resume (restarts
     exhausted) and test_monitoring (TensorBoard across the restart, status of a failed job). Read-only.
     """
-    work = tmp_path_factory.mktemp("failed")
+    return _shared_launches["failed"].result()
+
+
+def _failed(work, cifar_dir) -> FinishedJob:
     cluster = write_cluster(str(work / "c.yaml"), cifar_dir, env=SHARED_ENV, restarts=1,
                             train={"steps_per_epoch": FAIL_STEPS_PER_EPOCH, "save_every_steps": 2,
                                    "debug_fail_rank": FAIL_RANK, "debug_fail_step": FAIL_STEP, "tensorboard": True})

@@ -82,12 +82,19 @@ def test_failing_rank_stops_the_job_and_is_the_root_cause(failed_job):
     assert job_processes(job) == []
 
 
-def _start_launch(tmp_path, cifar_dir):
+def _spawn_launch(tmp_path, cifar_dir) -> tuple[subprocess.Popen, str]:
+    """A 400-step 2-rank job, started: its launcher and the folder its job folder will be in. Its console
+    goes to launch.out and launch.err there (a pipe nobody reads while another test runs would fill)."""
     cluster = write_cluster(str(tmp_path / "c.yaml"), cifar_dir, train={"steps_per_epoch": 400})
-    proc = subprocess.Popen(launch_argv(cluster), cwd=str(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=sigint_default)
-    runs = str(tmp_path / "runs")
+    with open(tmp_path / "launch.out", "w") as out, open(tmp_path / "launch.err", "w") as err:
+        proc = subprocess.Popen(launch_argv(cluster), cwd=str(tmp_path), stdout=out, stderr=err, text=True,
+                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=sigint_default)
+    return proc, str(tmp_path / "runs")
+
+
+def _training(proc: subprocess.Popen, runs: str) -> tuple[subprocess.Popen, str]:
+    """Once the job's rank 1 trains: its launcher and job folder."""
     job = wait_for(lambda: os.path.isdir(runs) and os.listdir(runs) and only_job_dir(runs), 60, what="job dir")
     log = os.path.join(job, "logs", "rank_1.log")
     wait_for(lambda: os.path.exists(log) and "global_step=2 " in open(log).read(), 180, what="rank 1 training")
@@ -102,10 +109,23 @@ def _rank_process(job: str, rank: int):
     return None
 
 
+@pytest.fixture(scope="module")
+def started(tmp_path_factory, cifar_dir):
+    """Two such jobs started at once (each mostly waits while it starts): one for Ctrl-C, one for a
+    SIGKILLed launcher; whatever a test left of them is killed at the end."""
+    jobs = {name: _spawn_launch(tmp_path_factory.mktemp(name), cifar_dir) for name in ("ctrl_c", "sigkill")}
+    yield jobs
+    for proc, runs in jobs.values():
+        kill_group(proc)
+        for job in (os.listdir(runs) if os.path.isdir(runs) else []):
+            for p in job_processes(os.path.join(runs, job)):
+                p.kill()
+
+
 # A SIGKILLed rank as the root cause: tests/test_supervisor.py (the logic) and test_slurm.py/test_fleet.py (the
 # agents' real report across hosts); this module keeps what only a real local job shows.
-def test_ctrl_c_stops_every_rank(tmp_path, cifar_dir):
-    proc, job = _start_launch(tmp_path, cifar_dir)
+def test_ctrl_c_stops_every_rank(started):
+    proc, job = _training(*started["ctrl_c"])
     try:
         assert len(job_processes(job)) >= 3  # agent, scheduler, two ranks
         # bind_cores (the default): each rank pinned to its own share of this host's cores
@@ -113,17 +133,17 @@ def test_ctrl_c_stops_every_rank(tmp_path, cifar_dir):
         if len(os.sched_getaffinity(0)) >= 2:
             assert pinned[0] and pinned[1] and not pinned[0] & pinned[1], pinned
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         kill_group(proc)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, open(os.path.join(os.path.dirname(os.path.dirname(job)), "launch.err")).read()
     assert json.load(open(os.path.join(job, "result.json")))["status"] == "interrupted"
     assert job_processes(job) == []
 
 
-def test_sigkilled_launcher_leaves_no_rank(tmp_path, cifar_dir):
+def test_sigkilled_launcher_leaves_no_rank(started):
     """kill -9 of the launcher: each agent sees EOF on its stdin and stops its ranks."""
-    proc, job = _start_launch(tmp_path, cifar_dir)
+    proc, job = _training(*started["sigkill"])
     try:
         assert len(job_processes(job)) >= 3
         proc.send_signal(signal.SIGKILL)  # the launcher alone: no finally, no teardown of its own

@@ -5,7 +5,8 @@ trainer's ranks run in the launch folder (or a remote login folder), where a tra
 has a ``launcher.py`` or a ``trainer.py`` of its own. ``python -m`` would import those (the folder
 comes first on sys.path); mscluster starts its own modules with ``launcher.jobplan.own_argv``. Here
 the user's files raise SystemExit("user file imported") at import. A 2-rank built-in-trainer job
-(backend cpu: the scheduler too) is launched from such a folder with the ``mscluster`` command;
+(backend cpu: the scheduler too; the session's shared succeeded job) is launched from such a folder
+with the ``mscluster`` command;
 the pre-flight's MindSpore comparison is checked through the executor seam.
 Expectation: ``own_argv`` behaves as ``-m`` (argv, ``__main__``, PYTHONPATH kept) but never
 imports the folder's files; the job succeeds; hosts with different MindSpore versions are one line
@@ -20,7 +21,7 @@ import sys
 
 import pytest
 
-from helpers import only_job_dir, user_folder, write_cluster
+from helpers import all_log, user_folder
 from launcher.config import parse_cluster
 from launcher.errors import MindSporeMismatch
 from launcher.executor import LocalExecutor, RunResult, check_host
@@ -110,14 +111,10 @@ def test_preflight_refuses_hosts_with_different_mindspore_versions():
 
 
 @pytest.mark.integration
-def test_builtin_trainer_job_runs_from_a_folder_with_the_users_launcher_and_trainer(tmp_path, cifar_dir):
-    """backend cpu: the probe, the agent, the scheduler and both ranks all run in this folder."""
-    folder = user_folder(str(tmp_path / "project"))
-    cluster = write_cluster(os.path.join(folder, "c.yaml"), cifar_dir)
-    mscluster = os.path.join(os.path.dirname(sys.executable), "mscluster")  # the command a user runs
-    proc = subprocess.run([mscluster, "launch", cluster, "--console", "all"], cwd=folder, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "user file imported" not in proc.stdout + proc.stderr
-    job = only_job_dir(os.path.join(folder, "runs"))
-    assert json.load(open(os.path.join(job, "result.json")))["status"] == "succeeded"
+def test_builtin_trainer_job_runs_from_a_folder_with_the_users_launcher_and_trainer(succeeded_job):
+    """backend cpu: the probe, the agent, the scheduler and both ranks all run in this folder (the session's
+    shared job, tests/shared_jobs.py, is launched so: any of them importing a user's file would fail it)."""
+    assert succeeded_job.returncode == 0, succeeded_job.output[-3000:]
+    assert "user file imported" not in succeeded_job.output
+    assert json.load(open(os.path.join(succeeded_job.job, "result.json")))["status"] == "succeeded"
+    assert "user file imported" not in all_log(succeeded_job.job)  # every process's lines, rank 1's too

@@ -28,7 +28,7 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import REPO_ROOT, job_processes, kill_group, launch_argv, write_cluster
+from helpers import REPO_ROOT, job_processes, kill_group, launch_argv, side_by_side, write_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -77,13 +77,16 @@ def _sha(path: str) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, cifar_dir):
-    """The uninterrupted job."""
-    work = tmp_path_factory.mktemp("reference")
-    _, job, argv = _launch(work, cifar_dir)
+def _run(work, cifar_dir, train=None, restarts=0) -> tuple[subprocess.CompletedProcess, str]:
+    """A launch to its end: (its process, its job folder)."""
+    _, job, argv = _launch(work, cifar_dir, train=train, restarts=restarts)
     proc = subprocess.run(argv, cwd=str(work), capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return proc, job
+
+
+def _uninterrupted(work, cifar_dir, train=None) -> tuple[subprocess.CompletedProcess, str]:
+    proc, job = _run(work, cifar_dir, train=train)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, job
 
@@ -92,16 +95,36 @@ def reference(tmp_path_factory, cifar_dir):
 
 # 16 images a step per rank, as above; steps are optimizer steps; the cpu default exchange (shared memory)
 K4 = {"grad_accumulation": 4, "batch_size": 4, "grad_exchange": "auto"}
+# rank 1 SIGKILLs itself at step 11 (epoch 2) on the first attempt
+SIGKILL_11 = {"debug_fail_rank": 1, "debug_fail_step": 11, "debug_fail_signal": 9, "debug_fail_attempt": 0}
 
 
 @pytest.fixture(scope="module")
-def reference_k4(tmp_path_factory, cifar_dir):
-    work = tmp_path_factory.mktemp("reference_k4")
-    _, job, argv = _launch(work, cifar_dir, train=K4)
-    proc = subprocess.run(argv, cwd=str(work), capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc, job
+def jobs(tmp_path_factory, cifar_dir):
+    """The module's 2-rank launches, independent of one another, two at a time (tests.helpers.side_by_side),
+    in the order the tests read them: name -> future of (process, job folder)."""
+    names = ("reference_k4", "sigkill_k4", "reference", "sigkill_sink", "midsave")
+    work = {name: tmp_path_factory.mktemp(name) for name in names}  # made here, not in the threads
+    with side_by_side({
+        "reference_k4": lambda: _uninterrupted(work["reference_k4"], cifar_dir, train=K4),
+        "sigkill_k4": lambda: _run(work["sigkill_k4"], cifar_dir, restarts=1, train={**K4, **SIGKILL_11}),
+        "reference": lambda: _uninterrupted(work["reference"], cifar_dir),
+        "sigkill_sink": lambda: _run(work["sigkill_sink"], cifar_dir, restarts=1,
+                                     train={"sink_mode": True, "sink_size": 2, **SIGKILL_11}),
+        "midsave": lambda: _kill_rank0_mid_save(work["midsave"], cifar_dir),
+    }) as futures:
+        yield futures
+
+
+@pytest.fixture(scope="module")
+def reference(jobs):
+    """The uninterrupted job."""
+    return jobs["reference"].result()
+
+
+@pytest.fixture(scope="module")
+def reference_k4(jobs):
+    return jobs["reference_k4"].result()
 
 
 def test_k4_ranks_end_with_one_set_of_weights_and_count_optimizer_steps(reference_k4):
@@ -121,14 +144,9 @@ def test_k4_ranks_end_with_one_set_of_weights_and_count_optimizer_steps(referenc
     assert {e.value for e in acc.Scalars("train/grad_accumulation")} == {4.0}
 
 
-def test_k4_resume_after_sigkill_is_bit_identical(reference_k4, tmp_path_factory, cifar_dir):
+def test_k4_resume_after_sigkill_is_bit_identical(reference_k4, jobs):
     ref, ref_job = reference_k4
-    work = tmp_path_factory.mktemp("sigkill_k4")
-    _, job, argv = _launch(work, cifar_dir, restarts=1,
-                           train={**K4, "debug_fail_rank": 1, "debug_fail_step": 11, "debug_fail_signal": 9,
-                                  "debug_fail_attempt": 0})
-    proc = subprocess.run(argv, cwd=str(work), capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc, job = jobs["sigkill_k4"].result()
     assert proc.returncode == 0 and "after 1 restart(s)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"resumed from \S+ckpt_e0001_s0000000(10|08)\.ckpt epoch=1 step=(4|2)$", proc.stdout, re.M)
     assert _finals(proc.stdout) == _finals(ref.stdout)
@@ -137,18 +155,13 @@ def test_k4_resume_after_sigkill_is_bit_identical(reference_k4, tmp_path_factory
 
 # -- sink mode: sinks of 2 steps (sink_size 2 divides the 6 steps of an epoch) ---------------------------------
 
-def test_sink_mode_counts_saves_and_resumes_at_sink_ends_bit_identical(reference, tmp_path_factory, cifar_dir):
+def test_sink_mode_counts_saves_and_resumes_at_sink_ends_bit_identical(reference, jobs):
     """On CPU MindSpore runs the steps one by one (it cannot sink there); the trainer's callbacks see
     one step end per sink, as on Ascend: logs, TensorBoard, checkpoints and the fault at sink ends.
     The steps are the non-sink job's, and its checkpoints (every 2 steps, where the ranks also average
     their BatchNorm statistics) fall on sink ends: the weights must be its own, through a SIGKILL."""
     ref, ref_job = reference
-    work = tmp_path_factory.mktemp("sigkill_sink")
-    _, job, argv = _launch(work, cifar_dir, restarts=1,
-                           train={"sink_mode": True, "sink_size": 2, "debug_fail_rank": 1, "debug_fail_step": 11,
-                                  "debug_fail_signal": 9, "debug_fail_attempt": 0})
-    proc = subprocess.run(argv, cwd=str(work), capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc, job = jobs["sigkill_sink"].result()
     assert proc.returncode == 0 and "after 1 restart(s)" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[localhost:0] sink mode: 2 step(s) per sink" in proc.stdout
     # the fault fires at the end of the sink holding step 11 (step 12): step 10's checkpoint is the newest
@@ -180,10 +193,13 @@ def test_a_checkpoint_of_another_k_is_refused_unless_asked(single_job, tmp_path,
 
 
 @pytest.fixture(scope="module")
-def rank0_killed_mid_save(tmp_path_factory, cifar_dir):
+def rank0_killed_mid_save(jobs):
+    return jobs["midsave"].result()
+
+
+def _kill_rank0_mid_save(work, cifar_dir):
     """Rank 0 is SIGKILLed while its second checkpoint (global step 4) is half-written (each save pauses
     4 s half-way on the first attempt); restarts: 1."""
-    work = tmp_path_factory.mktemp("midsave")
     _, job, argv = _launch(work, cifar_dir, restarts=1,
                            train={"debug_pause_in_save": 4.0, "debug_fail_attempt": 0})
     proc = subprocess.Popen(argv, cwd=str(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

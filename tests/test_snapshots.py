@@ -28,7 +28,7 @@ from mscluster.jobfiles import SNAPSHOT_ROOT, is_snapshot_dir, snapshot_dir
 from trainer import checkpoint as ckpt
 from trainer.snapshot import Found, auto_interval, newest_common, pick_source, stall_share
 
-from helpers import job_processes, kill_group, launch_argv, wait_for, write_cluster
+from helpers import job_processes, kill_group, launch_argv, side_by_side, wait_for, write_cluster
 
 # -- pure ------------------------------------------------------------------------------------------
 
@@ -159,14 +159,14 @@ def _run(work, cifar_dir, train, restarts=0, on_line=None):
 @pytest.mark.integration
 def test_a_sigkilled_rank_resumes_from_memory_bit_identical_and_leaves_no_memory(tmp_path, cifar_dir):
     (tmp_path / "ref").mkdir()
-    code, ref_out, ref_job = _run(tmp_path / "ref", cifar_dir, {})
-    assert code == 0, ref_out[-3000:]
-    assert _ours(ref_job) == []  # a job that succeeded leaves nothing under /dev/shm
-
     (tmp_path / "kill").mkdir()
-    code, out, job = _run(tmp_path / "kill", cifar_dir, {"debug_fail_rank": 1, "debug_fail_step": 11,
-                                                         "debug_fail_signal": 9, "debug_fail_attempt": 0},
-                          restarts=1)
+    kill = {"debug_fail_rank": 1, "debug_fail_step": 11, "debug_fail_signal": 9, "debug_fail_attempt": 0}
+    with side_by_side({"ref": lambda: _run(tmp_path / "ref", cifar_dir, {}),
+                       "kill": lambda: _run(tmp_path / "kill", cifar_dir, kill, restarts=1)}) as jobs:
+        code, ref_out, ref_job = jobs["ref"].result()
+        assert code == 0, ref_out[-3000:]
+        assert _ours(ref_job) == []  # a job that succeeded leaves nothing under /dev/shm
+        code, out, job = jobs["kill"].result()
     assert code == 0 and "after 1 restart(s)" in out, out[-3000:]
     # both ranks resumed from the host's memory at the snapshot's step, not the disk's step 6
     resumed = re.findall(r"^\[[^\]]+\] resumed from (\S+) epoch=(\d+) step=(\d+)$", out, re.M)

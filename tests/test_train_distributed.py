@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from cluster_helper import run_dynamic_cluster
+from helpers import side_by_side
 
 pytestmark = pytest.mark.integration
 
@@ -34,22 +35,28 @@ def _final(output: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def two_rank_run(tmp_path_factory, cifar_dir):
-    work = tmp_path_factory.mktemp("dp")
-    out = work / "out"
+def runs(tmp_path_factory, cifar_dir):
+    """Both jobs below, side by side (tests.helpers.side_by_side): each mostly waits on its cluster."""
+    dp, shm = tmp_path_factory.mktemp("dp"), tmp_path_factory.mktemp("dp-shm")
     # one evaluation, at the end: each is a pass over the 10,000 test records
-    results = run_dynamic_cluster(2, SMALL + [f"data_dir={cifar_dir}", f"output_dir={out}", "eval_every_epochs=2",
-                                              f"eval_images={EVAL_IMAGES}"], str(work))
-    return results, out
+    collective = SMALL + [f"data_dir={cifar_dir}", f"output_dir={dp / 'out'}", "eval_every_epochs=2",
+                          f"eval_images={EVAL_IMAGES}"]
+    # no evaluation: it does not change the weights, and the other run's already proves it
+    shared = SMALL + [f"data_dir={cifar_dir}", f"output_dir={shm / 'out'}", "grad_exchange=shared_memory",
+                      "eval_every_epochs=0"]
+    with side_by_side({"two_rank": lambda: (run_dynamic_cluster(2, collective, str(dp)), dp / "out"),
+                       "shared_memory": lambda: run_dynamic_cluster(2, shared, str(shm), one_host=True)}) as futures:
+        yield futures
 
 
 @pytest.fixture(scope="module")
-def shared_memory_run(tmp_path_factory, cifar_dir):
-    work = tmp_path_factory.mktemp("dp-shm")
-    # no evaluation: it does not change the weights, and the other run's already proves it
-    pairs = SMALL + [f"data_dir={cifar_dir}", f"output_dir={work / 'out'}", "grad_exchange=shared_memory",
-                     "eval_every_epochs=0"]
-    return run_dynamic_cluster(2, pairs, str(work), one_host=True)
+def two_rank_run(runs):
+    return runs["two_rank"].result()
+
+
+@pytest.fixture(scope="module")
+def shared_memory_run(runs):
+    return runs["shared_memory"].result()
 
 
 def _losses(output: str) -> list[float]:

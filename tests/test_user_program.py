@@ -23,7 +23,7 @@ import time
 import pytest
 import yaml
 
-from helpers import (REPO_ROOT, all_log, final_digests, job_processes, only_job_dir, run_launch,
+from helpers import (REPO_ROOT, all_log, final_digests, job_processes, only_job_dir, run_launch, side_by_side,
                      start_launch, stop_launch, wait_for)
 
 pytestmark = pytest.mark.integration
@@ -49,13 +49,33 @@ def _cli(*args: str, cwd: str, timeout: float = 60) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def mlp_job(tmp_path_factory, cifar_dir):
+def mlp_jobs(tmp_path_factory, cifar_dir):
+    """The example's two 2-rank jobs below, side by side (tests.helpers.side_by_side): each mostly waits on
+    its cluster. The one that succeeds, and the one whose rank 1 raises (with @record)."""
+    mlp, failing = tmp_path_factory.mktemp("mlp"), tmp_path_factory.mktemp("mlp_failing")
+    raises = _mlp(cifar_dir, "--fail-rank", "1", "--fail-step", "2")
+    with side_by_side({"mlp": lambda: _mlp_job(mlp, cifar_dir),
+                       "failing": lambda: _failing_job(failing, raises)}) as futures:
+        yield futures
+
+
+@pytest.fixture(scope="module")
+def mlp_job(mlp_jobs):
+    return mlp_jobs["mlp"].result()
+
+
+def _mlp_job(work, cifar_dir):
     """The example on 2 local ranks, printing a fake event line, given after -- to a shipped-style file
     with train: (the cluster file's command: starts the ranks of the failing jobs below)."""
-    work = tmp_path_factory.mktemp("mlp")
     cluster = _cluster(work / "c.yaml", train={"epochs": 1})
     proc = run_launch(cluster, "--", *_mlp(cifar_dir, "--print-fake-event"), cwd=str(work), console=None)
     return proc, only_job_dir(str(work / "runs")), work
+
+
+def _failing_job(work, command: list[str]) -> tuple[subprocess.CompletedProcess, str]:
+    """A 2-rank job of ``command`` launched in ``work``: its process, and the folder of its runs."""
+    cluster = _cluster(work / "c.yaml", command=command)
+    return run_launch(cluster, cwd=str(work), console=None, timeout=240), str(work / "runs")
 
 
 def test_user_program_trains_one_model_on_two_ranks(mlp_job):
@@ -118,14 +138,12 @@ time.sleep(120)  # rank 0 waits, as in a collective, until it is stopped
 
 
 @pytest.mark.parametrize("record", [True, False], ids=["with-record", "without-record"])
-def test_an_exception_on_rank_1_is_the_root_cause(tmp_path, cifar_dir, record):
-    if record:  # the example (MindSpore, data parallel) with @record
-        command = _mlp(cifar_dir, "--fail-rank", "1", "--fail-step", "2")
+def test_an_exception_on_rank_1_is_the_root_cause(tmp_path, mlp_jobs, record):
+    if record:  # the example (MindSpore, data parallel) with @record, launched beside mlp_job
+        proc, runs = mlp_jobs["failing"].result()
     else:
         (tmp_path / "plain_train.py").write_text(PLAIN_FAILING)
-        command = ["python", str(tmp_path / "plain_train.py")]
-    cluster = _cluster(tmp_path / "c.yaml", command=command)
-    proc = run_launch(cluster, cwd=str(tmp_path), console=None, timeout=240)
+        proc, runs = _failing_job(tmp_path, ["python", str(tmp_path / "plain_train.py")])
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stderr
     root = next(line for line in table.splitlines() if line.strip().startswith("root cause "))
@@ -137,7 +155,7 @@ def test_an_exception_on_rank_1_is_the_root_cause(tmp_path, cifar_dir, record):
         block = table.split("\nmscluster: attempt 0's failure")[0]  # the recovery line follows the table
         assert block.rstrip().endswith("  | RuntimeError: rank 1 gives up at step 2 (asked to by --fail-rank)")
     assert "| " in table and ("mlp_digits.py" if record else "plain_train.py") in table, table
-    job = only_job_dir(str(tmp_path / "runs"))
+    job = only_job_dir(runs)
     errors = os.listdir(os.path.join(job, "errors"))
     assert ("rank1.attempt0.json" in errors) == record
     assert job_processes(job) == []
