@@ -476,8 +476,8 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             hosts.use(current.hosts)  # Slurm: the attempt's one step of agents starts on these nodes
             table = rank_table
             if current.uses_rank_table and current.hosts != cluster.hosts:  # a spare took a place: a new table
-                table = dump_rank_table(build_rank_table(plan_ranks(current), discover_ips(plan_ranks(current),
-                                                                                           executors)))
+                placed = plan_ranks(current)
+                table = dump_rank_table(build_rank_table(placed, discover_ips(placed, executors)))
                 write_atomic(os.path.join(job_dir, jobfiles.RANK_TABLE_FILE), table, mode=0o600)
             # cpu: a free port chosen afresh for every attempt, just before it starts, so a port
             # taken since the last attempt (or in the moment before MindSpore binds it) costs one
