@@ -47,9 +47,10 @@ class Hosts:
 def direct_place(cluster: ClusterSpec, environ: Mapping[str, str],
                  make_executor: MakeExecutor) -> tuple[ClusterSpec, dict[str, Executor], str]:
     """``scheduler: ssh``: the file's hosts as they are; SSH's key and known_hosts files checked first."""
-    if not all(h.is_local for h in cluster.hosts):
+    every = (*cluster.hosts, *cluster.spares)  # spares are pre-flighted and stand by: they need executors too
+    if not all(h.is_local for h in every):
         check_ssh_files(cluster.ssh, cluster.source)
-    return cluster, {h.address: make_executor(h, cluster.ssh) for h in cluster.hosts}, ""
+    return cluster, {h.address: make_executor(h, cluster.ssh) for h in every}, ""
 
 
 def direct_preview(cluster: ClusterSpec, environ: Mapping[str, str]) -> tuple[ClusterSpec, str]:

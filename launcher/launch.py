@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from launcher.config import load_cluster, resolved_yaml
-from launcher.errors import HostUnreachable, JobDirError, MindSporeMismatch
+from launcher.errors import HostUnreachable, JobDirError, LauncherError, MindSporeMismatch
 from launcher.executor import Executor, ProgramCheck, check_host, executor_for
+from launcher.hostpool import Change, HostPool, Move, Why
 from launcher.hosts import MakeExecutor, open_hosts
 from launcher.joblock import JobLock
 from launcher.lifecycle import JobState, interrupt_signal
@@ -98,6 +99,10 @@ class AttemptRecord:
     state_from: Optional[str] = None
     resumed_step: Optional[int] = None
     stragglers: list[dict[str, Any]] = field(default_factory=list)  # ranks named stragglers (launcher.stragglers)
+    # after this attempt failed: the hosts excluded and what took their places (launcher.hostpool.Change), and
+    # when the job shrank, by how much (launcher.elastic.Shrink)
+    hosts_changed: list[dict[str, Any]] = field(default_factory=list)
+    shrink: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +127,10 @@ class AttemptRecord:
                              state_from=raw.get("state_from") if isinstance(raw.get("state_from"), str) else None,
                              resumed_step=raw.get("resumed_step") if isinstance(raw.get("resumed_step"), int) else None,
                              stragglers=[s for s in raw.get("stragglers") or [] if isinstance(s, dict)]
-                             if isinstance(raw.get("stragglers"), list) else [])
+                             if isinstance(raw.get("stragglers"), list) else [],
+                             hosts_changed=[c for c in raw.get("hosts_changed") or [] if isinstance(c, dict)]
+                             if isinstance(raw.get("hosts_changed"), list) else [],
+                             shrink=raw.get("shrink") if isinstance(raw.get("shrink"), dict) else None)
 
 
 STATE_FROM_DISK = "disk"  # a restart resumed from the newest good checkpoint on disk
@@ -175,9 +183,11 @@ class JobResult:
     attempts: list[AttemptRecord] = field(default_factory=list)
     preflight_s: Optional[float] = None  # seconds the pre-flight of every host took (in parallel)
     interrupted_by: Optional[str] = None  # status interrupted: the signal (SIGINT for Ctrl-C, SIGTERM, SIGHUP)
+    hosts: Optional[dict[str, Any]] = None  # active, spares, excluded, changes (launcher.hostpool.HostPool.to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": JobState(self.status).value, "exit_code": self.exit_code, "job_dir": self.job_dir,
+                **({"hosts": self.hosts} if self.hosts is not None else {}),
                 **({"interrupted_by": self.interrupted_by} if self.interrupted_by else {}),
                 "restarts": self.restarts, "eval": self.eval, "preflight_s": self.preflight_s,
                 "failures": [f.to_dict() for f in order_failures(self.failures)],
@@ -293,21 +303,7 @@ def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_di
     Raises:
         MindSporeMismatch: those hosts have different versions (one line: which host has which).
     """
-    timeout = cluster.ssh.connect_timeout + 20.0
-
-    def check(host: HostSpec) -> Optional[str]:
-        python = host_python(cluster, host)
-        needs_mindspore = cluster.builtin_trainer or cluster.uses_scheduler and host == cluster.hosts[0]
-        program = None
-        if cluster.command:
-            folder = launch_folder(cluster, host, launch_dir)
-            program = ProgramCheck(folder=folder or "", argv=program_argv(cluster, host, "", 0),
-                                   python_first=cluster.command[0] == PYTHON_WORD)
-        return check_host(executors[host.address], python, timeout,
-                          cwd=launch_dir if host.sees_launch_folder else None,
-                          needs_mindspore=needs_mindspore, program=program)
-
-    found = _in_parallel(check, list(cluster.hosts))
+    found = _in_parallel(lambda host: check_one(cluster, host, executors, launch_dir), list(cluster.hosts))
     versions = {h.label: v for h, v in zip(cluster.hosts, found) if v is not None}
     hosts_of: dict[str, list[str]] = {}
     for label, version in versions.items():
@@ -322,6 +318,44 @@ def preflight(cluster: ClusterSpec, executors: Mapping[str, Executor], launch_di
     if hosts_of:
         logger.info("pre-flight: MindSpore %s on %s", next(iter(hosts_of)), ", ".join(versions))
     return versions
+
+
+def check_one(cluster: ClusterSpec, host: HostSpec, executors: Mapping[str, Executor], launch_dir: str,
+              spare: bool = False) -> Optional[str]:
+    """One host's pre-flight (``preflight``); its MindSpore version where it needs MindSpore.
+
+    A spare needs what any host of the job needs, the first one's MindSpore included (it may take its place).
+    """
+    needs_mindspore = cluster.builtin_trainer or cluster.uses_scheduler and (spare or host == cluster.hosts[0])
+    program = None
+    if cluster.command:
+        folder = launch_folder(cluster, host, launch_dir)
+        program = ProgramCheck(folder=folder or "", argv=program_argv(cluster, host, "", 0),
+                               python_first=cluster.command[0] == PYTHON_WORD)
+    return check_host(executors[host.address], host_python(cluster, host), cluster.ssh.connect_timeout + 20.0,
+                      cwd=launch_dir if host.sees_launch_folder else None,
+                      needs_mindspore=needs_mindspore, program=program)
+
+
+def preflight_spares(cluster: ClusterSpec, spares: Sequence[HostSpec], executors: Mapping[str, Executor],
+                     launch_dir: str, versions: Mapping[str, str]) -> dict[str, str]:
+    """The same pre-flight on every spare, in parallel: the spares that fail it, address -> why (one line).
+
+    A spare is never the reason a job does not start: one that fails is excluded (``launcher.hostpool``).
+    """
+    wanted = set(versions.values())
+
+    def check(host: HostSpec) -> Optional[str]:
+        try:
+            version = check_one(cluster, host, executors, launch_dir, spare=True)
+        except LauncherError as exc:
+            return str(exc)
+        if version is not None and wanted and version not in wanted:
+            return f"MindSpore {version}, the job's hosts have {', '.join(sorted(wanted))}"
+        return None
+
+    found = _in_parallel(check, list(spares))
+    return {h.address: why for h, why in zip(spares, found) if why is not None}
 
 
 def pick_scheduler_port(cluster: ClusterSpec, executor: Executor) -> int:
@@ -408,7 +442,11 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         lock = JobLock(job_dir).acquire()  # ... and refused while another launcher runs it
     try:
         began = time.monotonic()
-        preflight(cluster, executors, launch_dir)
+        versions = preflight(cluster, executors, launch_dir)
+        pool = HostPool(cluster.hosts, cluster.spares, cluster.exclusion, cluster.elastic)
+        if cluster.spares:  # the spares pass the same pre-flight; one that does not stands down, the job starts
+            for address, why in preflight_spares(cluster, cluster.spares, executors, launch_dir, versions).items():
+                stood_down(console, pool, address, Why.PREFLIGHT, why)
         preflight_s = round(time.monotonic() - began, 3)
         rank_table, device_ips, cpus = None, None, None
         if cluster.uses_rank_table:
@@ -416,7 +454,13 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             device_ips = discover_ips(placement, executors)
             rank_table = dump_rank_table(build_rank_table(placement, device_ips))
         if cluster.backend is Backend.ASCEND and not request.skip_preflight:
-            cpus = npu_preflight(cluster, executors, _in_parallel, device_ips)
+            cpus = dict(npu_preflight(cluster, executors, _in_parallel, device_ips))
+            for spare in list(pool.spares):  # each spare on its own: one that fails stands down
+                try:
+                    cpus.update(npu_preflight(dataclasses.replace(cluster, hosts=(spare,), spares=()), executors,
+                                              _in_parallel))
+                except LauncherError as exc:
+                    stood_down(console, pool, spare.address, Why.NPU_PREFLIGHT, str(exc))
             preflight_s = round(time.monotonic() - began, 3)
         create_job_dir(job_dir, resume)
         if lock is None:
@@ -427,27 +471,48 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         if rank_table is not None:
             write_atomic(os.path.join(job_dir, jobfiles.RANK_TABLE_FILE), rank_table, mode=0o600)
 
-        def plan_attempt(attempt: int) -> JobPlan:
+        def plan_attempt(attempt: int, current: ClusterSpec) -> JobPlan:
+            table = rank_table
+            if current.uses_rank_table and current.hosts != cluster.hosts:  # a spare took a place: a new table
+                table = dump_rank_table(build_rank_table(plan_ranks(current), discover_ips(plan_ranks(current),
+                                                                                           executors)))
+                write_atomic(os.path.join(job_dir, jobfiles.RANK_TABLE_FILE), table, mode=0o600)
             # cpu: a free port chosen afresh for every attempt, just before it starts, so a port
             # taken since the last attempt (or in the moment before MindSpore binds it) costs one
             # restart, not the job
-            port = cluster.scheduler_port
-            if cluster.uses_scheduler and port is None:
-                port = pick_scheduler_port(cluster, executors[cluster.hosts[0].address])
-            return build_job_plan(cluster, job_dir=job_dir, scheduler_port=port, attempt=attempt,
-                                  rank_table=rank_table, grace_period=request.grace_period, launch_dir=launch_dir,
+            port = current.scheduler_port
+            if current.uses_scheduler and port is None:
+                port = pick_scheduler_port(current, executors[current.hosts[0].address])
+            return build_job_plan(current, job_dir=job_dir, scheduler_port=port, attempt=attempt,
+                                  rank_table=table, grace_period=request.grace_period, launch_dir=launch_dir,
                                   cpus=cpus)
+
+        def check_npus(current: ClusterSpec) -> dict[str, str]:
+            """Ascend, at a restart: the NPU pre-flight of each host of the next attempt (address -> why)."""
+            if current.backend is not Backend.ASCEND or request.skip_preflight:
+                return {}
+            failed = {}
+            for host in current.hosts:
+                try:
+                    cpus.update(npu_preflight(dataclasses.replace(current, hosts=(host,), spares=()), executors,
+                                              _in_parallel))
+                except LauncherError as exc:
+                    failed[host.address] = str(exc)
+            return failed
 
         _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}"
-                      + (f"; {hosts.where}: " + ", ".join(h.label for h in cluster.hosts) if hosts.where else ""))
+                      + (f"; {hosts.where}: " + ", ".join(h.label for h in cluster.hosts) if hosts.where else "")
+                      + (f"; spare(s) standing by: {', '.join(h.label for h in pool.spares)}" if pool.spares else ""))
         keeper = snapshots.keeper_for(cluster.train_config if cluster.builtin_trainer else None, job_dir,
                                       [h.address for h in cluster.hosts], executors,
-                                      lambda h: host_python(cluster, next(x for x in cluster.hosts if x.address == h)),
+                                      lambda h: host_python(cluster, next(x for x in (*cluster.hosts, *cluster.spares)
+                                                                          if x.address == h)),
                                       jobfiles.checkpoints_dir(job_dir))
         try:
             return _run_attempts(cluster, plan_attempt, job_dir, executors, launch_dir, console, sleep,
-                                 preflight_s=preflight_s, preempt=request.preempt, keeper=keeper)
+                                 preflight_s=preflight_s, preempt=request.preempt, keeper=keeper, pool=pool,
+                                 check_npus=check_npus)
         finally:  # the job's end, however it ended: no snapshot memory is left on any host
             if keeper is not None:
                 keeper.remove()
@@ -455,6 +520,13 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
         hosts.close()
         if lock is not None:
             lock.release()
+
+
+def stood_down(console: Optional[TextIO], pool: HostPool, address: str, why: Why, detail: str,
+               attempt: Optional[int] = None) -> None:
+    """A spare that failed its pre-flight: excluded for its cooldown, said in one line."""
+    e = pool.exclude(address, why, detail.splitlines()[0][:300] if detail else str(why), attempt)
+    _say(console, f"mscluster: spare {e.label} stands down ({why}: {e.detail}); excluded for {e.until - e.at:.0f} s")
 
 
 def check_sbatch_folder(job_dir: Optional[str], cluster: ClusterSpec) -> None:
@@ -499,12 +571,42 @@ def _since(start: Optional[float], end: Optional[float]) -> Optional[float]:
     return None if start is None or end is None else round(end - start, 3)
 
 
-def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], job_dir: str,
+def _npu_changes(pool: HostPool, check_npus: Callable[[ClusterSpec], Mapping[str, str]], cluster: ClusterSpec,
+                 attempt: int, changes: Sequence[Change]) -> list[Change]:
+    """Ascend, at a restart: the next attempt's hosts whose NPU pre-flight fails are excluded and replaced,
+    until every host of the next attempt passes (or no spare is left)."""
+    found: list[Change] = []
+    while not any(c.move is Move.NO_SPARE for c in (*changes, *found)):
+        failed = check_npus(dataclasses.replace(cluster, hosts=tuple(pool.hosts), spares=()))
+        if not failed:
+            break
+        for address, why in failed.items():
+            found.append(pool.replace(pool.exclude(address, Why.NPU_PREFLIGHT, why.splitlines()[0][:300], attempt)))
+    return found
+
+
+def next_cluster(cluster: ClusterSpec, pool: HostPool, shrinking: bool) -> tuple[ClusterSpec, Optional[Any]]:
+    """The cluster of the next attempt: the pool's hosts and spares; when it shrank, the global batch kept
+    (``launcher.elastic``), and the shrink said.
+
+    Raises:
+        LauncherError: the global batch cannot be kept on fewer ranks (one line naming the numbers).
+    """
+    if shrinking:
+        from launcher.elastic import keep_global_batch
+
+        shrink = keep_global_batch(cluster, tuple(pool.hosts))
+        return dataclasses.replace(shrink.cluster, spares=tuple(pool.spares)), shrink
+    return dataclasses.replace(cluster, hosts=tuple(pool.hosts), spares=tuple(pool.spares)), None
+
+
+def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int, ClusterSpec], JobPlan], job_dir: str,
                   executors: Mapping[str, Executor], launch_dir: str, console: Optional[TextIO],
                   sleep: Callable[[float], None], preflight_s: Optional[float] = None,
                   preempt: Optional[threading.Event] = None,
-                  keeper: Optional[snapshots.Keeper] = None) -> JobResult:
-    by_host = {h.address: h for h in cluster.hosts}
+                  keeper: Optional[snapshots.Keeper] = None, pool: Optional[HostPool] = None,
+                  check_npus: Callable[[ClusterSpec], Mapping[str, str]] = lambda c: {}) -> JobResult:
+    pool = pool if pool is not None else HostPool(cluster.hosts, cluster.spares, cluster.exclusion, cluster.elastic)
     result = JobResult(status=JobState.FAILED, exit_code=1, job_dir=os.path.abspath(job_dir), preflight_s=preflight_s)
     # a job continued by hand goes on numbering its attempts: logs get a separator, nothing is overwritten
     result.attempts = previous_attempts(job_dir)
@@ -525,7 +627,10 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 result.status, result.exit_code = JobState.INTERRUPTED, 130
                 result.interrupted_by = interrupt_signal(exc)
                 break
+        by_host = {h.address: h for h in cluster.hosts}
         restored = None
+        if keeper is not None:  # the snapshots the next attempt can use are on its hosts
+            keeper.dirs = snapshots.folders(job_dir, list(by_host))
         if keeper is not None and attempt == first:  # a job continued by hand: no state of an earlier launch
             keeper.remove()
         if keeper is not None and attempt > first:  # every host gets the newest snapshot any host kept
@@ -538,7 +643,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 result.attempts[-1] = dataclasses.replace(
                     before, steps_lost=max(before.root_cause["last_step"] - restored.step, 0))
         try:
-            job = plan_attempt(attempt)
+            job = plan_attempt(attempt, cluster)
         except HostUnreachable as exc:  # the first host went away between attempts
             if attempt == first:
                 raise
@@ -556,7 +661,7 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                                 # a remote line carries no user data: the job folder travels in the spec
                                 agent_env=lambda h: {"MSCLUSTER_JOB_DIR": job.agent(h).job_dir} if by_host[h].is_local else {},
                                 sink=sink, attempt=attempt, watch=cluster.watchdog, preempt=preempt,
-                                stragglers=cluster.stragglers)
+                                stragglers=cluster.stragglers, hosts_info=pool.to_dict())
         attempt_result = supervisor.run()
         # where this attempt's training state came from: a snapshot or checkpoint the keeper chose, else a
         # restart of the built-in trainer resumes from the newest good checkpoint on disk
@@ -607,8 +712,30 @@ def _run_attempts(cluster: ClusterSpec, plan_attempt: Callable[[int], JobPlan], 
                 _say(console, "mscluster: not restarting: a rank refused its settings, data or checkpoint "
                               f"(exit {TrainerError.exit_code}); a restart would meet the same error")
                 break
+            changes = pool.after_attempt(attempt_result.failures, attempt)
+            changes += _npu_changes(pool, check_npus, cluster, attempt, changes)
+            for change in changes:
+                _say(console, change.describe())
+            if changes:
+                result.attempts[-1] = dataclasses.replace(result.attempts[-1],
+                                                          hosts_changed=[c.to_dict() for c in changes])
+            ended = next((c for c in changes if c.move is Move.NO_SPARE), None)
+            if ended is not None:
+                _say(console, f"mscluster: not restarting: {ended.exclusion.label} cannot be used ("
+                              f"{ended.exclusion.why}) and no spare is left to take its place; add spares: "
+                              "(slurm.spares), or elastic: {min_hosts: N} to go on with fewer hosts")
+                break
+            try:
+                cluster, shrink = next_cluster(cluster, pool, any(c.move is Move.SHRUNK for c in changes))
+            except LauncherError as exc:
+                _say(console, f"mscluster: not restarting: {exc}")
+                break
+            if shrink is not None:
+                _say(console, shrink.describe())
+                result.attempts[-1] = dataclasses.replace(result.attempts[-1], shrink=shrink.to_dict())
     if result.status is JobState.FAILED and attempt_result is not None and not restart_can_help(attempt_result.failures):
         result.exit_code = TrainerError.exit_code  # bad input (settings, data, checkpoint): exit 2, as documented
+    result.hosts = pool.to_dict()
     write_goodput_scalars(job_dir, result.attempts)
     try:
         write_json_atomic(os.path.join(job_dir, jobfiles.RESULT_FILE), result.to_dict(), mode=0o600)

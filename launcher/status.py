@@ -82,7 +82,7 @@ class StatusWriter:
 
     def __init__(self, job_dir: str, specs: Mapping[str, AgentSpec], attempt: int,
                  clock: Callable[[], float] = time.time, every: float = 0.0,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic, hosts: Optional[Mapping[str, Any]] = None):
         self.job_dir, self.path, self.clock = job_dir, os.path.join(job_dir, STATUS_FILE), clock
         self.every, self.monotonic = every, monotonic
         self._warned = False
@@ -104,6 +104,8 @@ class StatusWriter:
             "attempt_started_at": now, "updated_at": now,
             "world_size": sum(1 for p in processes.values() if p["rank"] is not None),
             "eval": dict(previous.get("eval") or {}) if previous else {}, "processes": processes}
+        if hosts is not None:  # the job's active hosts, spares and exclusions (launcher.hostpool)
+            self.data["hosts"] = dict(hosts)
         self.write()
 
     def write(self) -> None:
@@ -248,6 +250,7 @@ class JobStatus:
     root_cause: Optional[dict[str, Any]] = None
     watchdog: Optional[dict[str, Any]] = None  # the limits in force (status.json's "watchdog")
     stragglers: tuple[dict[str, Any], ...] = ()  # the ranks named stragglers (status.json's "stragglers")
+    hosts: Optional[dict[str, Any]] = None  # active, spares, excluded (launcher.hostpool.HostPool.to_dict)
 
     @property
     def lead(self) -> Optional[RankStatus]:
@@ -320,6 +323,8 @@ def read_status(job_dir: str) -> JobStatus:
     named = (live or {}).get("stragglers")
     stragglers = tuple(s for s in named if isinstance(s, dict)) if isinstance(named, list) else ()
     max_attempts = _max_attempts(job_dir)
+    pool = (result or {}).get("hosts") if isinstance((result or {}).get("hosts"), dict) else (live or {}).get("hosts")
+    pool = pool if isinstance(pool, dict) else None
     if result is not None:
         attempts = result.get("attempts") or []
         root = next((a.get("root_cause") for a in reversed(attempts) if a.get("root_cause")), None)
@@ -327,7 +332,8 @@ def read_status(job_dir: str) -> JobStatus:
             evaluation = {**evaluation, **result["eval"]}
         return JobStatus(job_dir, _job_state(result.get("status")), int(result.get("restarts", 0)), max_attempts,
                          "", evaluation, tuple(ranks), os.path.getmtime(result_path),
-                         root if result.get("status") != JobState.SUCCEEDED else None, stragglers=stragglers)
+                         root if result.get("status") != JobState.SUCCEEDED else None, stragglers=stragglers,
+                         hosts=pool)
     live = live or {}
     attempt, state = int(live.get("attempt", 0)), str(live.get("state", AttemptState.RUNNING))
     alive = _launcher_alive(live.get("launcher", {}))
@@ -345,7 +351,7 @@ def read_status(job_dir: str) -> JobStatus:
     watch = live.get("watchdog")
     return JobStatus(job_dir, state, attempt, max_attempts, detail, evaluation, tuple(ranks),
                      live.get("updated_at"), watchdog=watch if isinstance(watch, dict) else None,
-                     stragglers=stragglers)
+                     stragglers=stragglers, hosts=pool)
 
 
 def _job_state(raw: Any) -> str:
@@ -366,6 +372,28 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 def _of(a: Optional[int], b: Optional[int]) -> str:
     return "-" if a is None else (f"{a}/{b}" if b is not None else str(a))
+
+
+def _host_lines(hosts: Optional[Mapping[str, Any]], now: float) -> list[str]:
+    """The spares standing by and the hosts excluded (status.json's or result.json's "hosts")."""
+    if not hosts:
+        return []
+    spares = [str(s) for s in hosts.get("spares") or []]
+    lines = [f"  spares:    {', '.join(spares)} standing by"] if spares else []
+    for e in hosts.get("excluded") or []:
+        if not isinstance(e, dict):
+            continue
+        until = e.get("until")
+        left = f"cooldown ends in {until - now:.0f} s" if isinstance(until, (int, float)) and until > now \
+            else "cooldown over"
+        by = f" by attempt {e['attempt'] + 1}" if isinstance(e.get("attempt"), int) else " at the start"
+        lines.append(f"  excluded:  {e.get('label') or e.get('host')} ({e.get('why')}{by}: {e.get('detail')}); {left}")
+    for c in hosts.get("changes") or []:
+        if isinstance(c, dict) and c.get("move") == "replaced" and c.get("spare"):
+            lines.append(f"  replaced:  {c.get('label') or c.get('host')} -> {c.get('spare')}")
+        elif isinstance(c, dict) and c.get("move") == "shrunk":
+            lines.append(f"  shrunk:    {c.get('label') or c.get('host')} left out")
+    return lines
 
 
 def format_status(status: JobStatus, now: Optional[float] = None) -> str:
@@ -408,6 +436,7 @@ def format_status(status: JobStatus, now: Optional[float] = None) -> str:
         lines.append(f"  straggler: rank {_fmt(s.get('rank'))} on {_fmt(s.get('host'))} at "
                      f"{_fmt(relative, '.2f') if isinstance(relative, (int, float)) else '?'} of the fastest rank's "
                      f"speed since step {_fmt(s.get('since_step'))}")
+    lines += _host_lines(status.hosts, now)
     if status.updated_at is not None:
         lines.append(f"  updated:   {max(now - status.updated_at, 0):.0f} s ago")
     if status.ranks:

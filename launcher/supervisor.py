@@ -39,7 +39,7 @@ from launcher.report import RankFailure, traceback_tail
 from launcher.spec import StragglerAction, StragglerSpec, WatchdogSpec
 from launcher.stall import STACKS_WAIT_S, StallAction, StallWatch  # noqa: F401 - STACKS_WAIT_S re-exported
 from launcher.status import StatusWriter
-from launcher.stragglers import Change, StragglerScorer, describe as describe_straggler
+from launcher.stragglers import Change, StragglerScore, StragglerScorer, describe as describe_straggler
 from mscluster import events
 from mscluster.rank import PREEMPT_EXIT
 
@@ -128,7 +128,8 @@ class Supervisor:
                  sink: LogSink, attempt: int = 0, agent_env: Callable[[str], Mapping[str, str]] = lambda h: {},
                  watch: WatchdogSpec = WatchdogSpec(enabled=False), preempt: Optional[threading.Event] = None,
                  clock: Callable[[], float] = time.monotonic,
-                 stragglers: StragglerSpec = StragglerSpec(action=StragglerAction.OFF)):
+                 stragglers: StragglerSpec = StragglerSpec(action=StragglerAction.OFF),
+                 hosts_info: Optional[Mapping] = None):
         self.clock = clock  # monotonic seconds: every timeout of the attempt is measured on it (tests drive it)
         self.hosts = {h: _Host(spec, executors[h]) for h, spec in specs.items()}
         self.preemption = Preemption(preempt, clock)  # preempt: set by a SIGUSR1 handler (Slurm's warning)
@@ -137,6 +138,10 @@ class Supervisor:
         self.stall = StallWatch(watch, [(h, p.name, p.rank) for h, host in self.hosts.items()
                                         for p in host.spec.processes if p.rank is not None], clock)
         self.stragglers = StragglerScorer(stragglers)
+        # stragglers.action: exclude: the straggler named, rank 0 saves as a preempted rank does (the same
+        # `preempt` word), then the attempt stops with the straggler as its root cause (launcher.hostpool)
+        self.evicting: Optional[StragglerScore] = None
+        self.eviction = Preemption(threading.Event(), clock)
         self.exited: set = set()
         self.finished: set = set()  # (host, name) of processes whose entry point returned (events.Finished)
         self._rank0_first_step_at: Optional[float] = None
@@ -153,7 +158,7 @@ class Supervisor:
         self._proc_info = {(h, p.name): p for h, host in self.hosts.items() for p in host.spec.processes}
         # <job>/status.json for `mscluster status` (the sink's logs_dir is <job>/logs)
         self.status = StatusWriter(os.path.dirname(os.path.abspath(sink.logs_dir)), specs, attempt,
-                                   every=STATUS_EVERY_S)
+                                   every=STATUS_EVERY_S, hosts=hosts_info)
 
     # -- starting ----------------------------------------------------------------------------------
     def _start(self, name: str, host: _Host) -> None:
@@ -286,6 +291,10 @@ class Supervisor:
             logger.warning("%s", line.removeprefix("mscluster: "))
             self.sink.write(host, AGENT, line)
             return
+        if self.evicting is not None and self.eviction.left(msg.code, msg.signal, msg.rank) and \
+                self.eviction.saved_and_left(f"{msg.name} on {host}"):
+            self._evicted(f"{msg.name} on {host} saved a checkpoint and left")
+            return
         if self.preemption.left(msg.code, msg.signal, msg.rank) and \
                 self.preemption.saved_and_left(f"{msg.name} on {host}"):
             # saved its checkpoint and left, as a preempted rank does: the attempt ends preempted
@@ -392,6 +401,12 @@ class Supervisor:
             if change.change is Change.NAMED:
                 logger.warning("%s", line)
                 self.result.stragglers.append(change.score.to_dict())
+                if self.stragglers.spec.action is StragglerAction.EXCLUDE and self.evicting is None \
+                        and not self.stopping and self.preemption.since is None:
+                    self.evicting = change.score
+                    self.eviction.event.set()  # type: ignore[union-attr] - made with an Event
+                    logger.warning("stragglers.action is exclude: rank 0 saves a checkpoint, then the attempt stops "
+                                   "and %s is replaced", host)
             else:
                 logger.info("rank %s on %s is no longer a straggler (relative score %.2f)", rank, host,
                             change.score.relative)
@@ -441,9 +456,26 @@ class Supervisor:
                     pass
 
     # -- preemption --------------------------------------------------------------------------------
+    def _evicted(self, how: str) -> None:
+        """Stop the attempt with the straggler being excluded as its root cause."""
+        score = self.evicting
+        assert score is not None  # only called while evicting
+        self.result.failures.append(RankFailure(
+            host=score.host, name=f"rank{score.rank}", rank=score.rank, device_id=None, exit_code=None, signal=None,
+            time=score.since_time or time.time(), log_path=self.sink.path(f"rank{score.rank}"),
+            message=describe_straggler(score, self.stragglers.spec.window_steps).removeprefix("straggler: ")
+            + f"; {how}", attempt=self.attempt, reason="straggler"))
+        self.stop(f"straggler rank {score.rank} on {score.host}: {how}")
+
     def _check_preempt(self) -> None:
         """SIGUSR1 came (Slurm's warning before the time limit): forward it to every rank once; stop
-        everything once a rank has saved and left, or after PREEMPT_WAIT_S."""
+        everything once a rank has saved and left, or after PREEMPT_WAIT_S. The same for a straggler
+        to exclude (``stragglers.action: exclude``)."""
+        evict = self.eviction.check(self.stopping)
+        if evict is PreemptAction.TELL_AGENTS:
+            self._tell_agents(ControlMessage.PREEMPT)
+        elif evict is PreemptAction.GIVE_UP:
+            self._evicted(f"no rank saved and left within {self.eviction.wait:g} s")
         action = self.preemption.check(self.stopping)
         if action is PreemptAction.TELL_AGENTS:
             logger.warning("preempted (SIGUSR1): every rank is told; rank 0 saves a checkpoint and leaves")

@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import pytest
 
 from launcher.executor import Session
+from launcher.hostpool import Why, host_cause
 from launcher.lifecycle import AttemptState, Interrupted
 from launcher.protocol import (AgentSpec, Alive, Done, Exited, Output, ProcessSpec, Relayed, Stacks, Started,
                                decode_control, encode_message, ControlMessage)
@@ -361,6 +362,34 @@ def test_a_slow_rank_is_named_a_straggler_in_the_log_status_and_result(tmp_path,
     assert 0.5 < named[0]["relative"] < 0.7 and named[0]["since_step"] >= 20 and named[0]["since"] > 5000
     shown = format_status(read_status(a.job_dir))
     assert f"straggler: rank 3 on host1 at {named[0]['relative']:.2f} of the fastest" in shown and f"since step {named[0]['since_step']}" in shown
+
+
+def test_a_straggler_with_action_exclude_makes_rank0_save_then_ends_the_attempt_with_its_host_at_fault(tmp_path):
+    """stragglers.action: exclude: once named, every rank is told (`preempt`: rank 0 saves and leaves); the
+    attempt then fails with the straggler as its root cause, which launcher.hostpool reads as the host's fault."""
+    a = Attempt(tmp_path, stragglers=StragglerSpec(action=StragglerAction.EXCLUDE))
+    a.start_all()
+    ranks = (("rank0", "host0"), ("rank1", "host0"), ("rank2", "host1"), ("rank3", "host1"))
+    now = 5000.0
+    for step in range(1, 40):
+        compute = {name: 0.1 / (0.6 if name == "rank2" and step >= 5 else 1.0) for name, _ in ranks}
+        now += max(compute.values()) + 0.02
+        for name, host in ranks:
+            a.agent(host).say(Relayed(name=name, event=events.Progress(
+                step=step, time=now, loss=1.0, scalars={events.COMPUTE_S: compute[name]})))
+        a.drive(0)
+        if a.agent("host0").controls:
+            break
+    assert step < 30 and all(a.agent(h).controls == ["preempt"] for h in a.specs), step
+    a.agent("host0").say(Relayed(name="rank0", event=events.Checkpoint(step=step, path="ckpt", time=now)))
+    a.agent("host0").exit("rank0", PREEMPT_EXIT)  # saved a checkpoint and left
+    result = a.finish()
+    assert result.state is AttemptState.FAILED and not result.preempted
+    root = order_failures(result.failures)[0]
+    assert (root.reason, root.host, root.rank) == ("straggler", "host1", 2)
+    assert "rank 2 on host1 runs at 0.6" in root.message and "rank0 on host0 saved a checkpoint and left" in root.message
+    assert host_cause(root) is Why.STRAGGLER
+    assert result.last_checkpoint_step == step  # nothing done after the save: no step lost
 
 
 def test_a_host_gone_silent_is_lost_and_the_others_stopped(tmp_path):
