@@ -13,12 +13,15 @@ then every ``--fault-every`` s while the run lasts ``--minutes``):
 
 - ``sigkill``: one rank SIGKILLed. ``sigstop``: one rank frozen (SIGSTOP, never continued).
 - ``link``: a host's link down for good (``ip link set <veth> down`` in its namespace).
-- ``slow``: a host slowed. Where the cgroup v1/v2 CPU controller can be written (as root here),
-  every process of the host (its sshd, agents and ranks; later ones inherit it) moves into a cgroup
-  with a CPU quota of ``--slow-quota`` CPUs (``cpu.cfs_quota_us`` / ``cpu.max``); elsewhere the
-  host's processes are SIGSTOPped for 40 ms of every 100 ms (duty cycling). The report says which.
-  ``--slow-inside``: instead the host's ranks compute at ``--slow-factor`` of their speed from the
-  scheduled step on (``fleet_rank.py --slow-ranks``), deterministic.
+- ``slow``: a host slowed, two ways at once (``--slow-how both``, or ``cgroup`` / ``inside`` alone).
+  cgroup: where the cgroup v1/v2 CPU controller can be written (as root here), every process of the
+  host (its sshd, agents and ranks; later ones inherit it) moves into a cgroup with a CPU quota of
+  ``--slow-quota`` CPUs over a period short enough that a step's few ms of hashing (``--work``) is
+  throttled (``cpu.cfs_quota_us`` / ``cpu.max``); elsewhere the host's processes are SIGSTOPped for
+  40 ms of every 100 ms (duty cycling). The report says which. inside: the bench writes
+  ``{host: --slow-factor}`` to the job's ``fleet_slow.json`` and the host's ranks compute at that
+  speed (``fleet_rank.py --slow-file``: deterministic, and it follows the host, not rank numbers).
+  A slowed host stays slow.
 
 Per fault, from ``result.json`` (the launcher's clock) and ``status.json`` (read every 0.5 s):
 ``detected_s`` (the root cause's time after the injection: a SIGKILL is seen at the exit, a frozen
@@ -63,6 +66,7 @@ from fleet_rank import FINAL_FILE, weights_after  # noqa: E402
 from fleet_util import device_ips, fleet_cluster  # noqa: E402
 
 FAULT_KINDS = ("sigkill", "sigstop", "link", "slow")
+SLOW_FILE = "fleet_slow.json"  # in the job folder: {host: speed} (fleet_rank.py --slow-file)
 CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
 CGROUP_V2 = "/sys/fs/cgroup"
 
@@ -183,7 +187,8 @@ class Slower:
             path = os.path.join(parent, f"chaos-slow-{host.netns}")
             try:
                 os.makedirs(path, exist_ok=True)
-                period = 100_000
+                # a period short enough that a burst of a few ms is throttled (quota and period >= 1 ms)
+                period = max(int(1000 / self.quota_cpus) + 1, 1000) if self.quota_cpus < 1 else 10_000
                 quota = max(int(self.quota_cpus * period), 1000)
                 if os.path.isfile(os.path.join(path, "cpu.cfs_quota_us")):
                     Path(path, "cpu.cfs_period_us").write_text(str(period))
@@ -251,7 +256,7 @@ def pick_target(watcher: Watcher, index: int, kind: str, lost: set[str]) -> tupl
 
 
 def inject(kind: str, host_address: str, rank: Optional[int], watcher: Watcher, lab_hosts: dict, slower: Slower,
-           slow_inside: bool) -> str:
+           slow_how: str, slow_factor: float) -> str:
     """Do it; returns how (for the slow fault)."""
     if kind in ("sigkill", "sigstop"):
         pid = (watcher.ranks().get(rank) or {}).get("pid")
@@ -264,7 +269,17 @@ def inject(kind: str, host_address: str, rank: Optional[int], watcher: Watcher, 
         subprocess.run(["ip", "-n", host.netns, "link", "set", _ns_link(host.netns), "down"], check=True)
         return "link down for good"
     if kind == "slow":
-        return "inside (fleet_rank --slow-ranks)" if slow_inside else slower.slow(host)
+        how = []
+        if slow_how in ("both", "inside"):
+            path = os.path.join(watcher.job, SLOW_FILE)
+            speeds = {**read_json(path), host_address: slow_factor}
+            with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
+                json.dump(speeds, handle)
+            os.replace(f"{path}.tmp", path)
+            how.append(f"inside: speed {slow_factor:g}")
+        if slow_how in ("both", "cgroup"):
+            how.append(slower.slow(host))
+        return "; ".join(how)
     raise ValueError(kind)
 
 
@@ -288,7 +303,6 @@ class RunSpec:
     data_dir: str = ""
     train_steps_per_epoch: int = 10
     train_epochs: int = 3
-    slow_args: list[str] = field(default_factory=list)
 
 
 def cluster_file(path: str, spec: RunSpec, lab, workdir: str) -> str:
@@ -300,7 +314,7 @@ def cluster_file(path: str, spec: RunSpec, lab, workdir: str) -> str:
     if spec.trainer == "fleet":
         fleet_args = ["--steps", str(spec.steps), "--step-rate", str(spec.step_rate), "--ckpt-every",
                       str(spec.ckpt_every), "--compute-s", str(spec.compute_s), "--work", str(spec.work),
-                      *spec.slow_args]
+                      "--slow-file", SLOW_FILE]
         if spec.spares:
             offset = len(spec.hosts)
             fields_["spares"] = [{"address": h, "devices": spec.ranks_per_host,
@@ -359,8 +373,7 @@ def wait_first_steps(launch: Launch, timeout: float) -> float:
     raise RuntimeError(f"{launch.job}: not every rank stepped within {timeout:g} s: {launch.console_tail()}")
 
 
-def run_faults(launch: Launch, args, lab_hosts: dict, slower: Slower, schedule: list[tuple[float, str]],
-               slow_plan: dict[str, Any]) -> list[Fault]:
+def run_faults(launch: Launch, args, lab_hosts: dict, slower: Slower, schedule: list[tuple[float, str]]) -> list[Fault]:
     """Inject each scheduled fault (delayed while the job is still recovering from the one before)."""
     faults: list[Fault] = []
     lost: set[str] = set()
@@ -370,19 +383,14 @@ def run_faults(launch: Launch, args, lab_hosts: dict, slower: Slower, schedule: 
             time.sleep(0.2)
         if not launch.running():
             break
-        if kind == "slow" and args.slow_inside:
-            host, rank = slow_plan["host"], slow_plan["rank"]
-            while launch.running() and (launch.watcher.step_of(rank) or 0) < slow_plan["from_step"] - 1:
-                time.sleep(0.05)
-        else:
-            host, rank = pick_target(launch.watcher, index, kind, lost)
+        host, rank = pick_target(launch.watcher, index, kind, lost)
         if host is None:
             print(f"bench_chaos: no host left for fault {index} ({kind})", file=sys.stderr)
             break
         if kind in ("link", "slow"):
             rank = min(r for r, p in launch.watcher.ranks().items() if p.get("host") == host)
         step = launch.watcher.step_of(rank) if rank is not None else None
-        how = inject(kind, host, rank, launch.watcher, lab_hosts, slower, args.slow_inside)
+        how = inject(kind, host, rank, launch.watcher, lab_hosts, slower, args.slow_how, args.slow_factor)
         fault = Fault(kind=kind, target=(f"rank {rank} on {host}" if kind in ("sigkill", "sigstop") else host),
                       host=host, rank=rank, injected_at=time.time(), how=how, step_at_injection=step)
         if kind == "link":
@@ -418,13 +426,11 @@ def judge(faults: list[Fault], result: dict[str, Any], watcher: Watcher) -> None
             continue
         following = [b for b in attempts if b.get("attempt", -1) > a.get("attempt", -1)]
         nxt = following[0] if following else None
-        outcome = "job ended"
-        if nxt is not None:
-            outcome = "restarted in place"
-            for key in ("replaced", "shrunk"):
-                value = nxt.get(key) or a.get(key)
-                if value:
-                    outcome = f"{key} {json.dumps(value)}" if not isinstance(value, bool) else key
+        outcome = "job ended" if nxt is None else "restarted in place"
+        moves = [f"{c.get('move')}: {c.get('host')}" + (f" -> spare {c['spare']}" if c.get("spare") else "")
+                 for c in a.get("hosts_changed") or []]  # launcher.hostpool.Change.to_dict
+        if moves:
+            outcome = "; ".join(moves) + ("" if nxt is not None else " (job ended)")
         teardown_at = (root.get("time") or 0) + (a.get("detect_s") or 0)
         all_stepping = (nxt["started_at"] + nxt["first_progress_s"]) if nxt and nxt.get("first_progress_s") is not None \
             else None
@@ -525,10 +531,10 @@ def main() -> int:
     parser.add_argument("--reference", choices=("side", "after", "none"), default="side")
     parser.add_argument("--step-rate", type=float, default=2.0)
     parser.add_argument("--ckpt-every", type=int, default=20, help="steps between checkpoints")
-    parser.add_argument("--compute-s", type=float, default=0.2, help="seconds of compute per step (waiting)")
-    parser.add_argument("--work", type=int, default=200, help="sha256 rounds per step (CPU a quota slows)")
-    parser.add_argument("--slow-quota", type=float, default=0.05, help="CPUs a slowed host gets")
-    parser.add_argument("--slow-inside", action="store_true", help="slow the host's ranks from inside instead")
+    parser.add_argument("--compute-s", type=float, default=0.1, help="seconds of compute per step (waiting)")
+    parser.add_argument("--work", type=int, default=4000, help="sha256 rounds per step (~2 ms of CPU a quota slows)")
+    parser.add_argument("--slow-quota", type=float, default=0.6, help="CPUs a slowed host gets (cgroup)")
+    parser.add_argument("--slow-how", choices=("both", "cgroup", "inside"), default="both")
     parser.add_argument("--slow-factor", type=float, default=0.6)
     parser.add_argument("--straggler-action", default="warn")
     parser.add_argument("--straggler-window", type=int, default=10)
@@ -580,12 +586,6 @@ def main() -> int:
                         stragglers=stragglers, data_dir=data_dir, train_steps_per_epoch=args.train_steps)
             run_spec = RunSpec(name="chaos", hosts=addresses[:args.hosts], spares=addresses[args.hosts:per_run], **base)
             ref_spec = RunSpec(name="reference", hosts=addresses[per_run:per_run + args.hosts], spares=[], **base)
-            slow_plan: dict[str, Any] = {}
-            if args.slow_inside and "slow" in kinds:  # the scheduled step of the first slow fault, on host 1
-                at = next(t for t, k in schedule_of(args, 0.0) if k == "slow")
-                slow_plan = {"host": addresses[1], "rank": rph, "from_step": int(at * args.step_rate) + 1}
-                run_spec.slow_args = ["--slow-ranks", f"{rph}-{2 * rph - 1}", "--slow-factor", str(args.slow_factor),
-                                      "--slow-from-step", str(slow_plan["from_step"])]
             ref_launch = None
             if args.reference == "side":
                 ref_launch = Launch(cluster_file(os.path.join(tmp, "reference.yaml"), ref_spec, lab, tmp),
@@ -597,7 +597,7 @@ def main() -> int:
             first = wait_first_steps(launch, 900)
             report["first_step_after_launch_s"] = round(first - launch.started_at, 1)
             schedule = schedule_of(args, first)
-            faults = run_faults(launch, args, lab_hosts, slower, schedule, slow_plan)
+            faults = run_faults(launch, args, lab_hosts, slower, schedule)
             code = wait_end(launch, args.minutes * 60 * 3 + 1200)
             result = read_json(os.path.join(launch.job, "result.json"))
             judge(faults, result, launch.watcher)

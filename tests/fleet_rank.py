@@ -13,7 +13,9 @@ CPU that a cgroup quota slows down), reported as the progress scalar ``compute_s
 ``launcher.stragglers`` scores), then a wait until the step's wall time (1 / ``--step-rate``) is up;
 a step whose compute takes longer simply ends later (no catching up). ``--slow-ranks 8-15
 --slow-factor 0.6 --slow-from-step 30``: those ranks compute at 60% speed from step 30 on (a
-straggler from inside).
+straggler from inside). ``--slow-file F`` (relative: in the job folder), read again whenever it
+changes: ``{"<host address>": speed}``, the ranks of those hosts compute at that speed from then on
+(a bench slows a host while the job runs; the speed follows the host, not the rank numbers).
 
 Checkpoint and resume (``--ckpt-every K``): every rank advances the same "weights", a 64-bit hash
 chain of the step number and the world size only (`advance`), so a run's final weights equal a
@@ -100,6 +102,30 @@ def _work(rounds: int) -> None:
         data = hashlib.sha256(data).digest()
 
 
+class _SlowFile:
+    """The speed ``--slow-file`` gives this rank's host (1.0 without the file), read again when it changes."""
+
+    def __init__(self, path: str, host: str):
+        self.path, self.host, self.stamp, self.speed = path, host, None, 1.0
+
+    def current(self) -> float:
+        if not self.path:
+            return 1.0
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+        except OSError:
+            return self.speed
+        if stamp != self.stamp:
+            self.stamp = stamp
+            try:
+                with open(self.path, encoding="utf-8") as handle:
+                    speed = float(json.load(handle).get(self.host, 1.0))
+                self.speed = speed if 0 < speed <= 1 else 1.0
+            except (OSError, ValueError, AttributeError, TypeError):
+                pass  # half-written: read it at the next step
+        return self.speed
+
+
 class _Lines:
     """The stamped log lines, written while the rank waits."""
 
@@ -135,12 +161,14 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--slow-ranks", default="", help="ranks that compute slower, e.g. 8-15,3")
     parser.add_argument("--slow-factor", type=float, default=1.0, help="their speed (0.6: 60%%)")
     parser.add_argument("--slow-from-step", type=int, default=1)
+    parser.add_argument("--slow-file", default="", help="JSON {host: speed}, relative to the job folder")
     args = parser.parse_args(argv)
     me = rank_info()
     slow = me.rank in parse_ranks(args.slow_ranks) and 0 < args.slow_factor < 1
     step, weights = load_state(me.job_dir) if args.ckpt_every > 0 else (0, INITIAL_WEIGHTS)
     step_every = 1.0 / args.step_rate
-    timed = args.compute_s > 0 or args.work > 0 or slow
+    slow_file = _SlowFile(os.path.join(me.job_dir or ".", args.slow_file) if args.slow_file else "", me.host)
+    timed = args.compute_s > 0 or args.work > 0 or slow or bool(args.slow_file)
     lines = _Lines(me.rank, args.lines_per_s, time.monotonic())
     began = time.monotonic()
     while step < args.steps:
@@ -149,8 +177,10 @@ def run(argv: list[str]) -> int:
             _work(args.work)
         lines.sleep_until(began_compute + args.compute_s)
         compute = time.monotonic() - began_compute
-        if slow and step + 1 >= args.slow_from_step:
-            lines.sleep_until(began_compute + compute / args.slow_factor)
+        speed = args.slow_factor if slow and step + 1 >= args.slow_from_step else 1.0
+        speed = min(speed, slow_file.current())
+        if speed < 1.0:
+            lines.sleep_until(began_compute + compute / speed)
             compute = time.monotonic() - began_compute
         lines.sleep_until(began + step_every)
         began = max(began + step_every, time.monotonic())  # after a pause (SIGSTOP): no burst of steps
