@@ -567,7 +567,6 @@ def main() -> int:
     launches: list[Launch] = []
     try:
         with contextlib.ExitStack() as stack:
-            stack.callback(lambda: [launch.stop() for launch in launches])
             data_dir = ""
             if builtin:
                 from trainer.standin import make_digits_standin
@@ -576,6 +575,7 @@ def main() -> int:
             lab = stack.enter_context(netns_lab(os.path.join(tmp, "lab"), count=lab_count,
                                                   host_cpu_share=args.host_cpu_share or None))
             stack.callback(slower.undo)  # before the lab goes: the slow cgroups' processes go back to the lab's
+            stack.callback(lambda: [launch.stop() for launch in launches])  # first of all (callbacks run last in, first out)
             addresses = [h.address for h in lab.hosts]
             lab_hosts = {h.address: h for h in lab.hosts}
             steps = int(args.minutes * 60 * args.step_rate)
