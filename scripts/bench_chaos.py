@@ -345,6 +345,7 @@ class Launch:
         argv = [sys.executable, "-m", "mscluster_cli", "launch", cluster, "--job-dir", job, "--console", "0",
                 "--skip-preflight"]  # the namespace hosts have no NPU tools
         self.started_at = time.time()
+        self.ended_at: Optional[float] = None
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
         self.watcher = Watcher(job)
 
@@ -475,15 +476,17 @@ def summarize_run(spec: RunSpec, launch: Launch, code: int) -> dict[str, Any]:
             "attempts": len(result.get("attempts") or []), "restarts": result.get("restarts"),
             "ettr": (result.get("goodput") or {}).get("effective_training_ratio"), "goodput": result.get("goodput"),
             "stragglers_named": named, "hosts": result.get("hosts"), "weights": final_weights(spec, launch.job),
-            "wall_s": round(time.time() - launch.started_at, 1)}
+            "wall_s": round((launch.ended_at or time.time()) - launch.started_at, 1)}
 
 
 def wait_end(launch: Launch, timeout: float) -> int:
     try:
-        return launch.proc.wait(timeout=timeout)
+        code = launch.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         launch.stop()
-        return -9
+        code = -9
+    launch.ended_at = time.time()
+    return code
 
 
 def schedule_of(args, start: float) -> list[tuple[float, str]]:
