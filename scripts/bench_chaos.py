@@ -476,7 +476,9 @@ def summarize_run(spec: RunSpec, launch: Launch, code: int) -> dict[str, Any]:
             "attempts": len(result.get("attempts") or []), "restarts": result.get("restarts"),
             "ettr": (result.get("goodput") or {}).get("effective_training_ratio"), "goodput": result.get("goodput"),
             "stragglers_named": named, "hosts": result.get("hosts"), "weights": final_weights(spec, launch.job),
-            "wall_s": round((launch.ended_at or time.time()) - launch.started_at, 1)}
+            # the launch command's start to its last attempt's end (the launcher's clock)
+            "wall_s": round(((result.get("attempts") or [{}])[-1].get("ended_at") or launch.ended_at or time.time())
+                            - launch.started_at, 1)}
 
 
 def wait_end(launch: Launch, timeout: float) -> int:
