@@ -391,9 +391,10 @@ def run_faults(launch: Launch, args, lab_hosts: dict, slower: Slower, schedule: 
         if kind in ("link", "slow"):
             rank = min(r for r, p in launch.watcher.ranks().items() if p.get("host") == host)
         step = launch.watcher.step_of(rank) if rank is not None else None
+        injected_at = time.time()  # the kill, the link command, the slow file come first: from here
         how = inject(kind, host, rank, launch.watcher, lab_hosts, slower, args.slow_how, args.slow_factor)
         fault = Fault(kind=kind, target=(f"rank {rank} on {host}" if kind in ("sigkill", "sigstop") else host),
-                      host=host, rank=rank, injected_at=time.time(), how=how, step_at_injection=step)
+                      host=host, rank=rank, injected_at=injected_at, how=how, step_at_injection=step)
         if kind == "link":
             lost.add(host)
         faults.append(fault)
