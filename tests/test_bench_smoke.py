@@ -1,4 +1,5 @@
-"""Feature: the benchmark scripts (bench_train.py, bench_launch.py, bench_dp.py; bench_scale.py on namespace hosts) run.
+"""Feature: the benchmark scripts (bench_train.py, bench_launch.py, bench_dp.py; bench_scale.py and bench_chaos.py
+on namespace hosts) run.
 
 Description: both scripts run at once, each in its --quick mode (a tiny ResNet, a step or two) on
 a narrow section, as a user would before a long run. They run concurrently to keep the test short
@@ -78,3 +79,27 @@ def test_bench_scale_runs_on_two_namespace_hosts_and_prints_its_figures(repo_roo
         assert row["logs"]["steady_lines"] > 0 and row["logs"]["lag_p99_s"] >= 0
         assert row["teardown"]["root_cause_rank"] == 8 * (int(n) - 1)
         assert row["fanout_true_s"] > 0 and row["pdsh_true_s"] > 0, row
+
+
+@pytest.mark.netns
+def test_bench_chaos_kills_a_rank_on_two_namespace_hosts_and_the_weights_match_the_reference(repo_root):
+    from netns_util import require_netns
+
+    require_netns()
+    # 2 hosts x 2 fake ranks, 50 steps at 5 a second, one SIGKILL 3 s after every rank's first step; the
+    # fault-free reference runs side by side on 2 hosts of its own
+    proc = _start(repo_root, "bench_chaos.py", "--hosts", "2", "--ranks-per-host", "2", "--minutes", "0.17",
+                  "--step-rate", "5", "--ckpt-every", "5", "--first-fault", "3", "--faults", "sigkill",
+                  "--max-faults", "1", "--compute-s", "0.02", "--work", "100")
+    report = _json_of(proc, 240)
+    (fault,) = report["faults"]
+    assert fault["kind"] == "sigkill" and fault["host"] and isinstance(fault["rank"], int)
+    result = fault["result"]
+    assert result["outcome"] == "restarted in place" and "SIGKILL" in result["root_cause"], result
+    assert 0 <= result["detected_s"] < result["first_step_s"] <= result["all_stepping_s"], result
+    assert 0 <= result["steps_lost"] <= 7, result  # a checkpoint every 5 steps (other ranks may be a step or two ahead)
+    assert report["run"]["status"] == report["reference"]["status"] == "succeeded"
+    assert report["run"]["attempts"] == 2 and report["reference"]["attempts"] == 1
+    assert 0 < report["run"]["ettr"] < report["reference"]["ettr"] <= 1
+    assert report["weights_equal"] is True and report["run"]["weights"] == report["weights_expected"]
+    assert report["cpu"]
