@@ -24,7 +24,8 @@ writes ``<job>/fleet_state.json`` (step, weights; tmp + rename) and reports it w
 ``mscluster.rank.report_checkpoint`` (the launcher's steps lost count from it); at start every rank
 resumes from that file. At the end rank 0 writes ``<job>/fleet_final.json`` (step, weights, world size).
 With ``--ckpt-every``, SIGUSR1 (the launcher's preempt word: Slurm's warning, or ``stragglers.action:
-exclude``) makes rank 0 save the step it is at and every rank exit 75, as the built-in trainer does.
+exclude``) makes rank 0 save the step it is at and exit 75, as the built-in trainer does; the other
+ranks go on until the launcher stops them.
 
 Every line it prints: ``fleet rank=R line=N t=<unix time, 6 decimals>``; at the end
 ``fleet rank=R done steps=S``.
@@ -194,7 +195,8 @@ def run(argv: list[str]) -> int:
         if step == args.fail_step and me.rank == args.fail_rank:
             raise InjectedFailure(f"injected failure at step {step} on rank {me.rank}")
         report(step, epoch=1, loss=1.0 / step, **({"compute_s": compute} if timed else {}))
-        preempted = args.ckpt_every > 0 and preempt_requested()
+        # rank 0 alone leaves: another rank's exit 75 would end the attempt before rank 0 had saved
+        preempted = args.ckpt_every > 0 and me.rank == 0 and preempt_requested()
         if args.ckpt_every > 0 and me.rank == 0 and me.job_dir and (step % args.ckpt_every == 0 or preempted):
             path = os.path.join(me.job_dir, STATE_FILE)
             _write_json(path, {"step": step, "weights": f"{weights:016x}", "world_size": me.world_size})
