@@ -403,6 +403,31 @@ def run_faults(launch: Launch, args, lab_hosts: dict, slower: Slower, schedule: 
     return faults
 
 
+def attempt_figures(a: dict[str, Any], attempts: list[dict[str, Any]], t: float) -> dict[str, Any]:
+    """What the failed attempt ``a`` and the one after it say about a fault injected at ``t``."""
+    root = a.get("root_cause") or {}
+    following = [b for b in attempts if b.get("attempt", -1) > a.get("attempt", -1)]
+    nxt = following[0] if following else None
+    outcome = "job ended" if nxt is None else "restarted in place"
+    moves = [f"{c.get('move')}: {c.get('host')}" + (f" -> spare {c['spare']}" if c.get("spare") else "")
+             for c in a.get("hosts_changed") or []]  # launcher.hostpool.Change.to_dict
+    if moves:
+        outcome = "; ".join(moves) + ("" if nxt is not None else " (job ended)")
+    teardown_at = (root.get("time") or 0) + (a.get("detect_s") or 0)
+    all_stepping = (nxt["started_at"] + nxt["first_progress_s"]) if nxt and nxt.get("first_progress_s") is not None \
+        else None
+    return {"root_cause": f"{root.get('name')} on {root.get('host')}: "
+                          f"{root.get('reason') or root.get('signal') or root.get('exit_code')}",
+            # the root cause's own time (a frozen rank's: its last sign of life) and the launcher's
+            # reaction to it (the teardown's start)
+            "root_cause_s": round(root["time"] - t, 2) if root.get("time") else None,
+            "detected_s": round(teardown_at - t, 2) if root.get("time") else None,
+            "outcome": outcome,
+            "first_step_s": round(nxt["first_step_at"] - t, 2) if nxt and nxt.get("first_step_at") else None,
+            "all_stepping_s": round(all_stepping - t, 2) if all_stepping else None,
+            "steps_lost": a.get("steps_lost"), "attempt": a.get("attempt")}
+
+
 def judge(faults: list[Fault], result: dict[str, Any], watcher: Watcher) -> None:
     """Fill each fault's figures from result.json and what the watcher saw."""
     attempts = result.get("attempts") or []
@@ -419,33 +444,18 @@ def judge(faults: list[Fault], result: dict[str, Any], watcher: Watcher) -> None
                             if first and isinstance(first.get("step"), int) and fault.step_at_injection is not None
                             else None,
                             "relative": first and first.get("relative")}
+            # stragglers.action: exclude: the attempt that stopped because of this host, and what followed
+            excluded = [a for a in attempts if (a.get("ended_at") or 0) >= t
+                        and any(c.get("host") == fault.host for c in a.get("hosts_changed") or [])]
+            if excluded:
+                fault.result.update(attempt_figures(excluded[0], attempts, t))
             continue
         during = [a for a in attempts if (a.get("started_at") or 0) <= t and (a.get("ended_at") or 1e18) >= t]
         a = during[-1] if during else None
-        root = (a or {}).get("root_cause") or {}
-        if a is None or not root:
+        if a is None or not a.get("root_cause"):
             fault.result = {"outcome": "no failure seen"}
             continue
-        following = [b for b in attempts if b.get("attempt", -1) > a.get("attempt", -1)]
-        nxt = following[0] if following else None
-        outcome = "job ended" if nxt is None else "restarted in place"
-        moves = [f"{c.get('move')}: {c.get('host')}" + (f" -> spare {c['spare']}" if c.get("spare") else "")
-                 for c in a.get("hosts_changed") or []]  # launcher.hostpool.Change.to_dict
-        if moves:
-            outcome = "; ".join(moves) + ("" if nxt is not None else " (job ended)")
-        teardown_at = (root.get("time") or 0) + (a.get("detect_s") or 0)
-        all_stepping = (nxt["started_at"] + nxt["first_progress_s"]) if nxt and nxt.get("first_progress_s") is not None \
-            else None
-        fault.result = {"root_cause": f"{root.get('name')} on {root.get('host')}: "
-                                      f"{root.get('reason') or root.get('signal') or root.get('exit_code')}",
-                        # the root cause's own time (a frozen rank's: its last sign of life) and the launcher's
-                        # reaction to it (the teardown's start)
-                        "root_cause_s": round(root["time"] - t, 2) if root.get("time") else None,
-                        "detected_s": round(teardown_at - t, 2) if root.get("time") else None,
-                        "outcome": outcome,
-                        "first_step_s": round(nxt["first_step_at"] - t, 2) if nxt and nxt.get("first_step_at") else None,
-                        "all_stepping_s": round(all_stepping - t, 2) if all_stepping else None,
-                        "steps_lost": a.get("steps_lost"), "attempt": a.get("attempt")}
+        fault.result = attempt_figures(a, attempts, t)
 
 
 def final_weights(spec: RunSpec, job: str) -> Optional[str]:

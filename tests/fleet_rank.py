@@ -23,6 +23,9 @@ fault-free run's exactly when every step was done once from the right state. Eve
 writes ``<job>/fleet_state.json`` (step, weights; tmp + rename) and reports it with
 ``mscluster.rank.report_checkpoint`` (the launcher's steps lost count from it); at start every rank
 resumes from that file. At the end rank 0 writes ``<job>/fleet_final.json`` (step, weights, world size).
+With ``--ckpt-every``, SIGUSR1 (the launcher's preempt word: Slurm's warning, or ``stragglers.action:
+exclude``) makes rank 0 save the step it is at and exit 75, as the built-in trainer does; the other
+ranks go on until the launcher stops them.
 
 Every line it prints: ``fleet rank=R line=N t=<unix time, 6 decimals>``; at the end
 ``fleet rank=R done steps=S``.
@@ -40,7 +43,8 @@ from typing import Optional
 # Runs with ``python -S`` too (no site: 10 ms less per start, 5 s for 512 ranks on 2 cores)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mscluster.rank import rank_info, record, report, report_checkpoint  # noqa: E402
+from mscluster.rank import (PREEMPT_EXIT, preempt_requested, rank_info, record, report,  # noqa: E402
+                            report_checkpoint, watch_preemption)
 
 LINE_STAMP = " t="  # what follows it on a log line: the time the rank wrote the line
 STATE_FILE = "fleet_state.json"  # in the job folder: the newest checkpoint (rank 0 writes it)
@@ -167,6 +171,8 @@ def run(argv: list[str]) -> int:
     slow = me.rank in parse_ranks(args.slow_ranks) and 0 < args.slow_factor < 1
     step, weights = load_state(me.job_dir) if args.ckpt_every > 0 else (0, INITIAL_WEIGHTS)
     step_every = 1.0 / args.step_rate
+    if args.ckpt_every > 0:
+        watch_preemption()
     slow_file = _SlowFile(os.path.join(me.job_dir or ".", args.slow_file) if args.slow_file else "", me.host)
     timed = args.compute_s > 0 or args.work > 0 or slow or bool(args.slow_file)
     lines = _Lines(me.rank, args.lines_per_s, time.monotonic())
@@ -189,10 +195,15 @@ def run(argv: list[str]) -> int:
         if step == args.fail_step and me.rank == args.fail_rank:
             raise InjectedFailure(f"injected failure at step {step} on rank {me.rank}")
         report(step, epoch=1, loss=1.0 / step, **({"compute_s": compute} if timed else {}))
-        if args.ckpt_every > 0 and me.rank == 0 and me.job_dir and step % args.ckpt_every == 0:
+        # rank 0 alone leaves: another rank's exit 75 would end the attempt before rank 0 had saved
+        preempted = args.ckpt_every > 0 and me.rank == 0 and preempt_requested()
+        if args.ckpt_every > 0 and me.rank == 0 and me.job_dir and (step % args.ckpt_every == 0 or preempted):
             path = os.path.join(me.job_dir, STATE_FILE)
             _write_json(path, {"step": step, "weights": f"{weights:016x}", "world_size": me.world_size})
             report_checkpoint(path, step)
+        if preempted:
+            print(f"fleet rank={me.rank} preempted at step={step}", flush=True)
+            os._exit(PREEMPT_EXIT)  # as the built-in trainer: not "finished" (record), and no error file
     if me.rank == 0 and me.job_dir:
         _write_json(os.path.join(me.job_dir, FINAL_FILE),
                     {"step": step, "weights": f"{weights:016x}", "world_size": me.world_size})
