@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 from launcher.report import RankFailure, order_failures
 from launcher.spec import ElasticSpec, ExclusionSpec, HostSpec
 
+DETAIL_CHARS = 300  # an exclusion's detail: the first line of why, at most this long (result.json, status)
 MAX_COOLDOWN_FACTOR = 16  # the cooldown doubles with each exclusion of the same host, up to 16 x the first
 AGENT = "agent"  # a host's agent (launcher.supervisor.AGENT): its failure is the host's, not a rank's
 # a rank's end that points at the machine rather than the program: a bus error (a bad memory page), and the
@@ -171,8 +172,9 @@ class HostPool:
 
     # -- changing the hosts ------------------------------------------------------------------------
     def exclude(self, address: str, why: Why, detail: str, attempt: Optional[int]) -> Exclusion:
-        """Take ``address`` out (a job host or a spare) for its cooldown."""
+        """Take ``address`` out (a job host or a spare) for its cooldown; ``detail``: its first line is kept."""
         now = self.clock()
+        detail = (detail.strip().splitlines() or [str(why)])[0][:DETAIL_CHARS]
         count = self.excluded[address].count + 1 if address in self.excluded else 1
         host = next((h for h in (*self.hosts, *self.spares) if h.address == address), None)
         label = host.label if host is not None else address
@@ -240,5 +242,4 @@ def _line(failure: RankFailure, why: Why, count: int) -> str:
     who = failure.name if failure.rank is None else f"rank {failure.rank}"
     if why is Why.REPEATED:
         return f"the root cause of {count} failed attempts, the last {who}: {failure.outcome()}"
-    text = failure.message.strip().splitlines()[0] if failure.message.strip() else failure.outcome()
-    return f"{who}: {text[:200]}"
+    return f"{who}: {(failure.message.strip().splitlines() or [failure.outcome()])[0]}"  # exclude() cuts it

@@ -456,12 +456,8 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             rank_table = dump_rank_table(build_rank_table(placement, device_ips))
         if cluster.backend is Backend.ASCEND and not request.skip_preflight:
             cpus = dict(npu_preflight(cluster, executors, _in_parallel, device_ips))
-            for spare in list(pool.spares):  # each spare on its own: one that fails stands down
-                try:
-                    cpus.update(npu_preflight(dataclasses.replace(cluster, hosts=(spare,), spares=()), executors,
-                                              _in_parallel))
-                except LauncherError as exc:
-                    stood_down(console, pool, spare.address, Why.NPU_PREFLIGHT, str(exc))
+            for address, why in npu_failures(cluster, pool.spares, executors, cpus).items():
+                stood_down(console, pool, address, Why.NPU_PREFLIGHT, why)
             preflight_s = round(time.monotonic() - began, 3)
         create_job_dir(job_dir, resume)
         if lock is None:
@@ -493,15 +489,7 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             """Ascend, at a restart: the NPU pre-flight of each host of the next attempt (address -> why)."""
             if current.backend is not Backend.ASCEND or request.skip_preflight:
                 return {}
-            def one(host: HostSpec) -> Optional[str]:  # every host at once: a 32-host restart waits for one
-                try:
-                    cpus.update(npu_preflight(dataclasses.replace(current, hosts=(host,), spares=()), executors,
-                                              _in_parallel))
-                except LauncherError as exc:
-                    return str(exc)
-                return None
-
-            return {h.address: why for h, why in zip(current.hosts, _in_parallel(one, list(current.hosts))) if why}
+            return npu_failures(current, current.hosts, executors, cpus)
 
         _say(console, f"mscluster: job {os.path.abspath(job_dir)}: {cluster.world_size} rank(s) on "
                       f"{len(cluster.hosts)} host(s), backend {cluster.backend}"
@@ -525,10 +513,25 @@ def launch(request: LaunchRequest, console: Optional[TextIO] = sys.stdout,
             lock.release()
 
 
+def npu_failures(cluster: ClusterSpec, hosts: Sequence[HostSpec], executors: Mapping[str, Executor],
+                 cpus: dict) -> dict[str, str]:
+    """The NPU pre-flight of each of ``hosts`` on its own, every host at once: address -> why, for those that
+    fail (a spare stands down, a host of a restart is replaced); the cores of those that pass go into ``cpus``."""
+    def one(host: HostSpec) -> Optional[str]:
+        try:
+            cpus.update(npu_preflight(dataclasses.replace(cluster, hosts=(host,), spares=()), executors,
+                                      _in_parallel))
+        except LauncherError as exc:
+            return str(exc)
+        return None
+
+    return {h.address: why for h, why in zip(hosts, _in_parallel(one, list(hosts))) if why}
+
+
 def stood_down(console: Optional[TextIO], pool: HostPool, address: str, why: Why, detail: str,
                attempt: Optional[int] = None) -> None:
     """A spare that failed its pre-flight: excluded for its cooldown, said in one line."""
-    e = pool.exclude(address, why, detail.splitlines()[0][:300] if detail else str(why), attempt)
+    e = pool.exclude(address, why, detail, attempt)
     _say(console, f"mscluster: spare {e.label} stands down ({why}: {e.detail}); excluded for {e.until - e.at:.0f} s")
 
 
@@ -584,20 +587,18 @@ def _npu_changes(pool: HostPool, check_npus: Callable[[ClusterSpec], Mapping[str
         if not failed:
             break
         for address, why in failed.items():
-            found.append(pool.replace(pool.exclude(address, Why.NPU_PREFLIGHT, why.splitlines()[0][:300], attempt)))
+            found.append(pool.replace(pool.exclude(address, Why.NPU_PREFLIGHT, why, attempt)))
     return found
 
 
 def _readmit(pool: HostPool, cluster: ClusterSpec, executors: Mapping[str, Executor], launch_dir: str,
              console: Optional[TextIO]) -> None:
     """Before a restart: excluded hosts whose cooldown is over stand by again once they pass the pre-flight."""
-    for host in pool.cooled_down():
-        if host.address not in executors:
-            continue
-        try:
-            check_one(cluster, host, executors, launch_dir, spare=True)
-        except LauncherError as exc:
-            e = pool.exclude(host.address, Why.PREFLIGHT, str(exc).splitlines()[0][:300], None)
+    back = [h for h in pool.cooled_down() if h.address in executors]
+    failed = preflight_spares(cluster, back, executors, launch_dir, {}) if back else {}
+    for host in back:
+        if host.address in failed:
+            e = pool.exclude(host.address, Why.PREFLIGHT, failed[host.address], None)
             _say(console, f"mscluster: {e.label} is still not usable after its cooldown ({e.detail}); excluded "
                           f"for {e.until - e.at:.0f} s more")
             continue

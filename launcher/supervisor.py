@@ -293,7 +293,7 @@ class Supervisor:
             return
         if self.evicting is not None and self.eviction.left(msg.code, msg.signal, msg.rank) and \
                 self.eviction.saved_and_left(f"{msg.name} on {host}"):
-            self._evicted(f"{msg.name} on {host} saved a checkpoint and left")
+            self._evicted(self.evicting, f"{msg.name} on {host} saved a checkpoint and left")
             return
         if self.preemption.left(msg.code, msg.signal, msg.rank) and \
                 self.preemption.saved_and_left(f"{msg.name} on {host}"):
@@ -456,10 +456,8 @@ class Supervisor:
                     pass
 
     # -- preemption --------------------------------------------------------------------------------
-    def _evicted(self, how: str) -> None:
-        """Stop the attempt with the straggler being excluded as its root cause."""
-        score = self.evicting
-        assert score is not None  # only called while evicting
+    def _evicted(self, score: StragglerScore, how: str) -> None:
+        """Stop the attempt with the straggler being excluded (``score``) as its root cause."""
         self.result.failures.append(RankFailure(
             host=score.host, name=f"rank{score.rank}", rank=score.rank, device_id=None, exit_code=None, signal=None,
             time=score.since_time or time.time(), log_path=self.sink.path(f"rank{score.rank}"),
@@ -474,8 +472,8 @@ class Supervisor:
         evict = self.eviction.check(self.stopping)
         if evict is PreemptAction.TELL_AGENTS:
             self._tell_agents(ControlMessage.PREEMPT)
-        elif evict is PreemptAction.GIVE_UP:
-            self._evicted(f"no rank saved and left within {self.eviction.wait:g} s")
+        elif evict is PreemptAction.GIVE_UP and self.evicting is not None:
+            self._evicted(self.evicting, f"no rank saved and left within {self.eviction.wait:g} s")
         action = self.preemption.check(self.stopping)
         if action is PreemptAction.TELL_AGENTS:
             logger.warning("preempted (SIGUSR1): every rank is told; rank 0 saves a checkpoint and leaves")
